@@ -1,0 +1,100 @@
+"""The ``ptrag`` command: one Typer app with subcommands.
+
+Each group of subcommands lives in its own module and registers itself on :data:`app`.
+:func:`main` turns every :class:`~ptrag.errors.PtragError` into one clear message and exit
+status 2 (``--debug`` shows the traceback instead).
+"""
+
+from __future__ import annotations
+
+import sys
+
+import click
+import typer
+from rich.console import Console
+
+from ptrag.errors import PtragError
+
+app = typer.Typer(
+    name="ptrag",
+    help="Predict cellular responses to genetic perturbations with retrieval-augmented generation.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+
+_err = Console(stderr=True)
+
+
+def _register() -> None:
+    from ptrag.cli import data_cmds, eval_cmds, genes_cmds, model_cmds, sim_cmds
+
+    for module in (sim_cmds, data_cmds, genes_cmds, model_cmds, eval_cmds):
+        module.register(app)
+
+
+_register()
+
+
+def _setup_logging(debug: bool) -> None:
+    import logging
+    import warnings
+
+    from rich.logging import RichHandler
+
+    logger = logging.getLogger("ptrag")
+    if not any(isinstance(h, RichHandler) for h in logger.handlers):
+        logger.addHandler(RichHandler(console=_err, show_time=False, show_path=False, markup=False))
+    logger.setLevel(logging.DEBUG if debug else logging.INFO)
+    logger.propagate = False
+    for name in ("lightning.pytorch", "lightning.fabric", "lightning"):
+        logging.getLogger(name).setLevel(logging.INFO if debug else logging.WARNING)
+    if not debug:
+        warnings.filterwarnings("ignore", category=DeprecationWarning)
+        warnings.filterwarnings("ignore", message=".*LeafSpec.*")
+        warnings.filterwarnings("ignore", message=".*does not have many workers.*")
+        warnings.filterwarnings("ignore", message=".*smaller than the logging interval.*")
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the CLI; return the exit status (0 ok, 1 aborted, 2 bad input)."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in args
+    if debug:
+        args.remove("--debug")
+    _setup_logging(debug)
+    try:
+        app(args=args, prog_name="ptrag", standalone_mode=False)
+    except PtragError as exc:
+        if debug:
+            raise
+        _err.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
+        return _exit(2, argv)
+    except MemoryError:
+        if debug:
+            raise
+        _err.print(
+            "[bold red]error:[/] out of memory while loading or processing the data. "
+            "Pass --backed to stream the expression matrix from disk instead of loading it, "
+            "or lower --batch-size / --cell-set-size.",
+            highlight=False,
+            soft_wrap=True,
+        )
+        return _exit(2, argv)
+    except click.exceptions.Abort:
+        _err.print("aborted.")
+        return _exit(1, argv)
+    except click.exceptions.ClickException as exc:
+        exc.show()
+        return _exit(exc.exit_code, argv)
+    except click.exceptions.Exit as exc:
+        return _exit(exc.exit_code, argv)
+    return _exit(0, argv)
+
+
+def _exit(code: int, argv: list[str] | None) -> int:
+    # Called from the console script (argv None): exit the process; from Python: return.
+    if argv is None:
+        sys.exit(code)
+    return code

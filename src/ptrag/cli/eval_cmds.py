@@ -1,0 +1,108 @@
+"""``ptrag evaluate`` and ``ptrag compare``: score predictions and tabulate model comparisons."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Optional
+
+import click
+import typer
+from rich.console import Console
+from rich.markdown import Markdown
+
+from ptrag.cli.options import Backed, BatchCol, CellTypeCol, Control, Layer, ObsmKey, PertCol
+
+console = Console()
+
+#: CLI parameter name -> ColumnSpec field.
+_SPEC_FIELDS = {
+    "pert_col": "pert_col",
+    "cell_type_col": "cell_type_col",
+    "batch_col": "batch_col",
+    "control": "control",
+    "layer": "layer",
+    "obsm_key": "obsm_key",
+}
+
+
+def _given(ctx: typer.Context, name: str) -> bool:
+    src = ctx.get_parameter_source(name)
+    return src is not None and src != click.core.ParameterSource.DEFAULT
+
+
+def evaluate_cmd(
+    ctx: typer.Context,
+    pred: Annotated[
+        list[Path],
+        typer.Option("--pred", help="Prediction file (.h5ad from ptrag predict); repeat for several models."),
+    ],
+    real: Annotated[Path, typer.Option("--real", help="Observed Perturb-seq data (.h5ad) the predictions are scored against.")],
+    run: Annotated[Path, typer.Option("--run", help="Run folder (genes.txt, pca.npz, config.toml).")],
+    out: Annotated[Path, typer.Option("--out", help="Output folder for metrics.parquet/csv and summary.csv/md.")],
+    mode: Annotated[str, typer.Option("--mode", help="Metric definitions: ptrag (stated in docs/metrics.md) or gge (gge-eval 1.0.1 compatibility).")] = "ptrag",
+    pert_col: PertCol = "gene",
+    cell_type_col: CellTypeCol = "cell_type",
+    batch_col: BatchCol = "gem_group",
+    control: Control = "non-targeting",
+    layer: Layer = None,
+    obsm_key: ObsmKey = None,
+    backed: Backed = False,
+    deg_pval: Annotated[float, typer.Option("--deg-pval", help="ptrag mode: DEG when the Welch p-value is below this.")] = 0.05,
+    deg_correction: Annotated[str, typer.Option("--deg-correction", help="ptrag mode: none (raw p, as in the paper) or bh (Benjamini–Hochberg per group).")] = "none",
+    deg_min_lfc: Annotated[float, typer.Option("--deg-min-lfc", help="ptrag mode: also require |mean change| >= this (log-normalised units).")] = 0.0,
+    gge_deg_lfc: Annotated[float, typer.Option("--gge-deg-lfc", help="gge mode: minimum |log2 fold change| of a DEG (authors' script: 0.05).")] = 0.05,
+    gge_deg_pval: Annotated[float, typer.Option("--gge-deg-pval", help="gge mode: maximum p-value of a DEG (authors' script: 0.1).")] = 0.1,
+) -> None:
+    """Score prediction files against the observed data, per (cell type, perturbation).
+
+    The data flags default to the [data] table of RUN_DIR/config.toml when present; flags
+    given on the command line override it.
+    """
+    from ptrag.data.io import ColumnSpec
+    from ptrag.errors import check_choice
+    from ptrag.eval.evaluate import evaluate, load_run
+    from ptrag.eval.gge import GGEOptions
+    from ptrag.eval.metrics import MetricOptions
+    from ptrag.eval.tables import summary_markdown, summary_table
+
+    check_choice("--mode", mode, ("ptrag", "gge"))
+    run_info = load_run(run)
+    base = ColumnSpec.from_dict(run_info.data) if run_info.data else ColumnSpec()
+    values = dict(pert_col=pert_col, cell_type_col=cell_type_col or None, batch_col=batch_col or None,
+                  control=control, layer=layer, obsm_key=obsm_key)  # fmt: skip
+    fields = {f: getattr(base, f) for f in ColumnSpec.__dataclass_fields__}
+    defaults = []
+    for name, field in _SPEC_FIELDS.items():
+        if _given(ctx, name):
+            fields[field] = values[name]
+        elif field not in run_info.data:
+            defaults.append(field)
+    spec = ColumnSpec(**fields)
+    options = MetricOptions(deg_pval=deg_pval, deg_correction=deg_correction, deg_min_lfc=deg_min_lfc)
+    gge_options = GGEOptions(deg_lfc=gge_deg_lfc, deg_pval=gge_deg_pval)
+    metrics = evaluate(pred, real, run, out, mode, spec, defaults, backed, options, gge_options)
+    console.print(Markdown(summary_markdown(summary_table(metrics, mode), mode)))
+    console.print(f"metrics of {len(metrics)} (model, cell type, perturbation) rows written to {out}")
+
+
+def compare_cmd(
+    eval_dirs: Annotated[list[Path], typer.Argument(help="Output folders of ptrag evaluate (one or more models each).")],
+    out: Annotated[Path, typer.Option("--out", help="Folder for the tables (Markdown, LaTeX, CSV) and tests.csv.")],
+    reference: Annotated[
+        Optional[str],
+        typer.Option("--reference", help="Mark significance against this model; default: against each metric's best model."),
+    ] = None,
+    test: Annotated[str, typer.Option("--test", help="Test behind the marks: mannwhitney (the paper's) or wilcoxon (paired).")] = "mannwhitney",
+) -> None:
+    """Compare models: the paper's Table 1/2 layout overall and per cell type (Tables 3-6)."""
+    from ptrag.eval.tables import compare_evaluations
+
+    tables = compare_evaluations(eval_dirs, out, reference=reference, test=test)
+    console.print(Markdown(tables["all"].to_markdown()))
+    console.print(f"{len(tables)} tables (overall + per cell type) and tests.csv written to {out}")
+
+
+def register(app: typer.Typer) -> None:
+    """Add ``evaluate`` and ``compare``."""
+    app.command("evaluate")(evaluate_cmd)
+    app.command("compare")(compare_cmd)

@@ -1,0 +1,154 @@
+"""``ptrag train`` and ``ptrag predict``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from rich.console import Console
+
+from ptrag.cli.options import Backed, Layer, ObsmKey
+from ptrag.train.config import PRESETS, TrainConfig
+
+console = Console()
+
+
+def _default(name: str) -> str:
+    base = getattr(TrainConfig(), name)
+    cpu = PRESETS["cpu"].get(name, base)
+    paper = PRESETS["paper"].get(name, base)
+    return f"[default: {cpu}]" if cpu == paper else f"[default: cpu preset {cpu}, paper preset {paper}]"
+
+
+def _o(flag: str, name: str, text: str):
+    return typer.Option(flag, help=f"{text} {_default(name)}", show_default=False)
+
+
+def train_cmd(
+    data: Annotated[Path, typer.Option("--data", help="Perturb-seq AnnData file (.h5ad).")],
+    out: Annotated[Path, typer.Option("--out", help="Run folder to write.")],
+    model: Annotated[Optional[str], _o("--model", "model", "state | state_genept | vanilla_rag | pt_rag.")] = None,
+    genes: Annotated[Optional[list[Path]], typer.Option("--genes", help="Gene-embedding table(s) (GenePT pickle, CSV/TSV, parquet, npz); repeat to concatenate. Required by the embedding models.")] = None,
+    gene_aliases: Annotated[Optional[Path], typer.Option("--gene-aliases", help="CSV alias,symbol for perturbation names spelled differently in the table.")] = None,
+    split: Annotated[Optional[Path], typer.Option("--split", help="cell-load split TOML; made from --task when absent.")] = None,
+    config: Annotated[Optional[Path], typer.Option("--config", help="TOML file with any training option (and a [data] table).")] = None,
+    preset: Annotated[Optional[str], typer.Option("--preset", help="cpu (small) or paper (hidden 128, S 64, batch 64, K 32, 50k steps). [default: cpu]")] = None,
+    task: Annotated[Optional[str], _o("--task", "task", "fewshot | unseen-perturbation (without --split).")] = None,
+    target_cell_type: Annotated[Optional[str], typer.Option("--target-cell-type", help="Held-out cell type of the few-shot task (without --split).")] = None,
+    fewshot: Annotated[Optional[float], _o("--fewshot", "fewshot", "Fraction of the target's perturbations that train.")] = None,
+    max_steps: Annotated[Optional[int], _o("--max-steps", "max_steps", "Training steps.")] = None,
+    val_every: Annotated[Optional[int], _o("--val-every", "val_every", "Validate every N steps.")] = None,
+    batch_size: Annotated[Optional[int], _o("--batch-size", "batch_size", "Sets per batch.")] = None,
+    cell_set_size: Annotated[Optional[int], _o("--cell-set-size", "cell_set_size", "Cells per set (S).")] = None,
+    hidden: Annotated[Optional[int], _o("--hidden", "hidden", "Hidden width.")] = None,
+    n_layers: Annotated[Optional[int], _o("--n-layers", "n_layers", "Transformer blocks.")] = None,
+    n_heads: Annotated[Optional[int], _o("--n-heads", "n_heads", "Attention heads.")] = None,
+    ffn: Annotated[Optional[int], _o("--ffn", "ffn", "Feed-forward width.")] = None,
+    topk: Annotated[Optional[int], _o("--topk", "topk", "Retrieved candidates K (RAG models).")] = None,
+    tau: Annotated[Optional[float], _o("--tau", "tau", "Gumbel-Softmax temperature (pt_rag).")] = None,
+    sparsity_weight: Annotated[Optional[float], _o("--sparsity-weight", "sparsity_weight", "lambda_sparse (pt_rag).")] = None,
+    empty_selection: Annotated[Optional[str], _o("--empty-selection", "empty_selection", "keep (z keeps h_ctrl + h_pert) | paper.")] = None,
+    lr: Annotated[Optional[float], _o("--lr", "lr", "Adam learning rate.")] = None,
+    weight_decay: Annotated[Optional[float], _o("--weight-decay", "weight_decay", "Adam weight decay.")] = None,
+    n_genes: Annotated[Optional[int], _o("--n-genes", "n_genes", "Highly variable genes (on training cells).")] = None,
+    cell_encoder: Annotated[Optional[str], _o("--cell-encoder", "cell_encoder", "mlp (expression) | obsm (precomputed, frozen) | pca.")] = None,
+    cell_obsm_key: Annotated[Optional[str], typer.Option("--cell-obsm-key", help="obsm key of precomputed cell embeddings (e.g. X_state).")] = None,
+    missing_genes: Annotated[Optional[str], _o("--missing-genes", "missing_genes", "error | drop: perturbations without a gene vector.")] = None,
+    match_batch: Annotated[Optional[bool], typer.Option("--match-batch/--no-match-batch", help="Pair controls from the same batch. [default: no]", show_default=False)] = None,
+    early_stopping: Annotated[Optional[int], _o("--early-stopping", "early_stopping", "Patience in validations (0: off).")] = None,
+    seed: Annotated[Optional[int], _o("--seed", "seed", "Seed.")] = None,
+    accelerator: Annotated[Optional[str], _o("--accelerator", "accelerator", "auto | cpu | gpu.")] = None,
+    devices: Annotated[Optional[str], _o("--devices", "devices", "Number of devices or auto.")] = None,
+    strategy: Annotated[Optional[str], _o("--strategy", "strategy", "Lightning strategy (ddp for several GPUs / nodes).")] = None,
+    precision: Annotated[Optional[str], _o("--precision", "precision", "32-true | bf16-mixed | 16-mixed.")] = None,
+    num_workers: Annotated[Optional[int], _o("--num-workers", "num_workers", "DataLoader workers.")] = None,
+    pert_col: Annotated[Optional[str], typer.Option("--pert-col", help="obs column of the perturbation. [default: gene]", show_default=False)] = None,
+    cell_type_col: Annotated[Optional[str], typer.Option("--cell-type-col", help="obs column of the cell type ('' for one). [default: cell_type]", show_default=False)] = None,
+    batch_col: Annotated[Optional[str], typer.Option("--batch-col", help="obs column of the batch ('' for none). [default: gem_group]", show_default=False)] = None,
+    control: Annotated[Optional[str], typer.Option("--control", help="Control label. [default: non-targeting]", show_default=False)] = None,
+    layer: Layer = None,
+    obsm_key: ObsmKey = None,
+    backed: Backed = False,
+    resume: Annotated[bool, typer.Option("--resume", help="Continue the run in --out from its last checkpoint.")] = False,
+) -> None:
+    """Train STATE, STATE+GenePT, Vanilla RAG or PT-RAG; write a run folder."""
+    local = dict(locals())
+    from ptrag.train.config import read_run_config, resolve_config
+    from ptrag.train.fit import train
+
+    data_over = {k: local[k] for k in ("pert_col", "cell_type_col", "batch_col", "control", "layer", "obsm_key") if local[k] is not None}
+    skip = {"data", "out", "genes", "gene_aliases", "split", "config", "preset", "backed", "resume", *data_over,
+            "layer", "obsm_key", "pert_col", "cell_type_col", "batch_col", "control"}
+    over = {k: v for k, v in local.items() if k not in skip}
+    if data_over:
+        over["data"] = data_over
+    if resume and config is None and (out / "config.toml").is_file():
+        cfg = read_run_config(out)
+    else:
+        cfg = resolve_config(over, config, preset)
+    result = train(cfg, data, out, split, list(genes or []), backed=backed, resume=resume, gene_aliases=gene_aliases)
+    console.print(
+        f"[bold]{cfg.model}[/]: {result.n_parameters:,} parameters; validation energy "
+        f"{_fmt(result.val_energy)} (predict-the-control baseline {_fmt(result.val_energy_control)}). Run folder: {out}"
+    )
+
+
+def _fmt(x: float | None) -> str:
+    return "n/a" if x is None else f"{x:.4f}"
+
+
+def predict_cmd(
+    run: Annotated[Path, typer.Option("--run", help="Run folder written by `ptrag train`.")],
+    data: Annotated[Path, typer.Option("--data", help="h5ad file with the control cells (the training file).")],
+    out: Annotated[Path, typer.Option("--out", help="Prediction file (.h5ad); a .retrieval.csv is written beside it for RAG models.")],
+    split: Annotated[str, typer.Option("--split", help="Split whose groups to predict: train | val | test.")] = "test",
+    perturbations: Annotated[Optional[str], typer.Option("--perturbations", help="Comma-separated perturbations to predict instead of a split (unseen ones need --genes).")] = None,
+    cell_type: Annotated[Optional[str], typer.Option("--cell-type", help="Cell type for --perturbations.")] = None,
+    genes: Annotated[Optional[list[Path]], typer.Option("--genes", help="Gene table(s) with vectors of new perturbations.")] = None,
+    n_cells: Annotated[Optional[int], typer.Option("--n-cells", help="Cells per new perturbation. [default: the run's set size]", show_default=False)] = None,
+    checkpoint: Annotated[str, typer.Option("--checkpoint", help="best | last | a checkpoint path.")] = "best",
+    backed: Backed = False,
+) -> None:
+    """Predict held-out perturbations (or new ones from their gene vectors) from a run."""
+    from ptrag.train.predict import predict, write_prediction
+
+    perts = [p.strip() for p in perturbations.split(",") if p.strip()] if perturbations else None
+    pred = predict(run, data, split, perts, cell_type, list(genes or []), n_cells, checkpoint, backed=backed)
+    paths = write_prediction(pred, out)
+    n = int((~pred.adata.obs["is_control"]).sum())
+    console.print(f"predicted {n} cells of {pred.adata.obs.loc[~pred.adata.obs['is_control'], 'perturbation'].nunique()} perturbations -> "
+                  + ", ".join(str(p) for p in paths.values()))
+
+
+def register(app: typer.Typer) -> None:
+    """Add ``train`` and ``predict``."""
+    app.command("train")(train_cmd)
+    app.command("predict")(predict_cmd)
+    app.command("demo")(demo_cmd)
+
+
+def demo_cmd(
+    out: Annotated[Path, typer.Option("--out", help="Folder for the synthetic data, runs, predictions and tables.")] = Path("ptrag_demo"),
+    max_steps: Annotated[int, typer.Option("--max-steps", help="Training steps per model.")] = 200,
+    seed: Annotated[int, typer.Option("--seed", help="Seed of simulation, split and training.")] = 0,
+    models: Annotated[str, typer.Option("--models", help="Comma-separated models to train.")] = "state,state_genept,vanilla_rag,pt_rag",
+) -> None:
+    """The main job on the embedded synthetic benchmark: simulate, train the four models, predict, compare."""
+    from rich.table import Table
+
+    from ptrag.errors import check_choice
+    from ptrag.experiments.demo import run_demo
+    from ptrag.train.config import MODELS
+
+    names = [m.strip() for m in models.split(",") if m.strip()]
+    for m in names:
+        check_choice("--models", m, MODELS)
+    table = run_demo(out, max_steps=max_steps, seed=seed, models=names)
+    t = Table(title="ptrag demo: synthetic few-shot cross-cell-type benchmark")
+    for c in table.columns:
+        t.add_column(str(c), justify="left" if c == "model" else "right")
+    for _, r in table.iterrows():
+        t.add_row(*[f"{v:.4f}" if isinstance(v, float) else (f"{v:,}" if isinstance(v, int) else str(v)) for v in r.tolist()])
+    console.print(t)
+    console.print(f"runs, predictions and tables are in {out}/")

@@ -1,0 +1,210 @@
+"""Cell sets: S perturbed cells of one (cell type, perturbation) with matched control cells.
+
+Each training example of the paper is a set of S = 64 control cells of a cell type paired
+with S perturbed cells of the same cell type and perturbation. :class:`SetSampler` plans
+those sets: in training, every group is reshuffled each epoch and cut into ceil(n / S) sets,
+the last one filled by sampling the group's cells with replacement; at evaluation sets keep
+their real size. Each perturbed cell is paired with a control cell of the same cell type
+(and of the same batch when ``match_batch`` is on and that batch has controls). Everything is
+a function of ``(seed, epoch)``, so the same seed gives the same sets.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Literal
+
+import numpy as np
+import pandas as pd
+import torch
+
+from ptrag.data.io import PerturbData
+from ptrag.errors import PtragError, check_choice
+
+
+@dataclass(frozen=True)
+class CellSet:
+    """One planned set.
+
+    Attributes
+    ----------
+    group
+        Row of the sampler's group table.
+    cell_type, perturbation
+        The group.
+    pert_rows
+        Rows of the observed perturbed cells (repeats only where the set was filled).
+    ctrl_rows
+        Rows of the matched control cells, one per perturbed cell.
+    """
+
+    group: int
+    cell_type: str
+    perturbation: str
+    pert_rows: np.ndarray
+    ctrl_rows: np.ndarray
+
+
+class SetSampler(torch.utils.data.Sampler):
+    """Plan cell sets for a split's groups; iterating yields :class:`CellSet` objects.
+
+    Parameters
+    ----------
+    obs
+        Normalised cell metadata (:attr:`PerturbData.obs`).
+    groups
+        Groups to draw sets from (columns ``cell_type``, ``perturbation``).
+    set_size
+        S, cells per set (at least 2).
+    mode
+        ``train``: sets filled to S, reshuffled every epoch; ``eval``: real sizes, fixed order.
+    seed
+        Seed of every random choice.
+    match_batch
+        Pair perturbed cells with controls of the same batch when possible.
+    shuffle
+        Shuffle the order of the sets (training).
+    freeze_epoch
+        Ignore :meth:`set_epoch`: always yield the same sets (a fixed validation set).
+    """
+
+    def __init__(
+        self,
+        obs: pd.DataFrame,
+        groups: pd.DataFrame,
+        set_size: int = 64,
+        mode: Literal["train", "eval"] = "train",
+        seed: int = 0,
+        match_batch: bool = False,
+        shuffle: bool | None = None,
+        freeze_epoch: bool = False,
+    ) -> None:
+        check_choice("mode", mode, ("train", "eval"))
+        if set_size < 2:
+            raise PtragError(f"--cell-set-size must be at least 2 (got {set_size}).")
+        self.set_size = int(set_size)
+        self.mode = mode
+        self.seed = int(seed)
+        self.match_batch = bool(match_batch) and obs["batch"].notna().all() and obs["batch"].iloc[0] is not None
+        self.shuffle = (mode == "train") if shuffle is None else shuffle
+        self.epoch = 0
+        self.freeze_epoch = freeze_epoch
+        self.groups = groups[["cell_type", "perturbation"]].reset_index(drop=True)
+        keep = obs["keep"].to_numpy() if "keep" in obs else np.ones(len(obs), bool)
+        ct = obs["cell_type"].to_numpy()
+        pert = obs["perturbation"].to_numpy()
+        ctrl = obs["is_control"].to_numpy() & keep
+        batch = obs["batch"].to_numpy() if self.match_batch else None
+        by_group = pd.Series(np.arange(len(obs)))[~obs["is_control"].to_numpy() & keep].groupby(
+            [ct[~obs["is_control"].to_numpy() & keep], pert[~obs["is_control"].to_numpy() & keep]]
+        )
+        index = {k: v.to_numpy() for k, v in by_group}
+        self._rows: list[np.ndarray] = []
+        for c, p in self.groups.itertuples(index=False):
+            rows = index.get((c, p))
+            if rows is None or len(rows) == 0:
+                raise PtragError(f"no cells for perturbation {p!r} in cell type {c!r}.")
+            self._rows.append(rows)
+        self._ctrl: dict[str, np.ndarray] = {}
+        self._ctrl_batch: dict[tuple[str, str], np.ndarray] = {}
+        for c in self.groups["cell_type"].unique():
+            rows = np.flatnonzero(ctrl & (ct == c))
+            if len(rows) == 0:
+                raise PtragError(
+                    f"cell type {c!r} has no control cells; every cell type needs controls "
+                    "(check --control and --cell-type-col)."
+                )
+            self._ctrl[c] = rows
+            if self.match_batch:
+                for b in np.unique(batch[rows]):
+                    self._ctrl_batch[(c, b)] = rows[batch[rows] == b]
+        self._batch = batch
+
+    # -------------------------------------------------------------- planning
+    def set_epoch(self, epoch: int) -> None:
+        """Choose the epoch whose sets the next iteration yields (Lightning calls this)."""
+        if not self.freeze_epoch:
+            self.epoch = int(epoch)
+
+    def _controls(self, rng: np.random.Generator, cell_type: str, rows: np.ndarray) -> np.ndarray:
+        out = np.empty(len(rows), dtype=np.int64)
+        if self.match_batch:
+            b = self._batch[rows]
+            for value in np.unique(b):
+                m = b == value
+                pool = self._ctrl_batch.get((cell_type, value), self._ctrl[cell_type])
+                out[m] = rng.choice(pool, int(m.sum()), replace=len(pool) < m.sum())
+            return out
+        pool = self._ctrl[cell_type]
+        return rng.choice(pool, len(rows), replace=len(pool) < len(rows))
+
+    def plan(self, epoch: int | None = None) -> list[CellSet]:
+        """The sets of one epoch (training) or the fixed evaluation sets."""
+        epoch = self.epoch if epoch is None else epoch
+        rng = np.random.default_rng([self.seed, epoch if self.mode == "train" else 0])
+        S = self.set_size
+        sets: list[CellSet] = []
+        for g, ((c, p), rows) in enumerate(zip(self.groups.itertuples(index=False), self._rows)):
+            rows = rng.permutation(rows) if self.mode == "train" else rows
+            for start in range(0, len(rows), S):
+                chunk = rows[start : start + S]
+                if self.mode == "train" and len(chunk) < S:
+                    chunk = np.concatenate([chunk, rng.choice(rows, S - len(chunk), replace=True)])
+                sets.append(CellSet(g, c, p, chunk, self._controls(rng, c, chunk)))
+        if self.shuffle:
+            order = rng.permutation(len(sets))
+            sets = [sets[i] for i in order]
+        return sets
+
+    def __iter__(self) -> Iterator[CellSet]:
+        return iter(self.plan())
+
+    def __len__(self) -> int:
+        return int(sum(-(-len(r) // self.set_size) for r in self._rows))
+
+
+class SetDataset(torch.utils.data.Dataset):
+    """Read the expression of planned sets; indexed by :class:`CellSet` (from :class:`SetSampler`).
+
+    Parameters
+    ----------
+    data
+        The data set.
+    genes
+        Genes to read, in order.
+    pert_index
+        Perturbation name -> row of the model's perturbation table.
+    cell_features
+        Optional function ``(rows, expression) -> features`` giving what the cell encoder
+        reads (precomputed embeddings, PCA scores); the expression itself when ``None``.
+    """
+
+    def __init__(
+        self,
+        data: PerturbData,
+        genes: list[str],
+        pert_index: dict[str, int],
+        cell_features: Callable[[np.ndarray, np.ndarray], np.ndarray] | None = None,
+    ) -> None:
+        self.data = data
+        self.genes = list(genes)
+        self.gene_idx = data.gene_index(self.genes)
+        self.pert_index = pert_index
+        self.cell_features = cell_features
+
+    def __len__(self) -> int:  # map-style dataset indexed by CellSet, length unused
+        return 0
+
+    def __getitem__(self, cs: CellSet) -> dict:
+        n = len(cs.pert_rows)
+        x = self.data.expression(np.concatenate([cs.pert_rows, cs.ctrl_rows]), self.gene_idx)
+        pert_x, ctrl_x = x[:n], x[n:]
+        feats = ctrl_x if self.cell_features is None else self.cell_features(cs.ctrl_rows, ctrl_x)
+        return {
+            "ctrl_expr": torch.from_numpy(ctrl_x),
+            "pert_expr": torch.from_numpy(pert_x),
+            "cell_input": torch.from_numpy(np.ascontiguousarray(feats, dtype=np.float32)),
+            "pert_id": torch.tensor(self.pert_index[cs.perturbation], dtype=torch.long),
+            "group": torch.tensor(cs.group, dtype=torch.long),
+        }

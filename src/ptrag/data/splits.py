@@ -1,0 +1,410 @@
+"""Train / validation / test splits of (cell type, perturbation) groups.
+
+Two sources:
+
+* the cell-load TOML format used by STATE and by the paper (``[datasets]``, ``[training]``,
+  ``[zeroshot]``, ``[fewshot."dataset.celltype"] val = [...] test = [...]``), read with
+  :func:`read_split_toml` and matched to a data set with :func:`resolve_split`;
+* the paper's protocol made programmatically: :func:`fewshot_split` (a seeded fraction of a
+  target cell type's perturbations trains, the rest is split into validation and test, every
+  other cell type trains) and :func:`unseen_perturbation_split` (held-out perturbations in
+  every cell type, for a data set with one cell type).
+
+Control cells are available to every split; they never appear in a split table. The split
+actually used is written back as cell-load TOML with :meth:`Split.to_toml`.
+"""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import pandas as pd
+import tomli_w
+
+from ptrag.errors import PtragError, atomic_write_text, check_choice
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+SplitName = Literal["train", "val", "test"]
+SPLITS: tuple[str, ...] = ("train", "val", "test")
+
+
+@dataclass
+class SplitSpec:
+    """The content of a cell-load split TOML file.
+
+    Attributes
+    ----------
+    datasets
+        ``[datasets]``: dataset name -> path.
+    training
+        ``[training]``: dataset name -> ``"train"``.
+    zeroshot
+        ``[zeroshot]``: ``"dataset.celltype"`` -> ``"val"`` or ``"test"`` (whole cell type held out).
+    fewshot
+        ``[fewshot."dataset.celltype"]``: -> ``{"val": [...], "test": [...]}``.
+    """
+
+    datasets: dict[str, str] = field(default_factory=dict)
+    training: dict[str, str] = field(default_factory=dict)
+    zeroshot: dict[str, str] = field(default_factory=dict)
+    fewshot: dict[str, dict[str, list[str]]] = field(default_factory=dict)
+
+
+def read_split_toml(path: str | Path) -> SplitSpec:
+    """Parse a cell-load split file.
+
+    Parameters
+    ----------
+    path
+        The TOML file.
+
+    Returns
+    -------
+    SplitSpec
+
+    Raises
+    ------
+    PtragError
+        If the file is missing, is not TOML, or its sections have the wrong shape.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise PtragError(f"split file not found: {path}. Check the path given to --split.")
+    try:
+        raw = tomllib.loads(path.read_text())
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise PtragError(f"{path} is not a valid TOML split file: {exc}") from exc
+    unknown = set(raw) - {"datasets", "training", "zeroshot", "fewshot"}
+    if unknown:
+        raise PtragError(
+            f"{path}: unknown section(s) {sorted(unknown)}; a cell-load split has "
+            "[datasets], [training], [zeroshot] and [fewshot.\"dataset.celltype\"]."
+        )
+    spec = SplitSpec(
+        datasets=dict(raw.get("datasets", {})),
+        training=dict(raw.get("training", {})),
+        zeroshot=dict(raw.get("zeroshot", {})),
+    )
+    for key, value in spec.zeroshot.items():
+        if value not in ("val", "test"):
+            raise PtragError(f"{path}: [zeroshot] {key!r} = {value!r}; use \"val\" or \"test\".")
+    for key, section in raw.get("fewshot", {}).items():
+        if not isinstance(section, dict):
+            raise PtragError(f"{path}: [fewshot] entry {key!r} must be a table with val = [...] and test = [...].")
+        bad = set(section) - {"val", "test"}
+        if bad:
+            raise PtragError(f"{path}: [fewshot.\"{key}\"] has unknown key(s) {sorted(bad)}; use val and test.")
+        lists = {}
+        for which in ("val", "test"):
+            items = section.get(which, [])
+            if not isinstance(items, list) or not all(isinstance(x, str) for x in items):
+                raise PtragError(f"{path}: [fewshot.\"{key}\"] {which} must be a list of gene names.")
+            lists[which] = [x.strip() for x in items]
+        overlap = set(lists["val"]) & set(lists["test"])
+        if overlap:
+            raise PtragError(
+                f"{path}: [fewshot.\"{key}\"] lists {len(overlap)} perturbation(s) in both val and test "
+                f"(e.g. {sorted(overlap)[:3]}); each perturbation belongs to one split."
+            )
+        spec.fewshot[key] = lists
+    return spec
+
+
+@dataclass
+class Split:
+    """An assignment of (cell type, perturbation) groups to train / val / test.
+
+    Attributes
+    ----------
+    table
+        Columns ``cell_type``, ``perturbation``, ``split``; one row per non-control group.
+    dataset
+        Dataset name used when writing cell-load TOML.
+    """
+
+    table: pd.DataFrame
+    dataset: str = "data"
+
+    def groups(self, which: SplitName) -> pd.DataFrame:
+        """The (cell type, perturbation) groups of one split."""
+        check_choice("split", which, SPLITS)
+        return self.table[self.table["split"] == which][["cell_type", "perturbation"]].reset_index(drop=True)
+
+    def perturbations(self, which: SplitName, cell_type: str | None = None) -> list[str]:
+        """Sorted perturbations of one split (optionally of one cell type)."""
+        g = self.groups(which)
+        if cell_type is not None:
+            g = g[g["cell_type"] == cell_type]
+        return sorted(g["perturbation"].unique())
+
+    def counts(self) -> pd.DataFrame:
+        """Number of groups per cell type and split."""
+        return self.table.groupby(["cell_type", "split"]).size().unstack(fill_value=0).reindex(columns=list(SPLITS), fill_value=0)
+
+    def to_spec(self) -> SplitSpec:
+        """The split as a cell-load :class:`SplitSpec` (held-out lists per cell type)."""
+        spec = SplitSpec(datasets={self.dataset: self.dataset}, training={self.dataset: "train"})
+        for ct, sub in self.table.groupby("cell_type", sort=True):
+            held = sub[sub["split"] != "train"]
+            if held.empty:
+                continue
+            if (sub["split"] != "train").all() and sub["split"].nunique() == 1:
+                spec.zeroshot[f"{self.dataset}.{ct}"] = str(sub["split"].iloc[0])
+                continue
+            spec.fewshot[f"{self.dataset}.{ct}"] = {
+                w: sorted(sub.loc[sub["split"] == w, "perturbation"]) for w in ("val", "test")
+            }
+        return spec
+
+    def to_toml(self, path: str | Path) -> None:
+        """Write the split as cell-load TOML (atomically)."""
+        spec = self.to_spec()
+        doc = {
+            "datasets": spec.datasets,
+            "training": spec.training,
+            "zeroshot": spec.zeroshot,
+            "fewshot": spec.fewshot,
+        }
+        atomic_write_text(path, "# ptrag split (cell-load format)\n" + tomli_w.dumps(doc))
+
+
+def _check_groups(groups: pd.DataFrame) -> pd.DataFrame:
+    if groups.empty:
+        raise PtragError("the data holds no perturbed cells to split (only controls?).")
+    return groups[["cell_type", "perturbation"]].drop_duplicates().sort_values(["cell_type", "perturbation"], ignore_index=True)
+
+
+def _finish(table: pd.DataFrame, dataset: str, where: str) -> Split:
+    n = table["split"].value_counts()
+    if n.get("train", 0) == 0:
+        raise PtragError(f"{where}: the split leaves no training groups; hold out fewer perturbations.")
+    if n.get("test", 0) == 0 and n.get("val", 0) == 0:
+        raise PtragError(f"{where}: the split is empty (no validation or test groups); name some perturbations to hold out.")
+    return Split(table.reset_index(drop=True), dataset)
+
+
+def resolve_split(spec: SplitSpec, groups: pd.DataFrame, source: str = "split") -> Split:
+    """Match a cell-load split to the groups of a data set.
+
+    Cell types are matched to the part after the dot of ``"dataset.celltype"``
+    (case-insensitive). Every group not held out trains.
+
+    Parameters
+    ----------
+    spec
+        The parsed split.
+    groups
+        Non-control groups of the data (columns ``cell_type``, ``perturbation``).
+    source
+        Name of the split file, for messages.
+
+    Returns
+    -------
+    Split
+
+    Raises
+    ------
+    PtragError
+        When the split names a cell type or perturbation that does not occur, or leaves no
+        training or no held-out groups.
+    """
+    groups = _check_groups(groups)
+    by_lower = {ct.lower(): ct for ct in groups["cell_type"].unique()}
+    table = groups.assign(split="train")
+
+    def cell_type_of(key: str, section: str) -> str:
+        ct = key.split(".", 1)[1] if "." in key else key
+        if ct.lower() not in by_lower:
+            raise PtragError(
+                f"{source}: {section} names cell type {ct!r}, which does not occur in the data "
+                f"(cell types: {', '.join(sorted(by_lower.values()))}). Fix the key \"dataset.celltype\" "
+                "or pass --cell-type-col."
+            )
+        return by_lower[ct.lower()]
+
+    for key, which in spec.zeroshot.items():
+        ct = cell_type_of(key, "[zeroshot]")
+        table.loc[table["cell_type"] == ct, "split"] = which
+    for key, lists in spec.fewshot.items():
+        ct = cell_type_of(key, f"[fewshot.\"{key}\"]")
+        present = set(table.loc[table["cell_type"] == ct, "perturbation"])
+        for which in ("val", "test"):
+            missing = [p for p in lists[which] if p not in present]
+            if missing:
+                raise PtragError(
+                    f"{source}: [fewshot.\"{key}\"] {which} names {len(missing)} perturbation(s) with no "
+                    f"cells of cell type {ct!r} in the data (e.g. {', '.join(missing[:5])}). Remove them "
+                    "from the split or check --pert-col / the gene symbols."
+                )
+            m = (table["cell_type"] == ct) & table["perturbation"].isin(lists[which])
+            table.loc[m, "split"] = which
+    return _finish(table, next(iter(spec.datasets), "data"), source)
+
+
+def _held_out_counts(n: int, train_fraction: float, val_share: float) -> tuple[int, int, int]:
+    n_train = int(round(train_fraction * n))
+    n_train = min(max(n_train, 1), n - 1)
+    rest = n - n_train
+    n_val = int(round(val_share * rest)) if rest > 1 else 0
+    n_val = min(max(n_val, 1 if rest > 1 else 0), rest - 1)
+    return n_train, n_val, rest - n_val
+
+
+def fewshot_split(
+    groups: pd.DataFrame,
+    target_cell_type: str,
+    train_fraction: float = 0.3,
+    val_share: float = 1 / 7,
+    seed: int = 0,
+) -> Split:
+    """The paper's few-shot cross-cell-type split.
+
+    A seeded ``train_fraction`` of the target cell type's perturbations trains; of the rest,
+    ``val_share`` goes to validation and the remainder to test (the paper's files hold out
+    104 validation and 624 test perturbations, a share of 1/7); every other cell type trains.
+
+    Parameters
+    ----------
+    groups
+        Non-control groups (columns ``cell_type``, ``perturbation``).
+    target_cell_type
+        The cell type to generalise to.
+    train_fraction
+        Fraction of the target's perturbations that train (0 < f < 1).
+    val_share
+        Share of the held-out perturbations used for validation (0 <= s < 1).
+    seed
+        Seed of the assignment.
+
+    Returns
+    -------
+    Split
+    """
+    groups = _check_groups(groups)
+    if not 0 < train_fraction < 1:
+        raise PtragError(f"--fewshot must be between 0 and 1 (got {train_fraction}).")
+    if not 0 <= val_share < 1:
+        raise PtragError(f"the validation share must be in [0, 1) (got {val_share}).")
+    cts = sorted(groups["cell_type"].unique())
+    if target_cell_type not in cts:
+        raise PtragError(
+            f"target cell type {target_cell_type!r} does not occur in the data; choose one of: {', '.join(cts)}."
+        )
+    target = groups[groups["cell_type"] == target_cell_type]["perturbation"].to_numpy()
+    if len(target) < 3:
+        raise PtragError(
+            f"cell type {target_cell_type!r} has only {len(target)} perturbation(s); a few-shot split needs at least 3."
+        )
+    rng = np.random.default_rng(seed)
+    order = rng.permutation(len(target))
+    n_train, n_val, _ = _held_out_counts(len(target), train_fraction, val_share)
+    which = np.empty(len(target), dtype=object)
+    which[order[:n_train]] = "train"
+    which[order[n_train : n_train + n_val]] = "val"
+    which[order[n_train + n_val :]] = "test"
+    table = groups.assign(split="train")
+    assign = dict(zip(target, which))
+    m = table["cell_type"] == target_cell_type
+    table.loc[m, "split"] = table.loc[m, "perturbation"].map(assign)
+    return _finish(table, "data", f"few-shot split of {target_cell_type!r}")
+
+
+def unseen_perturbation_split(
+    groups: pd.DataFrame,
+    held_out_fraction: float = 0.3,
+    val_share: float = 1 / 7,
+    seed: int = 0,
+) -> Split:
+    """Hold out a seeded fraction of perturbations in every cell type (unseen-perturbation task).
+
+    A held-out perturbation is held out in every cell type it occurs in, so that the model
+    never sees it in training.
+
+    Parameters
+    ----------
+    groups
+        Non-control groups.
+    held_out_fraction
+        Fraction of perturbations held out (validation + test).
+    val_share
+        Share of the held-out perturbations used for validation.
+    seed
+        Seed of the assignment.
+
+    Returns
+    -------
+    Split
+    """
+    groups = _check_groups(groups)
+    if not 0 < held_out_fraction < 1:
+        raise PtragError(f"the held-out fraction must be between 0 and 1 (got {held_out_fraction}).")
+    perts = np.array(sorted(groups["perturbation"].unique()))
+    if len(perts) < 3:
+        raise PtragError(f"the data has only {len(perts)} perturbation(s); an unseen-perturbation split needs at least 3.")
+    order = np.random.default_rng(seed).permutation(len(perts))
+    n_train, n_val, _ = _held_out_counts(len(perts), 1 - held_out_fraction, val_share)
+    which = np.empty(len(perts), dtype=object)
+    which[order[:n_train]] = "train"
+    which[order[n_train : n_train + n_val]] = "val"
+    which[order[n_train + n_val :]] = "test"
+    table = groups.assign(split=groups["perturbation"].map(dict(zip(perts, which))))
+    return _finish(table, "data", "unseen-perturbation split")
+
+
+def make_split(
+    groups: pd.DataFrame,
+    task: Literal["fewshot", "unseen-perturbation"] = "fewshot",
+    target_cell_type: str | None = None,
+    fraction: float = 0.3,
+    seed: int = 0,
+) -> Split:
+    """Make the split of a task when the user gives no split file.
+
+    Parameters
+    ----------
+    groups
+        Non-control groups.
+    task
+        ``fewshot`` (needs several cell types and a target) or ``unseen-perturbation``.
+    target_cell_type
+        Target of the few-shot task.
+    fraction
+        Few-shot: fraction of the target's perturbations that train. Unseen-perturbation:
+        fraction of perturbations held out.
+    seed
+        Seed.
+
+    Returns
+    -------
+    Split
+    """
+    check_choice("--task", task, ("fewshot", "unseen-perturbation"))
+    n_ct = groups["cell_type"].nunique()
+    if task == "fewshot" and n_ct > 1:
+        if target_cell_type is None:
+            raise PtragError(
+                "the few-shot task needs --target-cell-type (one of: "
+                f"{', '.join(sorted(groups['cell_type'].unique()))}), or give --split."
+            )
+        return fewshot_split(groups, target_cell_type, fraction, seed=seed)
+    return unseen_perturbation_split(groups, fraction, seed=seed)
+
+
+def load_split(
+    groups: pd.DataFrame,
+    split_path: str | Path | None = None,
+    **kwargs,
+) -> Split:
+    """Read ``split_path`` and match it to ``groups``, or make the split with :func:`make_split`."""
+    if split_path is not None:
+        return resolve_split(read_split_toml(split_path), groups, source=str(split_path))
+    return make_split(groups, **kwargs)
+

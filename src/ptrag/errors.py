@@ -1,0 +1,71 @@
+"""User-facing errors and atomic file output.
+
+Every problem a user can fix (a wrong path, column, label, gene, option, ...) is raised as
+:class:`PtragError` with one message that names the thing at fault and what to do. The CLI
+prints that message and exits with status 2, without a traceback (unless ``--debug``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+
+class PtragError(ValueError):
+    """An error caused by the user's input, with a message that says how to fix it."""
+
+
+def check_choice(name: str, value: object, choices: tuple | list) -> None:
+    """Raise :class:`PtragError` if ``value`` is not one of ``choices``.
+
+    Parameters
+    ----------
+    name
+        The option's name as the user writes it (e.g. ``"--model"``).
+    value
+        The value given.
+    choices
+        The allowed values.
+    """
+    if value not in choices:
+        raise PtragError(
+            f"invalid value {value!r} for {name}: choose one of {', '.join(map(str, choices))}."
+        )
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
+    """Yield a temporary path beside ``path``; rename it onto ``path`` only on success.
+
+    An interrupted or failed write never leaves a half-written file at ``path``.
+
+    Parameters
+    ----------
+    path
+        The final file path.
+
+    Yields
+    ------
+    pathlib.Path
+        A temporary path in the same directory, with the same suffix.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=f".tmp{path.suffix}", dir=path.parent)
+    os.close(fd)
+    tmp_path = Path(tmp)
+    try:
+        yield tmp_path
+        os.replace(tmp_path, path)
+    finally:
+        if tmp_path.exists():
+            tmp_path.unlink()
+
+
+def atomic_write_text(path: str | os.PathLike, text: str) -> None:
+    """Write ``text`` to ``path`` atomically (temporary file + rename)."""
+    with atomic_path(path) as tmp:
+        tmp.write_text(text)

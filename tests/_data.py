@@ -1,0 +1,44 @@
+"""Small Perturb-seq AnnData files made in the tests."""
+
+from __future__ import annotations
+
+import anndata as ad
+import numpy as np
+import pandas as pd
+import scipy.sparse as sp
+
+
+def make_adata(
+    n_cell_types: int = 2,
+    n_perts: int = 6,
+    cells: int = 20,
+    n_controls: int = 40,
+    n_genes: int = 30,
+    counts: bool = False,
+    seed: int = 0,
+    pert_col: str = "gene",
+    cell_type_col: str = "cell_type",
+    control: str = "non-targeting",
+) -> ad.AnnData:
+    """A tiny data set: each perturbation shifts its own block of genes."""
+    rng = np.random.default_rng(seed)
+    rows, obs = [], []
+    base = rng.gamma(2.0, 1.0, size=(n_cell_types, n_genes))
+    for c in range(n_cell_types):
+        for p in [control] + [f"P{i}" for i in range(n_perts)]:
+            n = n_controls if p == control else cells
+            mu = base[c].copy()
+            if p != control:
+                i = int(p[1:])
+                mu[(3 * i) % n_genes : (3 * i) % n_genes + 3] *= 4.0
+            rows.append(rng.poisson(mu, size=(n, n_genes)))
+            obs += [(p, f"CT{c}", f"b{k % 2}") for k in range(n)]
+    x = np.concatenate(rows).astype(np.float32)
+    obs = pd.DataFrame(obs, columns=[pert_col, cell_type_col, "gem_group"])
+    obs.index = [f"cell{i}" for i in range(len(obs))]
+    a = ad.AnnData(sp.csr_matrix(x), obs=obs, var=pd.DataFrame(index=[f"G{i}" for i in range(n_genes)]))
+    if not counts:
+        tot = x.sum(1, keepdims=True)
+        a.X = sp.csr_matrix(np.log1p(x / np.maximum(tot, 1) * 1e4).astype(np.float32))
+        a.uns["log1p"] = {"base": None}
+    return a
