@@ -1,0 +1,382 @@
+"""The set generator shared by the four systems of the paper (pure torch, no I/O).
+
+One class, :class:`PerturbationModel`; ``ModelConfig.conditioning`` picks how the per-cell
+backbone input ``z`` is formed:
+
+============  ===============================  =========================================
+system        conditioning / pert vectors      z
+============  ===============================  =========================================
+STATE         ``none``, one-hot                ``h_ctrl + h_pert``
+STATE+GenePT  ``none``, gene embeddings        ``h_ctrl + h_pert``
+Vanilla RAG   ``vanilla_rag``, embeddings      ``q + CrossAttn(q, h_1..h_K)``, ``q = h_ctrl + h_pert``
+PT-RAG        ``pt_rag``, embeddings           ``[h_ctrl + h_pert] + sum_k w_k h'_k``
+============  ===============================  =========================================
+
+(the bracket in the PT-RAG row is present for ``empty_selection="keep"`` and absent for
+``"paper"``). The backbone is a bidirectional, position-free Llama stack
+(:class:`ptrag.nn.backbone.SetTransformer`); the prediction is
+``relu(ctrl_expr + Decoder(backbone(z)))``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+from torch import nn
+
+from ptrag.errors import PtragError, check_choice
+from ptrag.nn.backbone import SetTransformer
+from ptrag.nn.encoders import CellEncoder, PertEncoder
+from ptrag.nn.retrieval import PerturbationIndex, TripletSelector
+
+CONDITIONINGS = ("none", "vanilla_rag", "pt_rag")
+
+
+@dataclass
+class ModelConfig:
+    """Model hyper-parameters (the data-side ones, set size / batch / optimiser, live elsewhere).
+
+    Parameters
+    ----------
+    conditioning
+        ``"none"`` (STATE / STATE+GenePT), ``"vanilla_rag"`` or ``"pt_rag"``.
+    hidden
+        Width ``H`` of ``h_ctrl``, ``h_pert``, contexts and the backbone.
+    n_layers
+        Llama blocks in the backbone.
+    n_heads
+        Attention heads (backbone and vanilla cross-attention); must divide ``hidden``.
+    ffn
+        Llama SwiGLU intermediate size.
+    cell_encoder_layers
+        Linear layers of the cell encoder.
+    dropout
+        Dropout in the encoders, the backbone attention and the vanilla cross-attention.
+    topk
+        Retrieved candidates ``K`` per query.
+    tau
+        Gumbel-Softmax temperature (PT-RAG).
+    empty_selection
+        ``"keep"``: ``z = h_ctrl + h_pert + sum_k w_k h'_k`` (a cell that selects nothing keeps
+        its control state and perturbation); ``"paper"``: ``z = sum_k w_k h'_k``.
+    eval_selection
+        Selection in eval mode: ``"threshold"`` (include iff ``p_include > 0.5``, no noise) or
+        ``"sample"`` (Gumbel noise, as in training).
+    fused_triplets
+        Exact memory-light PT-RAG computation that never builds the ``[B, S, K, 3H]`` triplets.
+    """
+
+    conditioning: Literal["none", "vanilla_rag", "pt_rag"] = "none"
+    hidden: int = 128
+    n_layers: int = 4
+    n_heads: int = 8
+    ffn: int = 512
+    cell_encoder_layers: int = 2
+    dropout: float = 0.0
+    topk: int = 32
+    tau: float = 0.5
+    empty_selection: Literal["keep", "paper"] = "keep"
+    eval_selection: Literal["threshold", "sample"] = "threshold"
+    fused_triplets: bool = True
+
+    def validate(self) -> None:
+        """Raise :class:`PtragError` naming the first out-of-range option."""
+        check_choice("conditioning", self.conditioning, CONDITIONINGS)
+        check_choice("empty_selection", self.empty_selection, ("keep", "paper"))
+        check_choice("eval_selection", self.eval_selection, ("threshold", "sample"))
+        for name in ("hidden", "n_layers", "n_heads", "ffn", "cell_encoder_layers", "topk"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise PtragError(f"model option {name} must be an integer >= 1 (got {value!r}).")
+        if self.hidden % self.n_heads != 0:
+            raise PtragError(
+                f"model option n_heads ({self.n_heads}) must divide hidden ({self.hidden}): "
+                "choose n_heads among the divisors of hidden."
+            )
+        if not isinstance(self.dropout, (int, float)) or not 0.0 <= float(self.dropout) < 1.0:
+            raise PtragError(f"model option dropout must be in [0, 1) (got {self.dropout!r}).")
+        if not isinstance(self.tau, (int, float)) or isinstance(self.tau, bool) or not float(self.tau) > 0.0:
+            raise PtragError(f"model option tau (Gumbel-Softmax temperature) must be > 0 (got {self.tau!r}).")
+        if not isinstance(self.fused_triplets, bool):
+            raise PtragError(f"model option fused_triplets must be true or false (got {self.fused_triplets!r}).")
+
+    def to_dict(self) -> dict:
+        """Plain dict of the options (for hparams / TOML)."""
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: Mapping[str, object]) -> ModelConfig:
+        """Build and validate a config from a mapping; unknown keys raise :class:`PtragError`.
+
+        Parameters
+        ----------
+        values
+            Option names to values (missing options take their defaults).
+
+        Returns
+        -------
+        ModelConfig
+            The validated config.
+        """
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise PtragError(f"unknown model option(s) {', '.join(unknown)}: known options are {', '.join(sorted(known))}.")
+        cfg = cls(**dict(values))
+        cfg.validate()
+        return cfg
+
+
+@dataclass
+class ModelOutput:
+    """What :meth:`PerturbationModel.forward` returns.
+
+    Attributes
+    ----------
+    pred
+        ``[B, S, G]`` predicted log-expression, ``>= 0``.
+    candidates
+        ``[B, K]`` long database rows of the retrieved candidates (RAG only, else ``None``).
+    similarity
+        ``[B, K]`` cosine similarity of each candidate to the query (RAG only).
+    weights
+        ``[B, S, K]`` selection ``w_k`` (PT-RAG only): 0/1 forward values; in training, with the
+        straight-through gradient. Use ``weights.mean()`` for the sparsity penalty.
+    p_include
+        ``[B, S, K]`` softmax include probability (PT-RAG only).
+    """
+
+    pred: torch.Tensor
+    candidates: torch.Tensor | None = None
+    similarity: torch.Tensor | None = None
+    weights: torch.Tensor | None = None
+    p_include: torch.Tensor | None = None
+
+
+class Decoder(nn.Module):
+    """Backbone output to per-gene expression change: ``Linear(H, H) -> GELU -> Linear(H, G)``.
+
+    Parameter count: ``H*H + H + H*G + G``.
+    """
+
+    def __init__(self, hidden: int, n_genes: int) -> None:
+        super().__init__()
+        self.net = nn.Sequential(nn.Linear(hidden, hidden), nn.GELU(), nn.Linear(hidden, n_genes))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """``[..., H] -> [..., G]``."""
+        return self.net(x)
+
+
+class PerturbationModel(nn.Module):
+    """Set generator for STATE, STATE+GenePT, Vanilla RAG and PT-RAG.
+
+    Parameters
+    ----------
+    cfg
+        Model options (validated here).
+    n_genes
+        Number of output genes ``G``.
+    cell_input_dim
+        Width ``Dc`` of what the cell encoder reads.
+    pert_dim
+        Width ``Dp`` of perturbation vectors (one-hot classes or embedding width).
+    database
+        ``[N, Dp]`` raw vectors of the **training** perturbations only; required for the RAG
+        conditionings (ignored for ``none``). Stored as buffers (raw + L2-normalised) in
+        ``state_dict``. To rebuild a model from a checkpoint, a placeholder of any values (even
+        another number of rows) may be passed; ``load_state_dict`` restores vectors and names.
+    database_names
+        Names of the database rows (kept as ``database_names`` and in the ``state_dict``).
+
+    Notes
+    -----
+    Parameter count (``H`` hidden, ``L`` blocks, ``F`` ffn, ``Lc`` cell-encoder layers)::
+
+        cell encoder   Dc*H + H + (Lc-1)*(H*H + 3H)
+        pert encoder   Dp*H + H + H*H + H
+        backbone       2H + L*(4H^2 + 3*H*F + 2H)
+        decoder        H*H + H + H*G + G
+        vanilla_rag    + 4H^2 + 4H                       (nn.MultiheadAttention)
+        pt_rag         + 6H + (3H^2 + H) + (2H + 2) + (3H^2 + H)
+    """
+
+    def __init__(
+        self,
+        cfg: ModelConfig,
+        n_genes: int,
+        cell_input_dim: int,
+        pert_dim: int,
+        database: torch.Tensor | None = None,
+        database_names: Sequence[str] | None = None,
+    ) -> None:
+        super().__init__()
+        cfg.validate()
+        for name, value in (("n_genes", n_genes), ("cell_input_dim", cell_input_dim), ("pert_dim", pert_dim)):
+            if int(value) < 1:
+                raise PtragError(f"{name} must be >= 1 (got {value}).")
+        self.cfg = cfg
+        self.n_genes = int(n_genes)
+        self.cell_input_dim = int(cell_input_dim)
+        self.pert_dim = int(pert_dim)
+        h = cfg.hidden
+
+        self.cell_encoder = CellEncoder(cell_input_dim, h, cfg.cell_encoder_layers, cfg.dropout)
+        self.pert_encoder = PertEncoder(pert_dim, h, cfg.dropout)
+        self.backbone = SetTransformer(h, cfg.n_layers, cfg.n_heads, cfg.ffn, cfg.dropout)
+        self.decoder = Decoder(h, n_genes)
+
+        self.index: PerturbationIndex | None = None
+        self.cross_attn: nn.MultiheadAttention | None = None
+        self.selector: TripletSelector | None = None
+        if cfg.conditioning != "none":
+            if database is None:
+                raise PtragError(
+                    f"conditioning {cfg.conditioning!r} needs a retrieval database (the training "
+                    "perturbations' vectors); none was given."
+                )
+            database = torch.as_tensor(database)
+            if database.ndim != 2 or database.shape[1] != pert_dim:
+                raise PtragError(
+                    f"retrieval database must have shape [N, pert_dim={pert_dim}] (got {tuple(database.shape)})."
+                )
+            if cfg.topk > database.shape[0] - 1:
+                raise PtragError(
+                    f"model option topk = {cfg.topk} exceeds the {database.shape[0]} training perturbations "
+                    f"of the retrieval database minus the query: use topk <= {database.shape[0] - 1}."
+                )
+            self.index = PerturbationIndex(database, database_names)
+            if cfg.conditioning == "vanilla_rag":
+                self.cross_attn = nn.MultiheadAttention(h, cfg.n_heads, dropout=cfg.dropout, batch_first=True)
+            else:
+                self.selector = TripletSelector(h, cfg.tau)
+
+    # ------------------------------------------------------------------ helpers
+    @property
+    def database_names(self) -> list[str] | None:
+        """Names of the retrieval database rows (``None`` without a database or names)."""
+        return None if self.index is None else self.index.names
+
+    def query_index(self, names: Sequence[str]) -> torch.Tensor:
+        """``[len(names)]`` long rows of ``names`` in the retrieval database (``-1`` if absent).
+
+        Parameters
+        ----------
+        names
+            Query perturbation name of each set.
+
+        Returns
+        -------
+        torch.Tensor
+            Long tensor on the model's device.
+        """
+        if self.index is None:
+            return torch.full((len(names),), -1, dtype=torch.long)
+        return self.index.query_index(names)
+
+    def _check_inputs(self, ctrl_expr, cell_input, pert_vec, query_index) -> None:
+        if ctrl_expr.ndim != 3 or ctrl_expr.shape[-1] != self.n_genes:
+            raise PtragError(f"ctrl_expr must be [B, S, G={self.n_genes}] (got {tuple(ctrl_expr.shape)}).")
+        b, s = ctrl_expr.shape[:2]
+        if tuple(cell_input.shape) != (b, s, self.cell_input_dim):
+            raise PtragError(
+                f"cell_input must be [B={b}, S={s}, {self.cell_input_dim}] (got {tuple(cell_input.shape)})."
+            )
+        if tuple(pert_vec.shape) != (b, self.pert_dim):
+            raise PtragError(f"pert_vec must be [B={b}, {self.pert_dim}] (got {tuple(pert_vec.shape)}).")
+        if tuple(query_index.shape) != (b,):
+            raise PtragError(f"query_index must be [B={b}] (got {tuple(query_index.shape)}).")
+
+    # ------------------------------------------------------------------ forward
+    def forward(
+        self,
+        ctrl_expr: torch.Tensor,
+        cell_input: torch.Tensor,
+        pert_vec: torch.Tensor,
+        query_index: torch.Tensor,
+        sample_selection: bool | None = None,
+    ) -> ModelOutput:
+        """Predict the perturbed set of each control set.
+
+        Parameters
+        ----------
+        ctrl_expr
+            ``[B, S, G]`` control cells' log-expression (the residual base).
+        cell_input
+            ``[B, S, Dc]`` what the cell encoder reads (expression, obsm embedding, PCA scores).
+        pert_vec
+            ``[B, Dp]`` query perturbation vectors.
+        query_index
+            ``[B]`` long: the query's row in the retrieval database, ``-1`` when absent; that
+            row is excluded from the query's candidates. Ignored for ``conditioning="none"``.
+        sample_selection
+            PT-RAG only. ``None``: Gumbel sampling in training, ``cfg.eval_selection`` in eval.
+            ``True``: always sample. ``False``: always the noise-free threshold (with the
+            straight-through gradient of ``p_include`` when gradients are enabled).
+
+        Returns
+        -------
+        ModelOutput
+            Prediction and, for the RAG conditionings, retrieval and selection tensors.
+        """
+        self._check_inputs(ctrl_expr, cell_input, pert_vec, query_index)
+        h_ctrl = self.cell_encoder(cell_input)  # [B, S, H]
+        h_pert = self.pert_encoder(pert_vec)  # [B, H]
+        out = ModelOutput(pred=ctrl_expr)
+        if self.cfg.conditioning == "none":
+            z = h_ctrl + h_pert[:, None, :]
+        else:
+            assert self.index is not None
+            sim, idx = self.index.search(pert_vec, self.cfg.topk, query_index.to(pert_vec.device))
+            h_ctx = self.pert_encoder(self.index.raw[idx].to(pert_vec.dtype))  # [B, K, H]
+            out.candidates, out.similarity = idx, sim
+            if self.cfg.conditioning == "vanilla_rag":
+                assert self.cross_attn is not None
+                q = h_ctrl + h_pert[:, None, :]
+                attn, _ = self.cross_attn(q, h_ctx, h_ctx, need_weights=False)
+                z = q + attn
+            else:
+                assert self.selector is not None
+                fused = self.cfg.fused_triplets
+                logits = self.selector.scores(h_ctrl, h_pert, h_ctx, fused=fused)  # [B, S, K, 2]
+                if sample_selection is None:
+                    sample = self.training or self.cfg.eval_selection == "sample"
+                else:
+                    sample = bool(sample_selection)
+                w, p_include = self.selector.select(logits, "sample" if sample else "threshold")
+                z = self.selector.aggregate(w, h_ctrl, h_pert, h_ctx, fused=fused)
+                if self.cfg.empty_selection == "keep":
+                    z = z + h_ctrl + h_pert[:, None, :]
+                out.weights, out.p_include = w, p_include
+        delta = self.decoder(self.backbone(z))
+        out.pred = torch.relu(ctrl_expr + delta)
+        return out
+
+
+PRESETS: dict[str, ModelConfig] = {
+    "cpu": ModelConfig(hidden=64, n_layers=2, n_heads=4, ffn=256, cell_encoder_layers=2, topk=16, tau=0.5),
+    "paper": ModelConfig(hidden=128, n_layers=4, n_heads=8, ffn=512, cell_encoder_layers=2, topk=32, tau=0.5),
+}
+"""Model-size presets (conditioning ``none``; use ``dataclasses.replace(p, conditioning=...)``)."""
+
+
+def count_parameters(model: nn.Module, trainable_only: bool = False) -> int:
+    """Number of parameters of ``model`` (buffers such as the retrieval database excluded).
+
+    Parameters
+    ----------
+    model
+        Any module.
+    trainable_only
+        Count only parameters with ``requires_grad``.
+
+    Returns
+    -------
+    int
+        Total number of scalar parameters.
+    """
+    return sum(p.numel() for p in model.parameters() if p.requires_grad or not trainable_only)
