@@ -1,0 +1,132 @@
+"""Training and prediction end to end on a tiny data set (a few steps; CPU)."""
+
+from __future__ import annotations
+
+import pickle
+
+import anndata as ad
+import numpy as np
+import pandas as pd
+import pytest
+
+from _data import make_adata
+from ptrag.cli import main
+from ptrag.train.config import resolve_config
+from ptrag.train.predict import load_plan, predict
+
+FAST = ["--max-steps", "4", "--val-every", "2", "--batch-size", "4", "--cell-set-size", "8", "--hidden", "16",
+        "--n-heads", "2", "--ffn", "32", "--n-genes", "20", "--topk", "3", "--target-cell-type", "CT1"]
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory):
+    d = tmp_path_factory.mktemp("train")
+    make_adata(n_perts=8, cells=16, n_genes=30).write_h5ad(d / "d.h5ad")
+    rng = np.random.default_rng(0)
+    with open(d / "genept.pkl", "wb") as f:
+        pickle.dump({f"P{i}": rng.normal(size=12).tolist() for i in range(8)}, f)
+    return d
+
+
+@pytest.fixture(scope="module")
+def runs(files):
+    out = {}
+    for model in ("state", "state_genept", "vanilla_rag", "pt_rag"):
+        genes = [] if model == "state" else ["--genes", str(files / "genept.pkl")]
+        run = files / f"run_{model}"
+        assert main(["train", "--data", str(files / "d.h5ad"), "--out", str(run), "--model", model, *genes, *FAST]) == 0
+        out[model] = run
+    return out
+
+
+def test_run_folder_contents(runs):
+    for run in runs.values():
+        for name in ("config.toml", "split.toml", "genes.txt", "pca.npz", "checkpoints/last.ckpt", "logs/metrics.csv"):
+            assert (run / name).is_file(), name
+        assert len((run / "genes.txt").read_text().split()) == 20
+        metrics = pd.read_csv(run / "logs" / "metrics.csv")
+        assert metrics["val/energy"].notna().any()
+
+
+def test_retrieval_database_holds_training_perturbations_only(runs):
+    plan = load_plan(runs["pt_rag"])
+    cfg = resolve_config(config_file=runs["pt_rag"] / "config.toml")
+    from ptrag.data.splits import read_split_toml
+
+    split = read_split_toml(runs["pt_rag"] / "split.toml")
+    held = set(split.fewshot["data.CT1"]["val"]) | set(split.fewshot["data.CT1"]["test"])
+    assert cfg.model == "pt_rag"
+    # every perturbation also trains in CT0 here, so the database is all 8; none may be missing
+    assert sorted(plan.model.database_names) == [f"P{i}" for i in range(8)]
+    assert held  # the split really held some out in the target
+
+
+@pytest.mark.parametrize("model", ["state", "state_genept", "vanilla_rag", "pt_rag"])
+def test_predict_is_deterministic_and_well_formed(runs, files, model, tmp_path):
+    out = tmp_path / "pred.h5ad"
+    assert main(["predict", "--run", str(runs[model]), "--data", str(files / "d.h5ad"), "--out", str(out)]) == 0
+    a = ad.read_h5ad(out)
+    b = predict(runs[model], files / "d.h5ad").adata
+    np.testing.assert_array_equal(a.X, b.X)  # bitwise identical across runs
+    assert list(a.var_names) == (runs[model] / "genes.txt").read_text().split()
+    assert (a.X >= 0).all()
+    pred = a.obs[~a.obs["is_control"]]
+    assert set(pred["cell_type"]) == {"CT1"}
+    assert (pred.groupby("perturbation", observed=True).size() == 16).all()  # as many cells as observed
+    assert a.obs["is_control"].sum() == 40
+    if model in ("vanilla_rag", "pt_rag"):
+        log = pd.read_csv(out.with_suffix(".retrieval.csv"))
+        assert set(log.columns) >= {"cell_type", "query", "candidate", "similarity", "selected_fraction"}
+        assert not (log["query"] == log["candidate"]).any()  # a query never retrieves itself
+        assert (log.groupby("query").size() == 3).all()
+
+
+def test_unseen_perturbation_from_gene_vector(runs, files, tmp_path):
+    rng = np.random.default_rng(1)
+    with open(tmp_path / "new.pkl", "wb") as f:
+        pickle.dump({"NEWGENE": rng.normal(size=12).tolist()}, f)
+    out = tmp_path / "new.h5ad"
+    rc = main(["predict", "--run", str(runs["pt_rag"]), "--data", str(files / "d.h5ad"), "--out", str(out),
+               "--perturbations", "NEWGENE", "--cell-type", "CT0", "--genes", str(tmp_path / "new.pkl")])
+    assert rc == 0
+    a = ad.read_h5ad(out)
+    assert (a.obs.loc[~a.obs["is_control"], "perturbation"] == "NEWGENE").sum() == 8
+    rc = main(["predict", "--run", str(runs["state"]), "--data", str(files / "d.h5ad"), "--out", str(tmp_path / "s.h5ad"),
+               "--perturbations", "NEWGENE", "--cell-type", "CT0"])
+    assert rc == 2 and not (tmp_path / "s.h5ad").exists()
+
+
+def test_bad_training_options(files, tmp_path, capsys):
+    base = ["train", "--data", str(files / "d.h5ad"), *FAST]
+    cases = [
+        (["--model", "state", "--genes", str(files / "genept.pkl")], "takes no --genes"),
+        (["--model", "pt_rag"], "needs gene embeddings"),
+        (["--model", "pt_rag", "--genes", str(files / "genept.pkl"), "--topk", "50"], "--topk 50"),
+        (["--model", "pt_rag", "--genes", str(files / "genept.pkl"), "--tau", "0"], "--tau"),
+        (["--model", "pt_rag", "--genes", str(files / "genept.pkl"), "--sparsity-weight", "-1"], "--sparsity-weight"),
+        (["--model", "nope"], "--model"),
+        (["--model", "state", "--cell-set-size", "1"], "--cell-set-size"),
+    ]
+    for i, (extra, needle) in enumerate(cases):
+        out = tmp_path / f"r{i}"
+        rc = main([*base, "--out", str(out), *extra])
+        err = capsys.readouterr().err
+        assert rc == 2, extra
+        assert needle in err.replace("\n", " "), (needle, err)
+        assert not (out / "checkpoints").exists()
+
+
+def test_config_file_and_unknown_keys(tmp_path):
+    p = tmp_path / "c.toml"
+    p.write_text('model = "vanilla_rag"\ntopk = 5\n[data]\npert_col = "perturbation"\n')
+    cfg = resolve_config({"topk": 7}, p)
+    assert (cfg.model, cfg.topk, cfg.column_spec.pert_col) == ("vanilla_rag", 7, "perturbation")
+    p.write_text("topkk = 5\n")
+    from ptrag.errors import PtragError
+
+    with pytest.raises(PtragError, match="unknown key"):
+        resolve_config(config_file=p)
+    p.write_text('topk = "five"\n')
+    with pytest.raises(PtragError, match="wrong type"):
+        resolve_config(config_file=p)
+    assert resolve_config(preset="paper").cell_set_size == 64
