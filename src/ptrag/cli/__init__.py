@@ -48,7 +48,8 @@ def _setup_logging(debug: bool) -> None:
         logger.addHandler(RichHandler(console=_err, show_time=False, show_path=False, markup=False))
     logger.setLevel(logging.DEBUG if debug else logging.INFO)
     logger.propagate = False
-    for name in ("lightning.pytorch", "lightning.fabric", "lightning"):
+    for name in ("lightning.pytorch", "lightning.fabric", "lightning", "lightning.pytorch.utilities.rank_zero",
+                 "lightning.fabric.utilities.rank_zero", "lightning.pytorch.accelerators.cuda"):
         logging.getLogger(name).setLevel(logging.INFO if debug else logging.WARNING)
     if not debug:
         warnings.filterwarnings("ignore", category=DeprecationWarning)
