@@ -106,6 +106,15 @@ def test_shapes_columns_and_group_sizes(bench):
     assert a.var.loc[bench.perturbations, "is_perturbed"].all()
 
 
+def test_more_perturbations_than_half_the_genes():
+    b = syn.simulate(**{**SMALL, "n_genes": 60})  # 48 perturbations, 30 measured
+    var = b.adata.var
+    assert int(var["is_perturbed"].sum()) == 30 and b.adata.n_vars == 60
+    assert set(var.index[var["is_perturbed"]]) < set(b.perturbations)
+    assert len(b.gene_table) == 48
+    assert (var.loc[var["is_perturbed"], "module"] == [g[:5] for g in var.index[var["is_perturbed"]]]).all()
+
+
 def test_counts_integer_and_x_is_log1p_normalised(bench):
     import scanpy as sc
 
@@ -160,13 +169,23 @@ def test_target_gene_is_knocked_down(bench):
 # ------------------------------------------------------------------------------- ground truth
 
 
+def _sets(bench) -> dict[tuple[str, str], tuple[str, ...]]:
+    return syn.informative_sets(bench.ground_truth, list(bench.true_effects), bench.perturbations)
+
+
 def test_ground_truth_follows_its_definition(bench):
     thr = bench.config.informative_threshold
     gt = bench.ground_truth
     assert list(gt.columns) == ["cell_type", "query", "informative"]
-    assert len(gt) == 4 * len(bench.perturbations)
+    assert not gt.duplicated().any() and (gt["query"] != gt["informative"]).all()
+    sets = _sets(bench)
+    assert len(sets) == 4 * len(bench.perturbations)
+    assert sum(len(v) for v in sets.values()) == len(gt)
     idx = {g: i for i, g in enumerate(bench.perturbations)}
-    for ct, q, inf in gt.sample(60, random_state=0).itertuples(index=False):
+    keys = list(sets)
+    for j in np.random.default_rng(0).choice(len(keys), 80, replace=False):
+        ct, q = keys[j]
+        inf = sets[ct, q]
         eff = bench.true_effects[ct].astype(np.float64)
         cos = _cos(eff, eff[idx[q]][None, :])
         cos[idx[q]] = -np.inf
@@ -177,7 +196,7 @@ def test_ground_truth_follows_its_definition(bench):
 
 def test_informative_effects_are_similar_in_observed_data(bench, deltas):
     inf_cos, non_cos = [], []
-    for ct, q, inf in bench.ground_truth.itertuples(index=False):
+    for (ct, q), inf in _sets(bench).items():
         d = deltas[ct]
         c = pd.Series(_cos(d.to_numpy(), d.loc[q].to_numpy()[None, :]), index=d.index).drop(q)
         inf_cos += list(c[list(inf)])
@@ -192,7 +211,7 @@ def test_informative_effects_are_similar_in_observed_data(bench, deltas):
 
 
 def test_informative_sets_depend_on_the_cell_type(bench):
-    ov = syn.informative_overlap(bench.ground_truth)
+    ov = syn.informative_overlap(bench.ground_truth, list(bench.true_effects), bench.perturbations)
     assert ov["frac_queries_differ"] > 0.5
     assert 0.1 < ov["mean_jaccard"] < 0.7
     assert 0.05 < ov["frac_empty"] < 0.5  # inactive modules: nothing informative
@@ -235,16 +254,23 @@ def test_embedding_retrieval_is_informative_but_imperfect(bench):
     assert np.allclose(np.linalg.norm(vecs, axis=1), 1.0, atol=1e-5)
 
 
-def test_precision_closed_form():
+def test_precision_and_overlap_closed_form():
     table = {"a": np.array([1.0, 0.0]), "b": np.array([0.9, 0.1]), "c": np.array([0.0, 1.0])}
-    gt = pd.DataFrame(
-        {"cell_type": ["x", "x", "x"], "query": ["a", "b", "c"], "informative": [("c",), ("a",), ()]}
-    )
+    gt = pd.DataFrame({"cell_type": ["x", "x"], "query": ["a", "b"], "informative": ["c", "a"]})
     r = syn.embedding_retrieval_precision(table, gt, k=1)
     # a's neighbour is b (miss), b's is a (hit); c has no informative set
     assert r["precision"] == pytest.approx(0.5)
     assert r["precision_all"] == pytest.approx(1 / 3)
     assert r["random"] == pytest.approx(0.5)
+    # two cell types: x {a: c, b: a}, y {a: c, b: c}; Jaccard over non-empty pairs = (1 + 0) / 2
+    gt2 = pd.DataFrame(
+        {"cell_type": ["x", "x", "y", "y"], "query": ["a", "b", "a", "b"], "informative": ["c", "a", "c", "c"]}
+    )
+    ov = syn.informative_overlap(gt2, ["x", "y"], ["a", "b", "c"])
+    assert ov["mean_jaccard"] == pytest.approx(0.5)
+    assert ov["frac_queries_differ"] == pytest.approx(1 / 3)
+    assert ov["frac_empty"] == pytest.approx(2 / 6)
+    assert ov["mean_size"] == {"x": pytest.approx(2 / 3), "y": pytest.approx(2 / 3)}
 
 
 # ------------------------------------------------------------------------------- files
@@ -270,9 +296,13 @@ def test_write_benchmark_round_trip(tmp_path):
     assert back.obs.equals(b.adata.obs)
     for source in (paths["ground_truth"], paths["data"], back):
         assert syn.load_ground_truth(source).equals(b.ground_truth)
-    csv = pd.read_csv(paths["ground_truth"], keep_default_na=False)
-    assert list(csv.columns) == ["cell_type", "query", "informative"]
-    assert (csv["informative"] == "").any()  # empty sets are written as empty strings
+    csv = pd.read_csv(paths["ground_truth"])
+    assert list(csv.columns) == ["cell_type", "query", "informative"] and len(csv) == len(b.ground_truth)
+    # a benchmark without any informative pair still writes and reads back (empty table)
+    none = syn.simulate(**SMALL, informative_threshold=0.999)
+    assert none.ground_truth.empty
+    p = syn.write_benchmark(none, tmp_path / "none")
+    assert syn.load_ground_truth(p["data"]).empty and syn.load_ground_truth(p["ground_truth"]).empty
 
 
 def test_files_read_by_the_data_layer(tmp_path):
@@ -397,3 +427,25 @@ def test_write_large_h5ad_rejects_bad_sizes(tmp_path):
     with pytest.raises(PtragError, match="n_cells"):
         syn.write_large_h5ad(tmp_path / "x.h5ad", n_cells=0, n_genes=10)
     assert not (tmp_path / "x.h5ad").exists()
+
+
+def test_ground_truth_feeds_the_retrieval_metric(bench):
+    """The long table is the format ptrag.eval.metrics scores selections against."""
+    metrics = pytest.importorskip("ptrag.eval.metrics")
+    genes = bench.perturbations
+    emb = np.stack([bench.gene_table[g] for g in genes]).astype(np.float64)
+    cos = emb @ emb.T
+    np.fill_diagonal(cos, -np.inf)
+    top = np.argsort(-cos, axis=1, kind="stable")[:, :10]
+    log = pd.DataFrame(
+        [
+            (ct, q, genes[j], cos[i, j], 1.0)
+            for ct in bench.true_effects
+            for i, q in enumerate(genes)
+            for j in top[i]
+        ],
+        columns=["cell_type", "query", "candidate", "similarity", "selected_fraction"],
+    )
+    table = metrics.retrieval_precision_recall(log, bench.ground_truth)
+    ours = syn.embedding_retrieval_precision(bench.gene_table, bench.ground_truth, k=10)
+    assert table["precision_topk"].mean() == pytest.approx(ours["precision_all"])

@@ -48,16 +48,15 @@ log = logging.getLogger("ptrag")
 CONTROL_LABEL = "non-targeting"
 """Label of non-targeting control cells in the ``gene`` obs column."""
 GROUND_TRUTH_KEY = "ptrag_ground_truth"
-"""``adata.uns`` key of the ground truth (arrays ``cell_type``, ``query``, ``informative``)."""
+"""``adata.uns`` key of the ground truth (string arrays ``cell_type``, ``query``, ``informative``)."""
 SIMULATION_KEY = "ptrag_simulation"
 """``adata.uns`` key of the simulation's parameters and module states."""
-INFORMATIVE_SEP = ";"
-"""Separator of the perturbations in the ``informative`` column of the ground-truth CSV."""
 
 DATA_FILE = "perturbseq.h5ad"
 GENES_FILE = "genept.pkl"
 GROUND_TRUTH_FILE = "ground_truth.csv"
 
+_GT_COLUMNS = ("cell_type", "query", "informative")
 _CELL_BLOCK = 8192  # cells per negative-binomial draw in simulate()
 
 
@@ -195,8 +194,10 @@ class SyntheticBenchmark:
     gene_table
         GenePT-like embeddings: symbol -> float32 vector (unit norm) for every perturbed gene.
     ground_truth
-        One row per (cell type, query perturbation): ``cell_type``, ``query``,
-        ``informative`` (tuple of perturbation symbols, most similar first; may be empty).
+        One row per informative pair: ``cell_type``, ``query``, ``informative`` (str), sorted
+        by cell type, query (in ``perturbations`` order) and decreasing true-effect cosine. A
+        (cell type, query) without rows has no informative perturbation (see
+        :func:`informative_sets`).
     true_effects
         Per cell type, the true mean effect (natural-log fold change of the expected counts,
         perturbations x genes, rows in ``perturbations`` order); not written to disk.
@@ -461,9 +462,8 @@ def simulate(config: SimulationConfig | None = None, **overrides: Any) -> Synthe
         np.fill_diagonal(cos, -np.inf)
         for p in range(P):
             order = np.argsort(-cos[p], kind="stable")
-            chosen = [perts[q] for q in order if cos[p, q] > c.informative_threshold]
-            rows.append((ct, perts[p], tuple(chosen)))
-    ground_truth = pd.DataFrame(rows, columns=["cell_type", "query", "informative"])
+            rows += [(ct, perts[p], perts[q]) for q in order if cos[p, q] > c.informative_threshold]
+    ground_truth = pd.DataFrame(rows, columns=["cell_type", "query", "informative"], dtype=object)
     adata.uns[GROUND_TRUTH_KEY] = _ground_truth_to_uns(ground_truth)
     adata.uns[SIMULATION_KEY] = {
         "config": c.to_dict(),
@@ -534,26 +534,47 @@ def _embeddings(
 
 
 def _ground_truth_to_uns(gt: pd.DataFrame) -> dict[str, np.ndarray]:
-    return {
-        "cell_type": gt["cell_type"].to_numpy(dtype=object).astype(str).astype(object),
-        "query": gt["query"].to_numpy(dtype=object).astype(str).astype(object),
-        "informative": np.asarray(
-            [INFORMATIVE_SEP.join(v) for v in gt["informative"]], dtype=object
-        ),
-    }
+    return {col: np.asarray([str(v) for v in gt[col]], dtype=object) for col in _GT_COLUMNS}
 
 
-def _ground_truth_from_columns(cell_type, query, informative) -> pd.DataFrame:
+def _ground_truth_frame(cell_type, query, informative) -> pd.DataFrame:
     return pd.DataFrame(
         {
             "cell_type": [str(v) for v in cell_type],
             "query": [str(v) for v in query],
-            "informative": [
-                tuple(s for s in str(v).split(INFORMATIVE_SEP) if s) if isinstance(v, str) and v else ()
-                for v in informative
-            ],
-        }
+            "informative": [str(v) for v in informative],
+        },
+        dtype=object,
     )
+
+
+def informative_sets(
+    ground_truth: pd.DataFrame,
+    cell_types: list[str] | None = None,
+    queries: list[str] | None = None,
+) -> dict[tuple[str, str], tuple[str, ...]]:
+    """The informative set of every (cell type, query), empty ones included.
+
+    Parameters
+    ----------
+    ground_truth
+        Long table with columns ``cell_type``, ``query``, ``informative``.
+    cell_types, queries
+        The cell types and query perturbations to cover (default: those in the table);
+        pairs without rows get an empty tuple.
+
+    Returns
+    -------
+    dict
+        ``(cell_type, query)`` -> tuple of informative perturbations in table order.
+    """
+    cell_types = list(dict.fromkeys(ground_truth["cell_type"])) if cell_types is None else cell_types
+    queries = list(dict.fromkeys(ground_truth["query"])) if queries is None else queries
+    out: dict[tuple[str, str], list[str]] = {(ct, q): [] for ct in cell_types for q in queries}
+    for ct, q, inf in ground_truth[list(_GT_COLUMNS)].itertuples(index=False):
+        if (ct, q) in out:
+            out[(ct, q)].append(inf)
+    return {k: tuple(v) for k, v in out.items()}
 
 
 # --------------------------------------------------------------------------------------------
@@ -576,8 +597,7 @@ def write_benchmark(bench: SyntheticBenchmark, out_dir: str | Path) -> dict[str,
     dict[str, pathlib.Path]
         ``"data"`` -> ``out_dir/perturbseq.h5ad``, ``"genes"`` -> ``out_dir/genept.pkl`` (GenePT
         pickle: dict symbol -> list of floats), ``"ground_truth"`` -> ``out_dir/ground_truth.csv``
-        (columns ``cell_type``, ``query``, ``informative``; informative perturbations joined
-        with ``;``, most similar first, empty when none).
+        (columns ``cell_type``, ``query``, ``informative``: one row per informative pair).
     """
     out = Path(out_dir)
     if out.exists() and not out.is_dir():
@@ -589,15 +609,13 @@ def write_benchmark(bench: SyntheticBenchmark, out_dir: str | Path) -> dict[str,
         "ground_truth": out / GROUND_TRUTH_FILE,
     }
     with atomic_path(paths["data"]) as tmp:
-        bench.adata.write_h5ad(tmp)
+        bench.adata.write_h5ad(tmp, compression="gzip")
     table = {g: [float(x) for x in np.asarray(v, dtype=np.float32)] for g, v in bench.gene_table.items()}
     with atomic_path(paths["genes"]) as tmp:
         with open(tmp, "wb") as fh:
             pickle.dump(table, fh, protocol=4)
-    gt = bench.ground_truth.copy()
-    gt["informative"] = [INFORMATIVE_SEP.join(v) for v in gt["informative"]]
     with atomic_path(paths["ground_truth"]) as tmp:
-        gt.to_csv(tmp, index=False, lineterminator="\n")
+        bench.ground_truth[list(_GT_COLUMNS)].to_csv(tmp, index=False, lineterminator="\n")
     return paths
 
 
@@ -613,7 +631,7 @@ def load_ground_truth(path_or_adata: str | Path | ad.AnnData) -> pd.DataFrame:
     Returns
     -------
     pandas.DataFrame
-        Columns ``cell_type``, ``query`` (str) and ``informative`` (tuple of str).
+        One row per informative pair: ``cell_type``, ``query``, ``informative`` (str).
 
     Raises
     ------
@@ -626,7 +644,7 @@ def load_ground_truth(path_or_adata: str | Path | ad.AnnData) -> pd.DataFrame:
             raise PtragError(
                 f"the AnnData has no uns[{GROUND_TRUTH_KEY!r}]: it is not a ptrag synthetic benchmark."
             )
-        return _ground_truth_from_columns(uns["cell_type"], uns["query"], uns["informative"])
+        return _ground_truth_frame(uns["cell_type"], uns["query"], uns["informative"])
     path = Path(path_or_adata)
     if not path.is_file():
         raise PtragError(f"ground-truth file {path} does not exist: pass ground_truth.csv or the .h5ad.")
@@ -638,7 +656,7 @@ def load_ground_truth(path_or_adata: str | Path | ad.AnnData) -> pd.DataFrame:
                     f"{path} has no uns[{GROUND_TRUTH_KEY!r}]: it is not a ptrag synthetic benchmark."
                 )
             uns = ad.io.read_elem(f[key])
-        return _ground_truth_from_columns(uns["cell_type"], uns["query"], uns["informative"])
+        return _ground_truth_frame(uns["cell_type"], uns["query"], uns["informative"])
     try:
         df = pd.read_csv(path, dtype=str, keep_default_na=False)
     except Exception as exc:  # noqa: BLE001 - any parse failure is the user's file
@@ -648,7 +666,7 @@ def load_ground_truth(path_or_adata: str | Path | ad.AnnData) -> pd.DataFrame:
         raise PtragError(
             f"ground-truth CSV {path} lacks column {missing[0]!r}: expected cell_type, query, informative."
         )
-    return _ground_truth_from_columns(df["cell_type"], df["query"], df["informative"])
+    return _ground_truth_frame(df["cell_type"], df["query"], df["informative"])
 
 
 # --------------------------------------------------------------------------------------------
@@ -656,21 +674,26 @@ def load_ground_truth(path_or_adata: str | Path | ad.AnnData) -> pd.DataFrame:
 
 
 def embedding_retrieval_precision(
-    gene_table: dict[str, np.ndarray], ground_truth: pd.DataFrame, k: int = 10
+    gene_table: dict[str, np.ndarray],
+    ground_truth: pd.DataFrame,
+    k: int = 10,
+    cell_types: list[str] | None = None,
 ) -> dict[str, float]:
     """Precision of top-``k`` cosine neighbours in the embedding against the ground truth.
 
-    The neighbours of a query are the ``k`` other perturbations (of the ground truth) whose
-    embeddings are most cosine-similar to the query's; they are the same in every cell type.
+    Every gene of ``gene_table`` is a query; its neighbours are the ``k`` other genes of the
+    table with the most cosine-similar vectors, the same in every cell type.
 
     Parameters
     ----------
     gene_table
-        Symbol -> embedding vector.
+        Symbol -> embedding vector (the perturbations of the benchmark).
     ground_truth
-        Columns ``cell_type``, ``query``, ``informative``.
+        Long table with columns ``cell_type``, ``query``, ``informative``.
     k
         Number of neighbours.
+    cell_types
+        Cell types to score (default: those in ``ground_truth``).
 
     Returns
     -------
@@ -679,35 +702,38 @@ def embedding_retrieval_precision(
         ``precision_all``: mean over all pairs; ``random``: the expected precision of ``k``
         neighbours drawn at random (same pairs as ``precision``).
     """
-    queries = sorted(set(ground_truth["query"]))
-    index = {q: i for i, q in enumerate(queries)}
+    queries = list(gene_table)
     emb = np.stack([np.asarray(gene_table[q], dtype=np.float64) for q in queries])
     cos = _cosine_matrix(emb)
     np.fill_diagonal(cos, -np.inf)
     k = min(k, len(queries) - 1)
     top = np.argsort(-cos, axis=1, kind="stable")[:, :k]
-    neigh = {q: {queries[j] for j in top[index[q]]} for q in queries}
-    prec, rand, nonempty = [], [], []
-    for q, inf in zip(ground_truth["query"], ground_truth["informative"]):
-        hits = len(neigh[q] & set(inf))
-        prec.append(hits / k)
-        rand.append(len(inf) / (len(queries) - 1))
-        nonempty.append(len(inf) > 0)
-    prec_a, rand_a, ne = np.asarray(prec), np.asarray(rand), np.asarray(nonempty)
+    neigh = {q: {queries[j] for j in top[i]} for i, q in enumerate(queries)}
+    sets = informative_sets(ground_truth, cell_types, queries)
+    prec = np.asarray([len(neigh[q] & set(inf)) / k for (_, q), inf in sets.items()])
+    rand = np.asarray([len(inf) / (len(queries) - 1) for inf in sets.values()])
+    nonempty = np.asarray([len(inf) > 0 for inf in sets.values()])
     return {
-        "precision": float(prec_a[ne].mean()) if ne.any() else float("nan"),
-        "precision_all": float(prec_a.mean()),
-        "random": float(rand_a[ne].mean()) if ne.any() else float("nan"),
+        "precision": float(prec[nonempty].mean()) if nonempty.any() else float("nan"),
+        "precision_all": float(prec.mean()),
+        "random": float(rand[nonempty].mean()) if nonempty.any() else float("nan"),
     }
 
 
-def informative_overlap(ground_truth: pd.DataFrame) -> dict[str, Any]:
+def informative_overlap(
+    ground_truth: pd.DataFrame,
+    cell_types: list[str] | None = None,
+    queries: list[str] | None = None,
+) -> dict[str, Any]:
     """How much the informative sets of a query differ between cell types.
 
     Parameters
     ----------
     ground_truth
-        Columns ``cell_type``, ``query``, ``informative``.
+        Long table with columns ``cell_type``, ``query``, ``informative``.
+    cell_types, queries
+        Cell types and queries to cover (default: those in the table; pass all perturbations
+        so that queries with no informative set in any cell type count too).
 
     Returns
     -------
@@ -718,27 +744,26 @@ def informative_overlap(ground_truth: pd.DataFrame) -> dict[str, Any]:
         set is not the same in every cell type; ``mean_size``: mean informative-set size per
         cell type; ``frac_empty``: fraction of (cell type, query) pairs with an empty set.
     """
-    cts = list(dict.fromkeys(ground_truth["cell_type"]))
-    sets = {(ct, q): set(inf) for ct, q, inf in ground_truth[["cell_type", "query", "informative"]].itertuples(index=False)}
-    queries = list(dict.fromkeys(ground_truth["query"]))
+    sets = {k: set(v) for k, v in informative_sets(ground_truth, cell_types, queries).items()}
+    cts = list(dict.fromkeys(ct for ct, _ in sets))
+    qs = list(dict.fromkeys(q for _, q in sets))
     jac = pd.DataFrame(np.eye(len(cts)), index=cts, columns=cts)
     for i, a in enumerate(cts):
         for b in cts[i + 1 :]:
-            vals = []
-            for q in queries:
-                sa, sb = sets.get((a, q), set()), sets.get((b, q), set())
-                if sa or sb:
-                    vals.append(len(sa & sb) / len(sa | sb))
+            vals = [
+                len(sets[a, q] & sets[b, q]) / len(sets[a, q] | sets[b, q])
+                for q in qs
+                if sets[a, q] or sets[b, q]
+            ]
             jac.loc[a, b] = jac.loc[b, a] = float(np.mean(vals)) if vals else float("nan")
     off = jac.to_numpy()[~np.eye(len(cts), dtype=bool)]
-    differ = [len({frozenset(sets.get((ct, q), set())) for ct in cts}) > 1 for q in queries]
-    sizes = ground_truth.assign(n=ground_truth["informative"].map(len)).groupby("cell_type", sort=False)["n"]
+    differ = [len({frozenset(sets[ct, q]) for ct in cts}) > 1 for q in qs]
     return {
         "jaccard": jac,
-        "mean_jaccard": float(np.nanmean(off)) if off.size else float("nan"),
-        "frac_queries_differ": float(np.mean(differ)),
-        "mean_size": sizes.mean().to_dict(),
-        "frac_empty": float((ground_truth["informative"].map(len) == 0).mean()),
+        "mean_jaccard": float(np.nanmean(off)) if off.size and not np.isnan(off).all() else float("nan"),
+        "frac_queries_differ": float(np.mean(differ)) if differ else float("nan"),
+        "mean_size": {ct: float(np.mean([len(sets[ct, q]) for q in qs])) for ct in cts},
+        "frac_empty": float(np.mean([len(v) == 0 for v in sets.values()])),
     }
 
 
@@ -808,8 +833,10 @@ def summarize(bench: SyntheticBenchmark, k: int = 10) -> dict[str, Any]:
         "controls_per_cell_type": obs[obs["gene"] == CONTROL_LABEL].groupby("cell_type", observed=True).size().to_dict(),
         "sparsity": 1.0 - nnz / (adata.n_obs * adata.n_vars),
     }
-    out.update(informative_overlap(bench.ground_truth))
-    for key, val in embedding_retrieval_precision(bench.gene_table, bench.ground_truth, k=k).items():
+    cell_types = [str(ct) for ct in adata.uns[SIMULATION_KEY]["cell_types"]]
+    out.update(informative_overlap(bench.ground_truth, cell_types, bench.perturbations))
+    retrieval = embedding_retrieval_precision(bench.gene_table, bench.ground_truth, k, cell_types)
+    for key, val in retrieval.items():
         out[f"retrieval_{key}"] = val
     return out
 
