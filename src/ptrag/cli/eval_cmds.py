@@ -5,7 +5,6 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated, Optional
 
-import click
 import typer
 from rich.console import Console
 from rich.markdown import Markdown
@@ -26,8 +25,10 @@ _SPEC_FIELDS = {
 
 
 def _given(ctx: typer.Context, name: str) -> bool:
+    """Whether the user set option ``name`` (on the command line or in the environment)."""
     src = ctx.get_parameter_source(name)
-    return src is not None and src != click.core.ParameterSource.DEFAULT
+    # compared by name: Typer may ship its own copy of click's ParameterSource enum
+    return src is not None and getattr(src, "name", str(src)) != "DEFAULT"
 
 
 def evaluate_cmd(
@@ -52,10 +53,14 @@ def evaluate_cmd(
     deg_min_lfc: Annotated[float, typer.Option("--deg-min-lfc", help="ptrag mode: also require |mean change| >= this (log-normalised units).")] = 0.0,
     gge_deg_lfc: Annotated[float, typer.Option("--gge-deg-lfc", help="gge mode: minimum |log2 fold change| of a DEG (authors' script: 0.05).")] = 0.05,
     gge_deg_pval: Annotated[float, typer.Option("--gge-deg-pval", help="gge mode: maximum p-value of a DEG (authors' script: 0.1).")] = 0.1,
+    model_names: Annotated[
+        Optional[list[str]],
+        typer.Option("--name", help="Model name of each --pred file, in order (default: the file's uns['ptrag']['model'])."),
+    ] = None,
 ) -> None:
     """Score prediction files against the observed data, per (cell type, perturbation).
 
-    The data flags default to the [data] table of RUN_DIR/config.toml when present; flags
+    The data flags default to the "data" table of RUN_DIR/config.toml when present; flags
     given on the command line override it.
     """
     from ptrag.data.io import ColumnSpec
@@ -80,7 +85,7 @@ def evaluate_cmd(
     spec = ColumnSpec(**fields)
     options = MetricOptions(deg_pval=deg_pval, deg_correction=deg_correction, deg_min_lfc=deg_min_lfc)
     gge_options = GGEOptions(deg_lfc=gge_deg_lfc, deg_pval=gge_deg_pval)
-    metrics = evaluate(pred, real, run, out, mode, spec, defaults, backed, options, gge_options)
+    metrics = evaluate(pred, real, run, out, mode, spec, defaults, backed, options, gge_options, model_names)
     console.print(Markdown(summary_markdown(summary_table(metrics, mode), mode)))
     console.print(f"metrics of {len(metrics)} (model, cell type, perturbation) rows written to {out}")
 

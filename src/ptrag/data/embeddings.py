@@ -142,7 +142,7 @@ class GeneTable:
                 f"gene table {self.source or '(in memory)'}: {len(self.names)} names but vectors "
                 f"of shape {self.vectors.shape}; they must be [n_genes, dim]."
             )
-        self._index: dict[str, int] | None = None
+        self._names_index: dict[str, int] | None = None
 
     def __len__(self) -> int:
         return len(self.names)
@@ -151,6 +151,13 @@ class GeneTable:
     def dim(self) -> int:
         """Length of each vector."""
         return int(self.vectors.shape[1])
+
+    def _by_name(self) -> dict[str, int]:
+        if self._names_index is None:
+            self._names_index = {}
+            for i, n in enumerate(self.names):
+                self._names_index.setdefault(normalize_symbol(n), i)
+        return self._names_index
 
     def index(self) -> dict[str, int]:
         """Normalised symbol (and alias) -> row.
@@ -162,13 +169,11 @@ class GeneTable:
             maps to the target's row (a name in the table wins over an alias of the same
             spelling).
         """
-        if self._index is None:
-            idx = {normalize_symbol(n): i for i, n in enumerate(self.names)}
-            for alias, symbol in self.aliases.items():
-                if alias not in idx and symbol in idx:
-                    idx[alias] = idx[symbol]
-            self._index = idx
-        return self._index
+        idx = dict(self._by_name())
+        for alias, symbol in self.aliases.items():
+            if alias not in idx and symbol in idx:
+                idx[alias] = idx[symbol]
+        return idx
 
     def rows(self, symbols: Sequence[str]) -> np.ndarray:
         """Row of each symbol; ``-1`` where it is absent or its vector is all zeros.
@@ -183,12 +188,20 @@ class GeneTable:
         numpy.ndarray
             ``int64`` rows, ``-1`` for missing.
         """
-        idx = self.index()
-        rows = np.array([idx.get(normalize_symbol(s), -1) for s in symbols], dtype=np.int64)
-        nonzero = self.nonzero()
-        found = rows >= 0
-        rows[found & ~nonzero[np.where(found, rows, 0)]] = -1
-        return rows
+        by_name = self._by_name()
+        out = np.full(len(symbols), -1, dtype=np.int64)
+        for i, s in enumerate(symbols):
+            key = normalize_symbol(s)
+            r = by_name.get(key)
+            if r is None and key in self.aliases:
+                r = by_name.get(self.aliases[key])
+            if r is not None:
+                out[i] = r
+        found = out >= 0
+        if found.any():
+            nonzero = np.any(self.vectors[out[found]] != 0, axis=1)
+            out[np.flatnonzero(found)[~nonzero]] = -1
+        return out
 
     def nonzero(self) -> np.ndarray:
         """Boolean mask of rows whose vector is not all zeros."""
@@ -297,7 +310,10 @@ class _SafeUnpickler(pickle.Unpickler):
         ("numpy._core.multiarray", "_reconstruct"),
         ("numpy.core.multiarray", "scalar"),
         ("numpy._core.multiarray", "scalar"),
+        ("numpy.core.numeric", "_frombuffer"),
+        ("numpy._core.numeric", "_frombuffer"),
         ("collections", "OrderedDict"),
+        ("_codecs", "encode"),  # how protocol-2 pickles store bytes
     }
 
     def find_class(self, module: str, name: str):
@@ -593,6 +609,36 @@ def concat_gene_tables(tables: Sequence[GeneTable]) -> GeneTable:
     return GeneTable(names, out, "+".join(t.source for t in tables))
 
 
+_WRITE_EXTENSIONS = (".parquet", ".csv", ".tsv", ".npz", ".pkl", ".pickle")
+
+
+def table_format(path: PathLike) -> tuple[str, bool]:
+    """The format a gene table is written in, from its extension.
+
+    Parameters
+    ----------
+    path
+        The output path.
+
+    Returns
+    -------
+    tuple
+        ``(extension, gzip)``, e.g. ``(".csv", True)`` for ``table.csv.gz``.
+    """
+    path = Path(path)
+    suffixes = [s.lower() for s in path.suffixes]
+    ext = suffixes[-1] if suffixes else ""
+    gz = ext == ".gz"
+    if gz and len(suffixes) >= 2:
+        ext = suffixes[-2]
+    if ext not in _WRITE_EXTENSIONS or (gz and ext not in (".csv", ".tsv")):
+        raise PtragError(
+            f"cannot write a gene table to {path}: use one of {', '.join(_WRITE_EXTENSIONS)} "
+            "(.csv/.tsv may end in .gz)."
+        )
+    return ext, gz
+
+
 def write_gene_table(table: GeneTable, path: PathLike) -> Path:
     """Write a table atomically in the format given by the extension.
 
@@ -611,17 +657,7 @@ def write_gene_table(table: GeneTable, path: PathLike) -> Path:
         The written path.
     """
     path = Path(path)
-    suffixes = [s.lower() for s in path.suffixes]
-    ext = suffixes[-1] if suffixes else ""
-    gz = ext == ".gz"
-    if gz and len(suffixes) >= 2:
-        ext = suffixes[-2]
-    allowed = (".parquet", ".csv", ".tsv", ".npz", ".pkl", ".pickle")
-    if ext not in allowed or (gz and ext not in (".csv", ".tsv")):
-        raise PtragError(
-            f"cannot write a gene table to {path}: use one of {', '.join(allowed)} "
-            "(.csv/.tsv may end in .gz)."
-        )
+    ext, gz = table_format(path)
     with atomic_path(path) as tmp:
         if ext == ".parquet":
             df = pd.DataFrame(table.vectors, columns=[str(i) for i in range(table.dim)])
@@ -777,3 +813,35 @@ def drop_combinations(obs_perturbations: pd.Series, control: str) -> tuple[np.nd
     combo = {u: len(split_combination(u, control)) > 1 for u in uniq}
     mask = labels.map(combo).to_numpy(dtype=bool)
     return mask, int(mask.sum()), int(sum(combo.values()))
+
+
+def coverage(groups: pd.DataFrame, tables: Mapping[str, GeneTable], control: str) -> pd.DataFrame:
+    """Which perturbation groups have a vector in each table.
+
+    Parameters
+    ----------
+    groups
+        One row per (cell type, perturbation) group, columns ``cell_type``, ``perturbation``,
+        ``n_cells``.
+    tables
+        Label -> table.
+    control
+        The control label (dropped from combination labels).
+
+    Returns
+    -------
+    pandas.DataFrame
+        ``groups`` plus ``combination`` (bool) and one bool column per table label (a
+        combination counts as covered when every one of its genes is), then ``any_table``.
+    """
+    out = groups[["cell_type", "perturbation", "n_cells"]].copy().reset_index(drop=True)
+    parts = {p: split_combination(p, control) for p in pd.unique(out["perturbation"])}
+    out["combination"] = out["perturbation"].map(lambda p: len(parts[p]) > 1).astype(bool)
+    genes = sorted({g for ps in parts.values() for g in ps})
+    for label, table in tables.items():
+        has = dict(zip(genes, table.rows(genes) >= 0))
+        ok = {p: bool(ps) and all(has[g] for g in ps) for p, ps in parts.items()}
+        out[label] = out["perturbation"].map(ok).astype(bool)
+    labels = list(tables)
+    out["any_table"] = out[labels].any(axis=1) if labels else False
+    return out

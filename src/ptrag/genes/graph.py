@@ -66,31 +66,56 @@ def read_edges(path: PathLike, weight_col: str | None = None, min_weight: float 
         df = pd.read_csv(path, sep=sep, low_memory=False)
     except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError, OSError, EOFError) as exc:
         raise PtragError(f"{path}: could not be read as an edge list ({exc}).") from exc
+    return edge_frame(df, weight_col, min_weight, str(path))
+
+
+def edge_frame(
+    df: pd.DataFrame, weight_col: str | None = None, min_weight: float | None = None, where: str = "edges"
+) -> pd.DataFrame:
+    """Normalise an edge table to columns ``a``, ``b``, ``weight`` (see :func:`read_edges`).
+
+    Parameters
+    ----------
+    df
+        Genes in the first two columns; optional weight column.
+    weight_col
+        The weight column (default: ``combined_score``, ``weight`` or ``score``, else 1).
+    min_weight
+        Drop edges below this weight.
+    where
+        Name of the source, for messages.
+
+    Returns
+    -------
+    pandas.DataFrame
+        Columns ``a``, ``b``, ``weight``; self-loops and zero weights removed.
+    """
     if df.shape[1] < 2 or df.shape[0] == 0:
-        raise PtragError(f"{path}: an edge list needs two gene columns and at least one row.")
+        raise PtragError(f"{where}: an edge list needs two gene columns and at least one row.")
     if weight_col is None:
         weight_col = next((c for c in WEIGHT_COLUMNS if c in df.columns), None)
     elif weight_col not in df.columns:
         raise PtragError(
-            f"{path}: weight column {weight_col!r} not found; columns are {', '.join(map(str, df.columns))}."
+            f"{where}: weight column {weight_col!r} not found; columns are {', '.join(map(str, df.columns))}."
         )
     out = pd.DataFrame({"a": df.iloc[:, 0].astype(str).str.strip(), "b": df.iloc[:, 1].astype(str).str.strip()})
     if weight_col is None:
         out["weight"] = 1.0
     else:
         w = pd.to_numeric(df[weight_col], errors="coerce")
-        if w.isna().any() or (w < 0).any() or not np.isfinite(w).all():
-            bad = int(np.flatnonzero((w.isna() | (w < 0) | ~np.isfinite(w)).to_numpy())[0])
+        bad_mask = (w.isna() | (w < 0) | ~np.isfinite(w)).to_numpy()
+        if bad_mask.any():
+            bad = int(np.flatnonzero(bad_mask)[0])
             raise PtragError(
-                f"{path}: column {weight_col!r} must hold finite non-negative numbers; row {bad + 2} "
+                f"{where}: column {weight_col!r} must hold finite non-negative numbers; row {bad + 2} "
                 f"holds {df[weight_col].iloc[bad]!r}."
             )
-        out["weight"] = w.astype(np.float64)
+        out["weight"] = w.to_numpy(np.float64)
     if min_weight is not None:
         out = out[out["weight"] >= min_weight]
     out = out[(out["a"] != out["b"]) & (out["weight"] > 0)]
     if out.empty:
-        raise PtragError(f"{path}: no edges left (self-loops, zero weights and weights < {min_weight} are dropped).")
+        raise PtragError(f"{where}: no edges left (self-loops, zero weights and weights < {min_weight} are dropped).")
     return out.reset_index(drop=True)
 
 
@@ -146,11 +171,16 @@ def _is_number(tok: str) -> bool:
 
 
 # ---------------------------------------------------------------------------- embedding
-def _check_dim(dim: int, n: int, what: str) -> None:
+#: Problems up to this size are solved densely (exact, and no solver limits on ``dim``).
+_DENSE_MAX = 500
+
+
+def _check_dim(dim: int, limit: int, what: str) -> None:
+    """``dim`` non-trivial vectors need ``dim + 1 <= limit`` (the rank bound)."""
     if dim < 1:
         raise PtragError(f"--dim must be at least 1 (got {dim}).")
-    if dim + 2 > n:
-        raise PtragError(f"--dim {dim} is too large for {n} genes in {what}; use at most {n - 2}.")
+    if dim + 1 > limit:
+        raise PtragError(f"--dim {dim} is too large for {what}; use at most {limit - 1}.")
 
 
 def _fix_signs(vectors: np.ndarray) -> np.ndarray:
@@ -180,18 +210,21 @@ def spectral_embedding(adjacency: sp.spmatrix, dim: int, seed: int = 0) -> np.nd
     """
     a = sp.csr_matrix(adjacency, dtype=np.float64)
     n = a.shape[0]
-    _check_dim(dim, n, "the graph")
+    _check_dim(dim, n, f"{n} genes in the graph")
     deg = np.asarray(a.sum(axis=1)).ravel()
     if np.any(deg <= 0):
         raise PtragError(f"{int(np.sum(deg <= 0))} genes have no edge; remove them before embedding.")
     s = sp.diags(1.0 / np.sqrt(deg))
     m = (s @ a @ s).tocsr()
-    v0 = np.random.default_rng(seed).standard_normal(n)
-    try:
-        vals, vecs = eigsh(m, k=dim + 1, which="LA", v0=v0, tol=1e-6)
-    except ArpackNoConvergence as exc:  # pragma: no cover - rare on real graphs
-        raise PtragError(f"the eigen-solver did not converge for --dim {dim}; try a smaller --dim.") from exc
-    order = np.argsort(-vals)
+    if n <= _DENSE_MAX or dim + 1 >= n:
+        vals, vecs = np.linalg.eigh(m.toarray())
+    else:
+        v0 = np.random.default_rng(seed).standard_normal(n)
+        try:
+            vals, vecs = eigsh(m, k=dim + 1, which="LA", v0=v0, tol=1e-6)
+        except ArpackNoConvergence as exc:  # pragma: no cover - rare on real graphs
+            raise PtragError(f"the eigen-solver did not converge for --dim {dim}; try a smaller --dim.") from exc
+    order = np.argsort(-vals)[: dim + 1]
     return _fix_signs(vecs[:, order[1:]]).astype(np.float32)
 
 
@@ -201,7 +234,8 @@ def embed_edges(edges: pd.DataFrame | PathLike, dim: int = 128, seed: int = 0) -
     Parameters
     ----------
     edges
-        An edge list from :func:`read_edges` (columns ``a``, ``b``, ``weight``) or its path.
+        An edge table (genes in the first two columns, weights as in :func:`read_edges`) or
+        the path of an edge file.
     dim
         Embedding dimension.
     seed
@@ -216,6 +250,8 @@ def embed_edges(edges: pd.DataFrame | PathLike, dim: int = 128, seed: int = 0) -
     if not isinstance(edges, pd.DataFrame):
         source = str(edges)
         edges = read_edges(edges)
+    elif list(edges.columns[:3]) != ["a", "b", "weight"]:
+        edges = edge_frame(edges)
     keys_a = edges["a"].map(normalize_symbol)
     keys_b = edges["b"].map(normalize_symbol)
     display = pd.Series(np.concatenate([edges["a"].to_numpy(), edges["b"].to_numpy()]))
@@ -288,14 +324,17 @@ def embed_gene_sets(
     if n_terms == 0:
         raise PtragError(f"{source or 'the gene sets'}: no set has two or more genes.")
     n = len(names)
-    _check_dim(dim, min(n, n_terms + 1), "the gene sets (genes and terms)")
+    _check_dim(dim, min(n, n_terms), f"{n} genes in {n_terms} gene sets")
     b = sp.csr_matrix((np.ones(len(rows)), (rows, cols)), shape=(n, n_terms))
     size = np.asarray(b.sum(axis=0)).ravel()
     n_sets = np.asarray(b.sum(axis=1)).ravel()  # degree of each gene in B diag(1/s) B^T
     m = sp.diags(1.0 / np.sqrt(n_sets)) @ b @ sp.diags(1.0 / np.sqrt(size))
-    v0 = np.random.default_rng(seed).standard_normal(min(m.shape))
-    u, sv, _ = svds(m.tocsc(), k=dim + 1, v0=v0, tol=1e-6)
-    order = np.argsort(-sv)
+    if min(m.shape) <= _DENSE_MAX or dim + 1 >= min(m.shape):
+        u, sv, _ = np.linalg.svd(m.toarray(), full_matrices=False)
+    else:
+        v0 = np.random.default_rng(seed).standard_normal(min(m.shape))
+        u, sv, _ = svds(m.tocsc(), k=dim + 1, v0=v0, tol=1e-6)
+    order = np.argsort(-sv)[: dim + 1]
     vectors = _fix_signs(u[:, order[1:]]).astype(np.float32)
     log.info("embedded %d genes of %d gene sets into %d dims", n, n_terms, dim)
     return GeneTable(names, vectors, source or "gene sets")

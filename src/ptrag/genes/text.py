@@ -113,7 +113,7 @@ def _windows(model, texts: list[str], long_text: str) -> tuple[list[str], np.nda
     owner: list[int] = []
     weight: list[int] = []
     for i, text in enumerate(texts):
-        ids = tok(text, add_special_tokens=False)["input_ids"]
+        ids = tok(text, add_special_tokens=False, verbose=False)["input_ids"]
         spans = [ids[s : s + limit] for s in range(0, max(len(ids), 1), limit)]
         if long_text == "truncate" or len(spans) == 1:
             pieces.append(text)

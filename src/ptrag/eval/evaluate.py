@@ -1,0 +1,509 @@
+"""``ptrag evaluate``: score prediction files against the observed data.
+
+For every non-control (cell type, perturbation) group of each prediction file, the predicted
+cells are compared with the observed cells of that group in the user's data file, using the
+observed control cells of the same cell type as the reference for changes and DEGs. Genes are
+the run's (``RUN_DIR/genes.txt``, in that order); the PCA space is the run's
+(``RUN_DIR/pca.npz``, fit on training cells).
+
+Outputs (all written atomically, only after every input has been checked):
+``metrics.parquet`` and ``metrics.csv`` (one row per model, cell type, perturbation),
+``summary.csv`` and ``summary.md`` (mean ± std per metric, per cell type and overall), and
+``evaluation.json`` (what was evaluated, with which options).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import pandas as pd
+import scipy.sparse as sp
+
+from ptrag.errors import PtragError, atomic_path, atomic_write_text, check_choice
+from ptrag.eval.gge import GGEOptions, GGEReference, condition_key, first_condition, gge_group_metrics
+from ptrag.eval.metrics import (
+    COUNT_COLUMNS,
+    ID_COLUMNS,
+    GroupStats,
+    MetricOptions,
+    group_metrics,
+    metric_columns,
+    welch_degs,
+)
+from ptrag.eval.pca import PCASpace
+from ptrag.eval.tables import summary_markdown, summary_table
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+log = logging.getLogger("ptrag")
+
+Mode = Literal["ptrag", "gge"]
+
+
+# --------------------------------------------------------------------------- the run
+
+
+@dataclass
+class RunInfo:
+    """What evaluation needs from a run folder.
+
+    Attributes
+    ----------
+    run_dir
+        The folder.
+    genes
+        The run's genes, in order (``genes.txt``).
+    data
+        The ``[data]`` table of ``config.toml`` (empty when absent).
+    model
+        The ``model`` key of ``config.toml`` (``None`` when absent).
+    """
+
+    run_dir: Path
+    genes: list[str]
+    data: dict
+    model: str | None
+
+    def pca(self) -> PCASpace:
+        """The run's PCA space (``pca.npz``), checked against the run's genes."""
+        space = PCASpace.load(self.run_dir / "pca.npz")
+        if space.n_genes != len(self.genes) or (space.gene_names and space.gene_names != self.genes):
+            raise PtragError(
+                f"{self.run_dir / 'pca.npz'} was fit on other genes than {self.run_dir / 'genes.txt'} "
+                f"({space.n_genes} vs {len(self.genes)} genes); the run folder is inconsistent: "
+                "re-create pca.npz with the run's genes."
+            )
+        return space
+
+
+def load_run(run_dir: str | Path) -> RunInfo:
+    """Read ``genes.txt`` and ``config.toml`` of a run folder.
+
+    Parameters
+    ----------
+    run_dir
+        The run folder (``--run``).
+
+    Returns
+    -------
+    RunInfo
+    """
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise PtragError(f"run folder not found: {run_dir}. Pass the folder written by training to --run.")
+    gfile = run_dir / "genes.txt"
+    if not gfile.is_file():
+        raise PtragError(f"{gfile} not found: --run must be a run folder written by training (it lists the run's genes).")
+    genes = [g.strip() for g in gfile.read_text().splitlines() if g.strip()]
+    if not genes:
+        raise PtragError(f"{gfile} lists no genes.")
+    if len(set(genes)) != len(genes):
+        dup = pd.Index(genes)[pd.Index(genes).duplicated()][0]
+        raise PtragError(f"{gfile} lists gene {dup!r} more than once.")
+    data, model = {}, None
+    cfile = run_dir / "config.toml"
+    if cfile.is_file():
+        try:
+            cfg = tomllib.loads(cfile.read_text())
+        except tomllib.TOMLDecodeError as exc:
+            raise PtragError(f"{cfile} is not valid TOML ({exc}).") from exc
+        data = dict(cfg.get("data", {}) or {})
+        model = cfg.get("model") if isinstance(cfg.get("model"), str) else None
+    return RunInfo(run_dir, genes, data, model)
+
+
+# ---------------------------------------------------------------------- predictions
+
+
+@dataclass
+class Predictions:
+    """One prediction file, restricted to the run's genes.
+
+    Attributes
+    ----------
+    path
+        The file.
+    model
+        Model name (``uns["ptrag"]["model"]``, else the file name).
+    X
+        Expression matrix (dense or CSR), columns = the run's genes in order.
+    perturbation, cell_type
+        Per-cell labels (str arrays).
+    is_control
+        Per-cell control flag.
+    control
+        The control label.
+    """
+
+    path: Path
+    model: str
+    X: object
+    perturbation: np.ndarray
+    cell_type: np.ndarray
+    is_control: np.ndarray
+    control: str
+
+    def groups(self) -> pd.DataFrame:
+        """Non-control groups: ``cell_type, perturbation, rows`` (row indices, file order)."""
+        df = pd.DataFrame({"cell_type": self.cell_type, "perturbation": self.perturbation})
+        df = df[~self.is_control]
+        out = [
+            {"cell_type": ct, "perturbation": p, "rows": idx.to_numpy()}
+            for (ct, p), idx in df.groupby(["cell_type", "perturbation"], sort=True).groups.items()
+        ]
+        return pd.DataFrame(out, columns=["cell_type", "perturbation", "rows"])
+
+    def control_rows(self, cell_type: str) -> np.ndarray:
+        """Rows of the control cells of a cell type."""
+        return np.flatnonzero(self.is_control & (self.cell_type == cell_type))
+
+    def cells(self, rows: np.ndarray) -> np.ndarray:
+        """Dense float32 expression of ``rows``."""
+        x = self.X[rows]
+        return (x.toarray() if sp.issparse(x) else np.asarray(x)).astype(np.float32, copy=False)
+
+
+def read_predictions(path: str | Path, genes: Sequence[str], default_control: str = "non-targeting") -> Predictions:
+    """Read a prediction file (written by ``ptrag predict``) and check it against the run.
+
+    Parameters
+    ----------
+    path
+        The ``.h5ad`` prediction file.
+    genes
+        The run's genes; the file must hold all of them (they are taken in this order).
+    default_control
+        Control label when the file does not state one in ``uns["ptrag"]["control"]``.
+
+    Returns
+    -------
+    Predictions
+    """
+    import anndata as ad
+    import h5py
+
+    path = Path(path)
+    if not path.is_file():
+        raise PtragError(f"prediction file not found: {path}. Check --pred.")
+    if not h5py.is_hdf5(path):
+        raise PtragError(f"{path} is not an .h5ad file; --pred takes the output of ptrag predict.")
+    try:
+        adata = ad.read_h5ad(path)
+    except (OSError, KeyError, ValueError, TypeError) as exc:
+        raise PtragError(f"{path} could not be read as AnnData ({exc}); is the file complete?") from exc
+    meta = adata.uns.get("ptrag", {}) or {}
+    meta = dict(meta) if hasattr(meta, "keys") else {}
+    pert_col = str(meta.get("pert_col", "perturbation"))
+    ct_col = str(meta.get("cell_type_col", "cell_type"))
+    control = str(meta.get("control", default_control))
+    model = str(meta.get("model") or path.stem)
+    for col, what in ((pert_col, "perturbation"), (ct_col, "cell type")):
+        if col not in adata.obs.columns:
+            raise PtragError(
+                f"{path}: obs column {col!r} ({what}) not found; a prediction file needs obs columns "
+                f"perturbation, cell_type and is_control (found: {', '.join(map(str, adata.obs.columns))})."
+            )
+    names = pd.Index(adata.var_names.astype(str))
+    missing = [g for g in genes if g not in names]
+    if missing:
+        raise PtragError(
+            f"{path}: {len(missing)} of the run's {len(genes)} genes are absent from the predictions "
+            f"(e.g. {', '.join(missing[:5])}); were they made with this --run?"
+        )
+    if names.has_duplicates:
+        raise PtragError(f"{path}: duplicated gene names in var_names (e.g. {names[names.duplicated()][0]!r}).")
+    X = adata.X
+    if X is None:
+        raise PtragError(f"{path}: X is empty.")
+    idx = names.get_indexer(list(genes))
+    if not np.array_equal(idx, np.arange(len(names))):
+        X = X[:, idx]
+    if sp.issparse(X):
+        X = sp.csr_matrix(X)
+        vals = X.data
+    else:
+        X = np.asarray(X)
+        vals = X
+    if not np.all(np.isfinite(vals)):
+        raise PtragError(f"{path}: predictions contain NaN or Inf values.")
+    pert = adata.obs[pert_col].astype(str).to_numpy()
+    ct = adata.obs[ct_col].astype(str).to_numpy()
+    if "is_control" in adata.obs.columns:
+        is_control = adata.obs["is_control"].astype(bool).to_numpy()
+    else:
+        is_control = pert == control
+    if (~is_control).sum() == 0:
+        raise PtragError(f"{path} holds no predicted (non-control) cells.")
+    return Predictions(path, model, X, pert, ct, is_control, control)
+
+
+# ----------------------------------------------------------------------- evaluation
+
+
+def evaluate_predictions(
+    preds: Sequence[Predictions],
+    data,
+    genes: Sequence[str],
+    pca: PCASpace | None,
+    mode: Mode = "ptrag",
+    options: MetricOptions = MetricOptions(),
+    gge_options: GGEOptions = GGEOptions(),
+) -> tuple[pd.DataFrame, dict]:
+    """Compute the metrics of every model on every predicted group.
+
+    Parameters
+    ----------
+    preds
+        Prediction files (one model each).
+    data
+        The observed data (:class:`ptrag.data.io.PerturbData`).
+    genes
+        The run's genes.
+    pca
+        The run's PCA space (``ptrag`` mode; ignored in ``gge`` mode).
+    mode
+        ``"ptrag"`` (ptrag's definitions) or ``"gge"`` (gge-eval 1.0.1's).
+    options
+        DEG options of the ptrag mode.
+    gge_options
+        Options of the gge mode.
+
+    Returns
+    -------
+    tuple
+        ``(metrics, info)``: one row per (model, cell_type, perturbation) with the metric
+        columns of ``mode`` and ``n_pred, n_real, n_deg, reason, mode``; ``info`` records what
+        was evaluated (e.g. the gge first conditions).
+    """
+    check_choice("--mode", mode, ("ptrag", "gge"))
+    models = [p.model for p in preds]
+    if len(set(models)) != len(models):
+        dup = pd.Index(models)[pd.Index(models).duplicated()][0]
+        raise PtragError(
+            f"two prediction files name the same model {dup!r} (uns['ptrag']['model']); "
+            "give each file its own name with --name."
+        )
+    gidx = data.gene_index(list(genes))
+    # ---- validate everything before computing anything
+    plan: dict[tuple[str, str], dict[str, np.ndarray]] = {}
+    real_rows: dict[tuple[str, str], np.ndarray] = {}
+    ctrl_rows: dict[str, np.ndarray] = {}
+    for p in preds:
+        groups = p.groups()
+        for ct in sorted(groups["cell_type"].unique()):
+            if ct not in ctrl_rows:
+                rows = data.rows_of(ct, data.spec.control)
+                if len(rows) < 2:
+                    known = ", ".join(data.cell_types)
+                    raise PtragError(
+                        f"{p.path}: cell type {ct!r} has {len(rows)} observed control cells in "
+                        f"{data.path} (need at least 2; cell types there: {known}). Check "
+                        "--cell-type-col / --control."
+                    )
+                ctrl_rows[ct] = rows
+        for ct, pert, rows in groups.itertuples(index=False):
+            key = (ct, pert)
+            if key not in real_rows:
+                r = data.rows_of(ct, pert)
+                if len(r) == 0:
+                    raise PtragError(
+                        f"{p.path}: perturbation {pert!r} in cell type {ct!r} is absent from the "
+                        f"observed data {data.path}; evaluate on the data set the predictions were "
+                        "made for (and check --pert-col / --cell-type-col)."
+                    )
+                real_rows[key] = r
+            plan.setdefault(key, {})[p.model] = rows
+    info: dict = {"mode": mode, "n_groups": len(plan), "models": models}
+    t0 = time.perf_counter()
+    results: list[dict] = []
+    by_model = {p.model: p for p in preds}
+
+    if mode == "ptrag":
+        if pca is None:
+            raise PtragError("ptrag mode needs the run's PCA space (RUN_DIR/pca.npz).")
+        for ct in sorted(ctrl_rows):
+            ctrl = GroupStats.of_chunks(
+                data.expression(ctrl_rows[ct][i : i + 20_000], gidx) for i in range(0, len(ctrl_rows[ct]), 20_000)
+            )
+            keys = [k for k in sorted(plan) if k[0] == ct]
+            log.info("Evaluating %d perturbations of cell type %s (%d control cells).", len(keys), ct, ctrl.n)
+            for key in keys:
+                real = data.expression(real_rows[key], gidx)
+                degs = welch_degs(GroupStats.of(real), ctrl, options)
+                sets = {m: by_model[m].cells(r) for m, r in plan[key].items()}
+                for m, row in group_metrics(sets, real, ctrl, pca, options, degs).items():
+                    results.append({"model": m, "cell_type": ct, "perturbation": key[1], **row})
+    else:
+        results = _evaluate_gge(preds, data, gidx, plan, real_rows, ctrl_rows, gge_options, info)
+    info["seconds"] = round(time.perf_counter() - t0, 2)
+    cols = [*ID_COLUMNS, *metric_columns(mode), *COUNT_COLUMNS]
+    df = pd.DataFrame(results)
+    df = df[cols].sort_values(list(ID_COLUMNS), ignore_index=True)
+    df["mode"] = mode
+    log.info("Evaluated %d rows in %.1f s.", len(df), info["seconds"])
+    return df, info
+
+
+def _evaluate_gge(preds, data, gidx, plan, real_rows, ctrl_rows, gge_options, info) -> list[dict]:
+    """gge mode: per model, fit PCA + DEGs on its first condition, then score all conditions."""
+    all_ctrl = np.concatenate([ctrl_rows[ct] for ct in sorted(ctrl_rows)])
+    controls_all = GroupStats.of_chunks(
+        data.expression(all_ctrl[i : i + 20_000], gidx) for i in range(0, len(all_ctrl), 20_000)
+    )
+    refs: dict[str, GGEReference] = {}
+    info["gge_first_condition"] = {}
+    results = []
+    control_label = data.spec.control
+    for p in preds:
+        # Conditions gge-eval would see for this file: groups with >= 2 cells in both files,
+        # plus the control groups when the prediction file carries control cells.
+        keys = {}
+        for (ct, pert), per_model in plan.items():
+            if p.model in per_model and len(per_model[p.model]) >= 2 and len(real_rows[(ct, pert)]) >= 2:
+                keys[condition_key(pert, ct)] = ("group", ct, pert)
+        if p.control == control_label:
+            for ct in ctrl_rows:
+                if len(p.control_rows(ct)) >= 2:
+                    keys[condition_key(control_label, ct)] = ("control", ct, control_label)
+        first = first_condition(list(keys))
+        if first not in refs:
+            kind, ct, pert = keys[first]
+            rows = ctrl_rows[ct] if kind == "control" else real_rows[(ct, pert)]
+            refs[first] = GGEReference.fit(data.expression(rows, gidx), controls_all, gge_options, first)
+        ref = refs[first]
+        info["gge_first_condition"][p.model] = first
+        log.info("gge mode, model %s: PCA and DEGs fit on the first condition %s.", p.model, first)
+        for (ct, pert) in sorted(plan):
+            rows = plan[(ct, pert)].get(p.model)
+            if rows is None:
+                continue
+            real = data.expression(real_rows[(ct, pert)], gidx)
+            row = gge_group_metrics({p.model: p.cells(rows)}, real, ref)[p.model]
+            results.append({"model": p.model, "cell_type": ct, "perturbation": pert, **row})
+    return results
+
+
+# -------------------------------------------------------------------------- outputs
+
+
+def write_outputs(metrics: pd.DataFrame, out_dir: str | Path, mode: Mode, info: dict | None = None) -> None:
+    """Write ``metrics.parquet/csv``, ``summary.csv/md`` and ``evaluation.json`` atomically.
+
+    Parameters
+    ----------
+    metrics
+        Output of :func:`evaluate_predictions`.
+    out_dir
+        Destination folder (created when missing).
+    mode
+        The metric definitions used.
+    info
+        Provenance written to ``evaluation.json``.
+    """
+    out_dir = Path(out_dir)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise PtragError(f"--out {out_dir} exists and is not a folder.")
+    summary = summary_table(metrics, mode)
+    md = summary_markdown(summary, mode)
+    with atomic_path(out_dir / "metrics.parquet") as tmp:
+        metrics.to_parquet(tmp, index=False)
+    with atomic_path(out_dir / "metrics.csv") as tmp:
+        metrics.to_csv(tmp, index=False)
+    with atomic_path(out_dir / "summary.csv") as tmp:
+        summary.to_csv(tmp, index=False)
+    atomic_write_text(out_dir / "summary.md", md)
+    atomic_write_text(out_dir / "evaluation.json", json.dumps(info or {}, indent=2, default=str) + "\n")
+
+
+def evaluate(
+    pred_paths: Sequence[str | Path],
+    real_path: str | Path,
+    run_dir: str | Path,
+    out_dir: str | Path,
+    mode: Mode = "ptrag",
+    spec=None,
+    spec_is_default: Sequence[str] | None = None,
+    backed: bool = False,
+    options: MetricOptions = MetricOptions(),
+    gge_options: GGEOptions = GGEOptions(),
+    names: Sequence[str] | None = None,
+) -> pd.DataFrame:
+    """``ptrag evaluate`` as a function: read, check, score, write.
+
+    Parameters
+    ----------
+    pred_paths
+        Prediction files (one model each).
+    real_path
+        The observed data (``.h5ad``), read with :func:`ptrag.data.io.read_perturbseq`.
+    run_dir
+        The run folder (genes, PCA, default data columns).
+    out_dir
+        Output folder.
+    mode
+        ``"ptrag"`` or ``"gge"``.
+    spec
+        :class:`ptrag.data.io.ColumnSpec` of the observed data; default: the ``[data]`` table
+        of ``RUN_DIR/config.toml``, else ptrag's defaults.
+    spec_is_default
+        Spec fields the user left at their defaults (see ``read_perturbseq``).
+    backed
+        Stream the observed data from disk.
+    options
+        ptrag-mode DEG options.
+    gge_options
+        gge-mode options.
+    names
+        Model names, one per prediction file, replacing ``uns["ptrag"]["model"]`` (to tell
+        apart runs of the same model, e.g. a sweep).
+
+    Returns
+    -------
+    pandas.DataFrame
+        The per-group metrics (also written to ``out_dir``).
+    """
+    from ptrag.data.io import ColumnSpec, read_perturbseq
+
+    check_choice("--mode", mode, ("ptrag", "gge"))
+    if not pred_paths:
+        raise PtragError("give at least one prediction file with --pred.")
+    run = load_run(run_dir)
+    pca = run.pca() if mode == "ptrag" else None
+    if spec is None:
+        spec = ColumnSpec.from_dict(run.data) if run.data else ColumnSpec()
+        if run.data:
+            spec_is_default = [f for f in ColumnSpec.__dataclass_fields__ if f not in run.data]
+    if names and len(names) != len(pred_paths):
+        raise PtragError(f"give one --name per --pred ({len(names)} names for {len(pred_paths)} files).")
+    preds = [read_predictions(p, run.genes, spec.control) for p in pred_paths]
+    for p, name in zip(preds, names or []):
+        p.model = str(name)
+    data = read_perturbseq(real_path, spec, backed=backed, spec_is_default=spec_is_default)
+    try:
+        metrics, info = evaluate_predictions(preds, data, run.genes, pca, mode, options, gge_options)
+    finally:
+        data.close()
+    info.update(
+        {
+            "pred": [str(p) for p in pred_paths],
+            "real": str(real_path),
+            "run": str(run_dir),
+            "n_genes": len(run.genes),
+            "pca_components": pca.n_components if pca is not None else None,
+            "options": asdict(options) if mode == "ptrag" else asdict(gge_options),
+            "data_columns": data.spec.to_dict(),
+        }
+    )
+    write_outputs(metrics, out_dir, mode, info)
+    return metrics
