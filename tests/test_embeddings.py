@@ -256,7 +256,7 @@ def test_missing_perturbation_drop_warns_with_cells(table):
     rec = [r for r in handler.records if r.levelno == logging.WARNING]
     assert len(rec) == 1
     text = rec[0].getMessage()
-    assert "dropping 2 perturbations with 42 cells" in text and "NOPE1, NOPE2" in text
+    assert "dropping 2 perturbations with 42 cells" in text and "NOPE1 (30 cells), NOPE2 (12 cells)" in text
 
 
 def test_one_hot():

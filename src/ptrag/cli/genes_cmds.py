@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 import time
 from pathlib import Path
 from typing import Annotated, Optional
@@ -15,7 +14,6 @@ from ptrag.cli.options import Backed, BatchCol, CellTypeCol, Control, DataPath, 
 from ptrag.errors import PtragError, atomic_path
 
 console = Console()
-log = logging.getLogger("ptrag")
 
 genes_app = typer.Typer(
     help="Gene knowledge for perturbation representations: coverage, text and graph gene tables.",

@@ -724,6 +724,8 @@ def perturbation_vectors(
         if cell_counts is not None:
             n_cells = sum(int(cell_counts.get(p, 0)) for p in uniq)
             cells = f" with {n_cells} cells"
+            labels = [f"{lab} ({int(cell_counts.get(p, 0))} cells)" for lab, p in zip(labels, uniq)]
+            shown = ", ".join(labels) + (f", ... ({len(uniq)} in all)" if len(uniq) > 10 else "")
         log.warning(
             "dropping %d perturbations%s that have no vector in %s: %s. To keep them, give an "
             "alias map or another table with --genes.",
