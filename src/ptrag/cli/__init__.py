@@ -10,6 +10,12 @@ from __future__ import annotations
 import sys
 
 import click
+
+try:  # typer >= 0.29 ships its own copy of click
+    import typer._click as _tclick
+    _CLICK = (click, _tclick)
+except ImportError:  # pragma: no cover
+    _CLICK = (click,)
 import typer
 from rich.console import Console
 
@@ -83,13 +89,13 @@ def main(argv: list[str] | None = None) -> int:
             soft_wrap=True,
         )
         return _exit(2, argv)
-    except click.exceptions.Abort:
+    except tuple(getattr(c.exceptions, "Abort", click.exceptions.Abort) for c in _CLICK):
         _err.print("aborted.")
         return _exit(1, argv)
-    except click.exceptions.ClickException as exc:
+    except tuple(getattr(c.exceptions, "ClickException", click.exceptions.ClickException) for c in _CLICK) as exc:
         exc.show()
         return _exit(exc.exit_code, argv)
-    except click.exceptions.Exit as exc:
+    except tuple(getattr(c.exceptions, "Exit", click.exceptions.Exit) for c in _CLICK) as exc:
         return _exit(exc.exit_code, argv)
     return _exit(0, argv)
 
