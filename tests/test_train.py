@@ -153,3 +153,50 @@ def test_devel_all_models_train_and_predict_held_out_cell_type(shared_data, tmp_
         a = ad.read_h5ad(out)
         pred = a.obs[~a.obs["is_control"]]
         assert set(pred["cell_type"]) == {"A172"} and pred["perturbation"].nunique() >= 5
+
+
+def test_control_baseline_predicts_the_matched_controls(runs, files, tmp_path):
+    out = tmp_path / "control.h5ad"
+    assert main(["predict", "--run", str(runs["pt_rag"]), "--data", str(files / "d.h5ad"), "--out", str(out),
+                 "--control-baseline"]) == 0
+    base = ad.read_h5ad(out)
+    model = predict(runs["pt_rag"], files / "d.h5ad").adata
+    assert base.uns["ptrag"]["model"] == "control"
+    assert not out.with_suffix(".retrieval.csv").exists()
+    pd.testing.assert_frame_equal(base.obs, model.obs)  # same groups, same cells, same order
+    # every "predicted" cell is an observed control cell of its cell type, genes in the run's order
+    real = ad.read_h5ad(files / "d.h5ad")
+    genes = (runs["pt_rag"] / "genes.txt").read_text().split()
+    ctrl = real[(real.obs["gene"] == "non-targeting") & (real.obs["cell_type"] == "CT1"), genes].X
+    ctrl = np.asarray(ctrl.todense() if hasattr(ctrl, "todense") else ctrl, dtype=np.float32)
+    pred = base.X[~base.obs["is_control"].to_numpy()]
+    dist = ((pred[:, None, :] - ctrl[None, :, :]) ** 2).sum(-1).min(1)
+    assert np.allclose(dist, 0.0, atol=1e-10)
+
+
+@pytest.mark.parametrize("optimizer", ["adamw", "adam"])
+def test_weight_decay_on_a_row_absent_from_the_batch(optimizer):
+    """A one-hot row with no data gradient: AdamW shrinks it by lr*wd*w per step (decoupled);
+    Adam rescales the L2 term and moves it by about lr per step whatever its size -- the
+    reason adamw is the default (docs/training.md)."""
+    import torch
+
+    from ptrag.train.plan import PerturbationPlan
+
+    lr, wd = 1e-3, 5e-4
+    plan = PerturbationPlan(dict(hidden=8, n_layers=1, n_heads=2, ffn=16), n_genes=5, cell_input_dim=5,
+                            pert_names=["A", "B"], pert_dim=2, database_names=["A", "B"], genes=list("abcde"),
+                            lr=lr, weight_decay=wd, optimizer=optimizer)
+    opt = plan.configure_optimizers()
+    assert type(opt) is {"adamw": torch.optim.AdamW, "adam": torch.optim.Adam}[optimizer]
+    assert opt.param_groups[0]["weight_decay"] == wd and opt.param_groups[0]["lr"] == lr
+    w = plan.model.pert_encoder.net[0].weight  # [hidden, 2]: column 1 is perturbation B's row
+    before = w.detach().clone()
+    for p in plan.parameters():
+        p.grad = torch.zeros_like(p)
+    opt.step()
+    step = (w.detach() - before)[:, 1]
+    if optimizer == "adamw":
+        torch.testing.assert_close(step, -lr * wd * before[:, 1])
+    else:  # Adam's first step is -lr * g / (|g| + eps) with g = wd * w: about lr, not lr*wd*w
+        torch.testing.assert_close(step, -lr * torch.sign(before[:, 1]), rtol=1e-3, atol=0)

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated, Optional
 
+import numpy as np
 import typer
 from rich.console import Console
 
@@ -49,8 +50,9 @@ def train_cmd(
     tau: Annotated[Optional[float], _o("--tau", "tau", "Gumbel-Softmax temperature (pt_rag).")] = None,
     sparsity_weight: Annotated[Optional[float], _o("--sparsity-weight", "sparsity_weight", "lambda_sparse (pt_rag).")] = None,
     empty_selection: Annotated[Optional[str], _o("--empty-selection", "empty_selection", "keep (z keeps h_ctrl + h_pert) | paper.")] = None,
-    lr: Annotated[Optional[float], _o("--lr", "lr", "Adam learning rate.")] = None,
-    weight_decay: Annotated[Optional[float], _o("--weight-decay", "weight_decay", "Adam weight decay.")] = None,
+    optimizer: Annotated[Optional[str], _o("--optimizer", "optimizer", "adamw (decoupled weight decay) | adam (L2 in the gradient).")] = None,
+    lr: Annotated[Optional[float], _o("--lr", "lr", "Learning rate.")] = None,
+    weight_decay: Annotated[Optional[float], _o("--weight-decay", "weight_decay", "Weight decay (see --optimizer).")] = None,
     n_genes: Annotated[Optional[int], _o("--n-genes", "n_genes", "Highly variable genes (on training cells).")] = None,
     cell_encoder: Annotated[Optional[str], _o("--cell-encoder", "cell_encoder", "mlp (expression) | obsm (precomputed, frozen) | pca.")] = None,
     cell_obsm_key: Annotated[Optional[str], typer.Option("--cell-obsm-key", help="obsm key of precomputed cell embeddings (e.g. X_state).")] = None,
@@ -108,13 +110,15 @@ def predict_cmd(
     genes: Annotated[Optional[list[Path]], typer.Option("--genes", help="Gene table(s) with vectors of new perturbations.")] = None,
     n_cells: Annotated[Optional[int], typer.Option("--n-cells", help="Cells per new perturbation. [default: the run's set size]", show_default=False)] = None,
     checkpoint: Annotated[str, typer.Option("--checkpoint", help="best | last | a checkpoint path.")] = "best",
+    control_baseline: Annotated[bool, typer.Option("--control-baseline", help="Write the predict-the-control baseline instead (each set's matched control cells, model name 'control').")] = False,
     backed: Backed = False,
 ) -> None:
     """Predict held-out perturbations (or new ones from their gene vectors) from a run."""
     from ptrag.train.predict import predict, write_prediction
 
     perts = [p.strip() for p in perturbations.split(",") if p.strip()] if perturbations else None
-    pred = predict(run, data, split, perts, cell_type, list(genes or []), n_cells, checkpoint, backed=backed)
+    pred = predict(run, data, split, perts, cell_type, list(genes or []), n_cells, checkpoint, backed=backed,
+                   control_baseline=control_baseline)
     paths = write_prediction(pred, out)
     n = int((~pred.adata.obs["is_control"]).sum())
     console.print(f"predicted {n} cells of {pred.adata.obs.loc[~pred.adata.obs['is_control'], 'perturbation'].nunique()} perturbations -> "
@@ -130,7 +134,7 @@ def register(app: typer.Typer) -> None:
 
 def demo_cmd(
     out: Annotated[Path, typer.Option("--out", help="Folder for the synthetic data, runs, predictions and tables.")] = Path("ptrag_demo"),
-    max_steps: Annotated[int, typer.Option("--max-steps", help="Training steps per model.")] = 200,
+    max_steps: Annotated[Optional[int], typer.Option("--max-steps", help="Training steps per model. [default: the cpu preset's]", show_default=False)] = None,
     seed: Annotated[int, typer.Option("--seed", help="Seed of simulation, split and training.")] = 0,
     models: Annotated[str, typer.Option("--models", help="Comma-separated models to train.")] = "state,state_genept,vanilla_rag,pt_rag",
 ) -> None:
@@ -145,10 +149,29 @@ def demo_cmd(
     for m in names:
         check_choice("--models", m, MODELS)
     table = run_demo(out, max_steps=max_steps, seed=seed, models=names)
-    t = Table(title="ptrag demo: synthetic few-shot cross-cell-type benchmark")
+    t = Table(title="ptrag demo: synthetic few-shot cross-cell-type benchmark (test perturbations of the target cell type)")
+    short = {"parameters": "params", "val_energy": "val E", "val_energy_control": "val E ctrl",
+             "test_pearson_delta": "Δ-Pearson", "test_pearson_deg": "DEG Pearson", "test_mse": "MSE",
+             "test_energy_pca50": "E PCA50", "better_than_control": "< ctrl", "wilcoxon_p": "p"}
     for c in table.columns:
-        t.add_column(str(c), justify="left" if c == "model" else "right")
+        t.add_column(short.get(str(c), str(c)), justify="left" if c == "model" else "right", no_wrap=c == "model")
     for _, r in table.iterrows():
-        t.add_row(*[f"{v:.4f}" if isinstance(v, float) else (f"{v:,}" if isinstance(v, int) else str(v)) for v in r.tolist()])
+        t.add_row(*[_cell(v, p=k == "wilcoxon_p") for k, v in r.items()])
     console.print(t)
-    console.print(f"runs, predictions and tables are in {out}/")
+    console.print(
+        "val E: best validation energy (val E ctrl: predict-the-control on the same sets). Test columns, "
+        "means over the test perturbations (`ptrag evaluate`): Δ-Pearson and DEG Pearson of the predicted "
+        "change, MSE of the mean, energy distance in PCA-50. < ctrl: fraction of test perturbations whose "
+        "PCA-50 energy beats the control baseline; p: paired Wilcoxon test of that. "
+        f"Runs, predictions, metrics ({out}/evaluation) and the paper's tables ({out}/tables) are in {out}/."
+    )
+
+
+def _cell(v, p: bool = False) -> str:
+    if isinstance(v, (int, np.integer)) and not isinstance(v, bool):
+        return f"{v:,}"
+    if isinstance(v, (float, np.floating)):
+        if v != v:
+            return ""
+        return f"{v:.0e}" if p else f"{v:.3g}"
+    return str(v)

@@ -72,8 +72,17 @@ class TrainConfig:
         ``error`` or ``drop``: what to do with perturbations absent from the gene table.
     match_batch
         Pair perturbed cells with controls of the same batch.
+    optimizer
+        ``adamw`` (default): Adam with *decoupled* weight decay (each step multiplies every
+        weight by ``1 - lr * weight_decay``); ``adam``: ``torch.optim.Adam``, whose weight
+        decay is an L2 term added to the gradient and then rescaled by Adam. With one-hot
+        perturbations a row of the encoder gets a data gradient only when its perturbation is
+        in the batch, so under ``adam`` the rescaled L2 term alone pulls it to zero at about
+        ``lr`` per step in between, and STATE stops telling perturbations apart (measured in
+        ``docs/training.md``); ``adam`` is kept to reproduce that.
     lr, weight_decay, grad_clip
-        Adam learning rate, weight decay (L2, applied by Adam) and gradient-norm clipping.
+        Learning rate, weight decay (applied by the optimiser, see ``optimizer``) and
+        gradient-norm clipping.
     max_steps, val_every
         Training steps and validation interval (steps).
     early_stopping
@@ -112,6 +121,7 @@ class TrainConfig:
     cell_obsm_key: str = ""
     missing_genes: Literal["error", "drop"] = "error"
     match_batch: bool = False
+    optimizer: Literal["adamw", "adam"] = "adamw"
     lr: float = 1e-3
     weight_decay: float = 5e-4
     grad_clip: float = 1.0
@@ -199,7 +209,7 @@ class TrainConfig:
 PRESETS: dict[str, dict[str, Any]] = {
     "cpu": dict(
         hidden=64, n_layers=2, n_heads=4, ffn=256, topk=16, cell_set_size=32, batch_size=16,
-        max_steps=400, val_every=100,
+        max_steps=1500, val_every=250,
     ),
     "paper": dict(
         hidden=128, n_layers=4, n_heads=8, ffn=512, topk=32, cell_set_size=64, batch_size=64,

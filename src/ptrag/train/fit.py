@@ -202,6 +202,7 @@ def build_plan(cfg: TrainConfig, prep: PreparedRun):
         sparsity_weight=cfg.sparsity_weight,
         lr=cfg.lr,
         weight_decay=cfg.weight_decay,
+        optimizer=cfg.optimizer,
         pert_vectors=torch.from_numpy(prep.pert_vectors),
     )
 
@@ -243,7 +244,12 @@ def make_loader(
 
 @dataclass
 class TrainResult:
-    """Outcome of :func:`train`."""
+    """Outcome of :func:`train`.
+
+    ``val_energy`` is the best validation energy (that of ``best_checkpoint``, which
+    ``ptrag predict`` uses by default); ``val_energy_control`` the predict-the-control
+    baseline on the same validation sets.
+    """
 
     run_dir: Path
     best_checkpoint: Path | None
@@ -354,11 +360,12 @@ def train(
     trainer.fit(plan, train_dl, val_dl, ckpt_path=str(last) if resume else None)
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
     best = run_dir / "checkpoints" / "best.ckpt"
+    best_score = callbacks[0].best_model_score
     result = TrainResult(
         run_dir=run_dir,
         best_checkpoint=best if best.is_file() else None,
         last_checkpoint=last,
-        val_energy=metrics.get("val/energy"),
+        val_energy=float(best_score) if best_score is not None else metrics.get("val/energy"),
         val_energy_control=metrics.get("val/energy_control"),
         n_parameters=count_parameters(plan.model),
     )
@@ -369,6 +376,7 @@ def train(
                 "model": cfg.model,
                 "steps": int(trainer.global_step),
                 "val_energy": result.val_energy,
+                "val_energy_last": metrics.get("val/energy"),
                 "val_energy_control": result.val_energy_control,
                 "n_parameters": result.n_parameters,
                 "metrics": metrics,

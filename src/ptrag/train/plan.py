@@ -1,4 +1,4 @@
-"""The Lightning training plan: energy-distance loss (+ sparsity for PT-RAG), Adam, logging.
+"""The Lightning training plan: energy-distance loss (+ sparsity for PT-RAG), AdamW, logging.
 
 The plan owns the :class:`~ptrag.nn.generator.PerturbationModel` and the perturbation table
 (the vector of every perturbation the run knows, one-hot or gene embedding), and maps each
@@ -40,7 +40,9 @@ class PerturbationPlan(L.LightningModule):
     sparsity_weight
         lambda_sparse (PT-RAG).
     lr, weight_decay
-        Adam settings.
+        Optimiser settings.
+    optimizer
+        ``adamw`` (decoupled weight decay) or ``adam`` (L2 added to the gradient).
     """
 
     def __init__(
@@ -56,6 +58,7 @@ class PerturbationPlan(L.LightningModule):
         lr: float = 1e-3,
         weight_decay: float = 5e-4,
         pert_vectors: torch.Tensor | None = None,
+        optimizer: str = "adamw",
     ) -> None:
         super().__init__()
         # The vectors live in buffers (state_dict), not in the hyper-parameters.
@@ -118,4 +121,5 @@ class PerturbationPlan(L.LightningModule):
         self._loss(batch, "val")
 
     def configure_optimizers(self):
-        return torch.optim.Adam(self.parameters(), lr=self.hparams.lr, weight_decay=self.hparams.weight_decay)
+        opt = {"adamw": torch.optim.AdamW, "adam": torch.optim.Adam}[self.hparams.get("optimizer", "adamw")]
+        return opt(self.parameters(), lr=self.hparams.lr, weight_decay=self.hparams.weight_decay)

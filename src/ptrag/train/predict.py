@@ -19,6 +19,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from ptrag.nn.generator import ModelOutput
 from ptrag.data.io import read_perturbseq
 from ptrag.data.sets import CellSet, SetDataset, SetSampler
 from ptrag.data.splits import SPLITS, read_split_toml, resolve_split
@@ -94,6 +95,7 @@ def predict(
     checkpoint: str = "best",
     batch_size: int = 64,
     backed: bool = False,
+    control_baseline: bool = False,
 ) -> Prediction:
     """Predict the perturbed cells of a split, or of perturbations never seen in training.
 
@@ -122,6 +124,10 @@ def predict(
         Sets per forward pass.
     backed
         Stream expression from disk.
+    control_baseline
+        Skip the network and "predict" each set as its matched control cells (the
+        predict-the-control baseline, model name ``control``): the same sets, controls and
+        output layout as the model's prediction, so the two are compared group by group.
 
     Returns
     -------
@@ -208,7 +214,10 @@ def predict(
                 names = [cs.perturbation for cs in chunk]
                 vec = torch.stack([extra_vec[n] if n in extra_vec else plan.pert_table[pert_index[n]] for n in names]).to(device)
                 qidx = torch.tensor([int(plan.pert_to_db[pert_index[n]]) if n in pert_index else -1 for n in names], device=device)
-                out = plan(batch, pert_vec=vec, query_index=qidx)
+                if control_baseline:
+                    out = ModelOutput(pred=batch["ctrl_expr"])
+                else:
+                    out = plan(batch, pert_vec=vec, query_index=qidx)
                 for cs_i, p in zip(idxs[start : start + batch_size], out.pred.cpu().numpy()):
                     outputs[cs_i] = p
                 if out.candidates is not None:
@@ -229,7 +238,7 @@ def predict(
         obs[c] = obs[c].astype("category")
     adata = ad.AnnData(np.concatenate(preds).astype(np.float32), obs=obs, var=pd.DataFrame(index=genes))
     adata.uns["ptrag"] = {
-        "model": cfg.model,
+        "model": "control" if control_baseline else cfg.model,
         "control": data.spec.control,
         "pert_col": "perturbation",
         "cell_type_col": "cell_type",
