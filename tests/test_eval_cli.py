@@ -208,6 +208,29 @@ def test_data_flags_override_the_run_config(world, tmp_path, capsys):
     pd.testing.assert_frame_equal(pd.read_parquet(tmp_path / "c" / "metrics.parquet"), ref)
 
 
+def test_run_config_with_default_batch_column_absent_from_the_data(world, tmp_path):
+    # `ptrag train` writes every column to [data]; a file without gem_group trained fine (the
+    # default batch column is optional), so evaluating it with that run must work too
+    real = world["real"].copy()
+    real.obs = real.obs.drop(columns=["gem_group"])
+    real.write_h5ad(tmp_path / "nobatch.h5ad")
+    run = tmp_path / "run_full"
+    run.mkdir()
+    for f in ("genes.txt", "pca.npz"):
+        (run / f).write_bytes((world["run"] / f).read_bytes())
+    (run / "config.toml").write_text(
+        'model = "state"\n\n[data]\npert_col = "gene"\ncell_type_col = "cell_type"\nbatch_col = "gem_group"\n'
+        'control = "non-targeting"\nlayer = ""\nobsm_key = ""\n'
+    )
+    args = ["evaluate", "--pred", str(world["root"] / "good.h5ad"), "--real", str(tmp_path / "nobatch.h5ad"),
+            "--run", str(run)]  # fmt: skip
+    assert main([*args, "--out", str(tmp_path / "cli")]) == 0
+    from ptrag.eval.evaluate import evaluate
+
+    m = evaluate([world["root"] / "good.h5ad"], tmp_path / "nobatch.h5ad", run, tmp_path / "api")
+    assert len(m) == len(pd.read_parquet(tmp_path / "cli" / "metrics.parquet")) == len(CTS) * len(TEST)
+
+
 # -------------------------------------------------------------------- ptrag compare
 
 

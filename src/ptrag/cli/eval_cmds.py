@@ -80,7 +80,9 @@ def evaluate_cmd(
     for name, field in _SPEC_FIELDS.items():
         if _given(ctx, name):
             fields[field] = values[name]
-        elif field not in run_info.data:
+        elif field not in run_info.data or fields[field] == getattr(ColumnSpec(), field):
+            # a run's [data] table lists every column; one left at ptrag's default stays
+            # optional here as it was for training (e.g. no gem_group column in the file)
             defaults.append(field)
     spec = ColumnSpec(**fields)
     options = MetricOptions(deg_pval=deg_pval, deg_correction=deg_correction, deg_min_lfc=deg_min_lfc)
