@@ -79,6 +79,10 @@ def test_predict_is_deterministic_and_well_formed(runs, files, model, tmp_path):
         assert set(log.columns) >= {"cell_type", "query", "candidate", "similarity", "selected_fraction"}
         assert not (log["query"] == log["candidate"]).any()  # a query never retrieves itself
         assert (log.groupby("query").size() == 3).all()
+        if model == "vanilla_rag":  # no selection stage: the fraction is undefined, not 0
+            assert log["selected_fraction"].isna().all()
+        else:
+            assert log["selected_fraction"].between(0, 1).all()
 
 
 def test_unseen_perturbation_from_gene_vector(runs, files, tmp_path):

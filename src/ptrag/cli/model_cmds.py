@@ -158,6 +158,19 @@ def demo_cmd(
     for _, r in table.iterrows():
         t.add_row(*[_cell(v, p=k == "wilcoxon_p") for k, v in r.items()])
     console.print(t)
+    rpath = Path(out) / "retrieval_summary.csv"
+    if rpath.is_file():
+        import pandas as pd
+
+        r = pd.read_csv(rpath)
+        r = r[r["cell_type"] == "all"]
+        rt = Table(title="Retrieved contexts against the simulator's ground truth (test queries, macro average)")
+        for c in ("model", "top-K precision", "top-K recall", "selected precision", "selected recall", "selected / query"):
+            rt.add_column(c, justify="left" if c == "model" else "right", no_wrap=c == "model")
+        for _, x in r.iterrows():
+            rt.add_row(x["model"], *[_cell(float(x[k])) for k in ("precision_topk", "recall_topk", "precision_selected",
+                                                                   "recall_selected", "n_selected")])
+        console.print(rt)
     console.print(
         "val E: best validation energy (val E ctrl: predict-the-control on the same sets). Test columns, "
         "means over the test perturbations (`ptrag evaluate`): Δ-Pearson and DEG Pearson of the predicted "

@@ -9,7 +9,9 @@ cores with the ``cpu`` preset. Steps, each written to ``DIR``:
 4. ``predictions/<model>.h5ad``: the test perturbations, plus ``control.h5ad``, the
    predict-the-control baseline on the same sets;
 5. ``evaluation/``: ``ptrag evaluate`` of all prediction files; ``tables/``: ``ptrag compare``;
-6. ``demo_summary.csv``: one row per model (the table the command prints).
+6. ``demo_summary.csv``: one row per model (the table the command prints);
+7. ``retrieval_summary.csv``: precision and recall of the RAG models' contexts against the
+   simulator's ground truth (Stage-1 top-K for both; Stage-2 selection for PT-RAG).
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from ptrag.errors import atomic_path
 from ptrag.train.config import MODELS, resolve_config
 
 log = logging.getLogger("ptrag")
@@ -119,7 +122,7 @@ def run_demo(
     split.to_toml(out / "split.toml")
     log.info("few-shot split for %s: %s", target, split.counts().loc[target].to_dict())
 
-    rows, preds = [], []
+    rows, preds, retrieval = [], [], []
     for model in models:
         run = out / "runs" / model
         over = dict(model=model, seed=seed)
@@ -132,8 +135,11 @@ def run_demo(
         else:
             train(cfg, files["data"], run, out / "split.toml", genes, progress=progress)
         path = out / "predictions" / f"{model}.h5ad"
-        write_prediction(predict(run, files["data"], "test"), path)
+        pred = predict(run, files["data"], "test")
+        write_prediction(pred, path)
         preds.append(path)
+        if pred.retrieval is not None:
+            retrieval.append(retrieval_against_truth(pred.retrieval, files["ground_truth"], model))
         summary = json.loads((run / "train_summary.json").read_text())
         rows.append(
             dict(
@@ -157,5 +163,39 @@ def run_demo(
     table = table.join(vs)
     table.loc[BASELINE, ["better_than_control", "wilcoxon_p"]] = np.nan
     table = table.reset_index()
-    table.to_csv(out / "demo_summary.csv", index=False)
+    with atomic_path(out / "demo_summary.csv") as tmp:
+        table.to_csv(tmp, index=False)
+    if retrieval:
+        with atomic_path(out / "retrieval_summary.csv") as tmp:
+            pd.concat(retrieval, ignore_index=True).to_csv(tmp, index=False)
     return table
+
+
+def retrieval_against_truth(log: pd.DataFrame, truth_path: str | Path, model: str) -> pd.DataFrame:
+    """Macro-averaged precision / recall of a retrieval log against a synthetic ground truth.
+
+    Parameters
+    ----------
+    log
+        Retrieval log of ``ptrag predict`` (one row per query, cell type and candidate).
+    truth_path
+        ``ground_truth.csv`` of the synthetic benchmark.
+    model
+        Model name for the output rows.
+
+    Returns
+    -------
+    pandas.DataFrame
+        One row per cell type and one ``all`` row: ``model, cell_type, n_queries,
+        precision_topk, recall_topk`` and, for PT-RAG (which selects), ``precision_selected,
+        recall_selected, n_selected``; NaN for a Vanilla RAG log, which has no selection.
+    """
+    from ptrag.data.synthetic import load_ground_truth
+    from ptrag.eval.metrics import retrieval_precision_recall, retrieval_summary
+
+    pr = retrieval_precision_recall(log.fillna({"selected_fraction": -1.0}), load_ground_truth(truth_path))
+    if log["selected_fraction"].isna().all():  # no Stage 2: nothing is "selected"
+        pr[["precision_selected", "recall_selected", "n_selected"]] = np.nan
+    summ = retrieval_summary(pr).rename_axis("cell_type").reset_index()
+    return summ.assign(model=model)[["model", "cell_type", "n_queries", "precision_topk", "recall_topk",
+                                     "precision_selected", "recall_selected", "n_selected"]]

@@ -78,7 +78,9 @@ def _aggregate_retrieval(rows: list[dict]) -> pd.DataFrame:
     df = pd.DataFrame(rows)
     df["w"] = df["selected_fraction"] * df["n_cells"]
     g = df.groupby(["cell_type", "query", "candidate"], sort=False)
-    out = g.agg(similarity=("similarity", "first"), w=("w", "sum"), n_cells=("n_cells", "sum")).reset_index()
+    # min_count=1: a Vanilla RAG log (no selection, NaN fractions) stays NaN instead of summing to 0
+    out = g.agg(similarity=("similarity", "first"), n_cells=("n_cells", "sum")).reset_index()
+    out["w"] = g["w"].sum(min_count=1).to_numpy()
     out["selected_fraction"] = out["w"] / out["n_cells"]
     out = out.drop(columns=["w"]).sort_values(["cell_type", "query", "similarity"], ascending=[True, True, False])
     return out.reset_index(drop=True)
