@@ -77,3 +77,16 @@ def test_bad_set_size_and_missing_controls(data):
     obs.loc[obs["cell_type"] == "CT1", "is_control"] = False
     with pytest.raises(PtragError, match="no control cells"):
         SetSampler(obs, data.groups(), 8)
+
+
+def test_resume_skips_the_consumed_sets_once(tmp_path):
+    make_adata().write_h5ad(tmp_path / "x.h5ad")
+    data = read_perturbseq(tmp_path / "x.h5ad")
+    groups = data.groups()
+    groups = groups[~groups["perturbation"].eq("non-targeting")]
+    s = SetSampler(data.obs, groups, set_size=8, mode="train", seed=1)
+    whole = s.plan(epoch=2)
+    s.resume(2, 5)
+    assert [c.pert_rows.tolist() for c in s] == [c.pert_rows.tolist() for c in whole[5:]]
+    s.set_epoch(2)
+    assert len(list(s)) == len(whole)  # the skip is used once

@@ -62,6 +62,8 @@ def _setup_logging(debug: bool) -> None:
         warnings.filterwarnings("ignore", message=".*LeafSpec.*")
         warnings.filterwarnings("ignore", message=".*does not have many workers.*")
         warnings.filterwarnings("ignore", message=".*smaller than the logging interval.*")
+        # ptrag resumes its own set sampler mid-epoch (PerturbationPlan.on_load_checkpoint)
+        warnings.filterwarnings("ignore", message=".*dataloader is not resumable.*")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -90,6 +90,7 @@ class SetSampler(torch.utils.data.Sampler):
         self.shuffle = (mode == "train") if shuffle is None else shuffle
         self.epoch = 0
         self.freeze_epoch = freeze_epoch
+        self._skip = 0
         self.groups = groups[["cell_type", "perturbation"]].reset_index(drop=True)
         keep = obs["keep"].to_numpy() if "keep" in obs else np.ones(len(obs), bool)
         ct = obs["cell_type"].to_numpy()
@@ -127,6 +128,20 @@ class SetSampler(torch.utils.data.Sampler):
         if not self.freeze_epoch:
             self.epoch = int(epoch)
 
+    def resume(self, epoch: int, sets_done: int) -> None:
+        """Continue an interrupted epoch: the next iteration yields ``epoch``'s sets after the
+        first ``sets_done`` (once; later iterations are whole epochs again).
+
+        Parameters
+        ----------
+        epoch
+            The interrupted epoch.
+        sets_done
+            Sets of that epoch already consumed.
+        """
+        self.epoch = int(epoch)
+        self._skip = int(sets_done)
+
     def _controls(self, rng: np.random.Generator, cell_type: str, rows: np.ndarray) -> np.ndarray:
         out = np.empty(len(rows), dtype=np.int64)
         if self.match_batch:
@@ -158,7 +173,9 @@ class SetSampler(torch.utils.data.Sampler):
         return sets
 
     def __iter__(self) -> Iterator[CellSet]:
-        return iter(self.plan())
+        sets = self.plan()
+        skip, self._skip = self._skip, 0
+        return iter(sets[skip:])
 
     def __len__(self) -> int:
         return int(sum(-(-len(r) // self.set_size) for r in self._rows))

@@ -239,6 +239,9 @@ def make_loader(
         pin_memory=cuda,
         persistent_workers=workers > 0,
         prefetch_factor=4 if workers > 0 else None,
+        # its own generator: creating an iterator then draws no number from torch's global RNG,
+        # so the Gumbel noise stream is the same whether or not a run was resumed mid-epoch
+        generator=torch.Generator().manual_seed(cfg.seed),
     )
 
 
@@ -326,6 +329,7 @@ def train(
     write_run_files(cfg, prep, run_dir)
     train_dl = make_loader(cfg, prep, "train")
     val_dl = make_loader(cfg, prep, "val", freeze_epoch=True)
+    plan.attach_train_sampler(train_dl.sampler, cfg.batch_size)
     callbacks = [
         ModelCheckpoint(
             dirpath=run_dir / "checkpoints",
@@ -358,6 +362,9 @@ def train(
         default_root_dir=run_dir,
     )
     trainer.fit(plan, train_dl, val_dl, ckpt_path=str(last) if resume else None)
+    # ModelCheckpoint writes last.ckpt at validations only; the steps after the last validation
+    # would be lost, so the final state is saved as last.ckpt (atomically, by Lightning)
+    trainer.save_checkpoint(last)
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
     best = run_dir / "checkpoints" / "best.ckpt"
     best_score = callbacks[0].best_model_score

@@ -117,6 +117,41 @@ class PerturbationPlan(L.LightningModule):
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
         return self._loss(batch, "train")
 
+    # ------------------------------------------------------------ resuming
+    # A run killed between checkpoints and restarted with --resume must end with the weights of
+    # an uninterrupted run. Lightning restores weights, optimiser and step counters; the plan
+    # adds what it does not: the torch RNG state (Gumbel noise, dropout) and the position in the
+    # epoch's sequence of cell sets (the sampler is a function of seed and epoch, so the
+    # position is global_step modulo the batches per epoch).
+    train_sampler = None  # set by ptrag.train.fit.train: the training SetSampler
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        rng = {"torch": torch.get_rng_state()}
+        if torch.cuda.is_available():
+            rng["cuda"] = torch.cuda.get_rng_state_all()
+        checkpoint["ptrag_rng"] = rng
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        self._pending_rng = checkpoint.get("ptrag_rng")
+        sampler = self.train_sampler
+        if sampler is not None and "global_step" in checkpoint:
+            per_epoch = -(-len(sampler) // self._train_batch_size)
+            step = int(checkpoint["global_step"])
+            sampler.resume(step // per_epoch, (step % per_epoch) * self._train_batch_size)
+
+    def on_train_batch_start(self, batch: dict, batch_idx: int) -> None:
+        rng = getattr(self, "_pending_rng", None)
+        if rng is not None:  # first step after a resume: continue the interrupted random stream
+            torch.set_rng_state(rng["torch"])
+            if "cuda" in rng and torch.cuda.is_available():
+                torch.cuda.set_rng_state_all(rng["cuda"])
+            self._pending_rng = None
+
+    def attach_train_sampler(self, sampler, batch_size: int) -> None:
+        """Let :meth:`on_load_checkpoint` put ``sampler`` back where the checkpoint left it."""
+        self.train_sampler = sampler
+        self._train_batch_size = int(batch_size)
+
     def validation_step(self, batch: dict, batch_idx: int) -> None:
         self._loss(batch, "val")
 
