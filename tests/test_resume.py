@@ -76,3 +76,57 @@ def test_sigkill_then_resume_equals_uninterrupted(tmp_path):
             assert torch.equal(w1[k], w2[k]), k
         else:  # extra state (the retrieval database's names)
             assert w1[k] == w2[k], k
+
+
+def test_same_seed_same_weights_predictions_and_metrics(tmp_path):
+    make_adata(n_perts=8, cells=16, n_genes=30).write_h5ad(tmp_path / "d.h5ad")
+    rng = np.random.default_rng(0)
+    with open(tmp_path / "g.pkl", "wb") as f:
+        pickle.dump({f"P{i}": rng.normal(size=12).tolist() for i in range(8)}, f)
+    args = [a if a != "14" else "6" for a in ARGS]
+    base = ["train", "--data", str(tmp_path / "d.h5ad"), "--genes", str(tmp_path / "g.pkl"), *args]
+    files = {}
+    for r in ("a", "b"):
+        run = tmp_path / r
+        assert main([*base, "--out", str(run)]) == 0
+        assert main(["predict", "--run", str(run), "--data", str(tmp_path / "d.h5ad"), "--out", str(run / "p.h5ad")]) == 0
+        assert main(["evaluate", "--pred", str(run / "p.h5ad"), "--real", str(tmp_path / "d.h5ad"), "--run", str(run),
+                     "--out", str(run / "eval")]) == 0
+        files[r] = run
+    (_, w1), (_, w2) = _weights(files["a"]), _weights(files["b"])
+    assert all(torch.equal(w1[k], w2[k]) if isinstance(w1[k], torch.Tensor) else w1[k] == w2[k] for k in w1)
+    assert (files["a"] / "p.h5ad").read_bytes() != b""
+    import anndata as ad
+    import pandas as pd
+
+    np.testing.assert_array_equal(ad.read_h5ad(files["a"] / "p.h5ad").X, ad.read_h5ad(files["b"] / "p.h5ad").X)
+    pd.testing.assert_frame_equal(pd.read_parquet(files["a"] / "eval" / "metrics.parquet"),
+                                  pd.read_parquet(files["b"] / "eval" / "metrics.parquet"), check_exact=True)
+
+
+def test_out_of_memory_suggests_backed_mode(tmp_path, monkeypatch, capsys):
+    import ptrag.data.io as io
+
+    make_adata().write_h5ad(tmp_path / "d.h5ad")
+
+    def boom(*a, **k):
+        raise MemoryError
+
+    monkeypatch.setattr(io.ad, "read_h5ad", boom)
+    assert main(["describe", "--data", str(tmp_path / "d.h5ad")]) == 2
+    err = " ".join(capsys.readouterr().err.split())
+    assert "out of memory" in err and "--backed" in err and "Traceback" not in err
+
+
+def test_file_larger_than_memory_is_refused_before_loading(tmp_path, monkeypatch, capsys):
+    import ptrag.data.io as io
+
+    a = make_adata()
+    a.write_h5ad(tmp_path / "d.h5ad")
+    need = io.h5ad_memory_bytes(tmp_path / "d.h5ad")
+    assert need >= a.X.data.nbytes + a.X.indices.nbytes  # at least the matrix itself
+    monkeypatch.setattr(io, "available_memory", lambda: need // 2)
+    assert main(["describe", "--data", str(tmp_path / "d.h5ad")]) == 2
+    err = " ".join(capsys.readouterr().err.split())
+    assert "d.h5ad needs about" in err and "--backed" in err
+    assert main(["describe", "--data", str(tmp_path / "d.h5ad"), "--backed"]) == 0  # streaming works

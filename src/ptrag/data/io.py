@@ -321,6 +321,8 @@ def read_perturbseq(
             f"{path} is not an .h5ad (HDF5) file. Convert it to AnnData first "
             "(e.g. scanpy.read_10x_h5 / anndata.read_csv, then .write_h5ad)."
         )
+    if not backed:
+        _check_fits_in_memory(path)
     h5file = None
     try:
         if backed:
@@ -341,6 +343,59 @@ def read_perturbseq(
     data._obsm = adata.obsm
     _check_values(data)
     return data
+
+
+def available_memory() -> int | None:
+    """Bytes of memory available to a new allocation (Linux ``MemAvailable``), else ``None``."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        return None
+    return None
+
+
+def h5ad_memory_bytes(path: str | Path) -> int:
+    """Uncompressed size of every array in an ``.h5ad`` file: what ``anndata.read_h5ad`` loads.
+
+    Parameters
+    ----------
+    path
+        An HDF5 file.
+
+    Returns
+    -------
+    int
+        Sum over datasets of ``size * itemsize`` (string datasets count their element size).
+    """
+    total = 0
+
+    def visit(_name: str, obj) -> None:
+        nonlocal total
+        if isinstance(obj, h5py.Dataset):
+            total += int(obj.size or 0) * int(obj.dtype.itemsize)
+
+    with h5py.File(path, "r") as f:
+        f.visititems(visit)
+    return total
+
+
+def _check_fits_in_memory(path: Path, headroom: float = 0.8) -> None:
+    free = available_memory()
+    if free is None:
+        return
+    try:
+        need = h5ad_memory_bytes(path)
+    except OSError:  # unreadable: anndata's reader below gives the message
+        return
+    if need > headroom * free:
+        gib = 1024**3
+        raise PtragError(
+            f"{path} needs about {need / gib:.1f} GiB in memory but only {free / gib:.1f} GiB are available: "
+            "pass --backed to stream the expression matrix from disk instead of loading it."
+        )
 
 
 def _backed_uns(adata) -> dict:

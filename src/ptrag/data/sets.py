@@ -11,6 +11,8 @@ a function of ``(seed, epoch)``, so the same seed gives the same sets.
 
 from __future__ import annotations
 
+import logging
+
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Literal
@@ -22,6 +24,9 @@ import torch
 from ptrag.data.io import PerturbData
 from ptrag.errors import PtragError, check_choice
 
+
+
+log = logging.getLogger("ptrag")
 
 @dataclass(frozen=True)
 class CellSet:
@@ -121,6 +126,14 @@ class SetSampler(torch.utils.data.Sampler):
                 for b in np.unique(batch[rows]):
                     self._ctrl_batch[(c, b)] = rows[batch[rows] == b]
         self._batch = batch
+        small = [(c, p, len(r)) for (c, p), r in zip(self.groups.itertuples(index=False), self._rows) if len(r) < self.set_size]
+        if small and mode == "train":
+            c, p, n = min(small, key=lambda t: t[2])
+            log.warning(
+                "%d of %d training groups have fewer than --cell-set-size %d cells (smallest: %s in %s, %d cells); "
+                "their sets are filled by drawing cells again. Lower --cell-set-size to avoid repeats.",
+                len(small), len(self._rows), self.set_size, p, c, n,
+            )
 
     # -------------------------------------------------------------- planning
     def set_epoch(self, epoch: int) -> None:
