@@ -130,3 +130,23 @@ def test_file_larger_than_memory_is_refused_before_loading(tmp_path, monkeypatch
     err = " ".join(capsys.readouterr().err.split())
     assert "d.h5ad needs about" in err and "--backed" in err
     assert main(["describe", "--data", str(tmp_path / "d.h5ad"), "--backed"]) == 0  # streaming works
+
+
+def test_checkpoint_write_is_atomic(tmp_path, monkeypatch):
+    from ptrag.train.fit import atomic_checkpoint_io
+
+    io = atomic_checkpoint_io()
+    path = tmp_path / "checkpoints" / "last.ckpt"
+    io.save_checkpoint({"step": 1}, path)
+    good = path.read_bytes()
+
+    def dies_midway(obj, f, *a, **k):
+        with open(f, "wb") as fh:
+            fh.write(b"PK\x03\x04 half a checkpoint")
+        raise KeyboardInterrupt  # the process is interrupted while writing
+
+    monkeypatch.setattr(torch, "save", dies_midway)
+    with pytest.raises(KeyboardInterrupt):
+        io.save_checkpoint({"step": 2}, path)
+    assert path.read_bytes() == good  # the previous checkpoint is intact
+    assert [p.name for p in path.parent.iterdir()] == ["last.ckpt"]  # no temporary file left

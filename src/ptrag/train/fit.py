@@ -28,7 +28,7 @@ from ptrag.data.embeddings import load_gene_tables, one_hot, perturbation_vector
 from ptrag.data.io import PerturbData, read_perturbseq, select_hvg
 from ptrag.data.sets import SetDataset, SetSampler
 from ptrag.data.splits import Split, load_split
-from ptrag.errors import PtragError, atomic_write_text
+from ptrag.errors import PtragError, atomic_path, atomic_write_text
 from ptrag.train.config import TrainConfig
 
 log = logging.getLogger("ptrag")
@@ -245,6 +245,20 @@ def make_loader(
     )
 
 
+def atomic_checkpoint_io():
+    """A Lightning CheckpointIO that writes each checkpoint to a temporary file in the
+    checkpoint's own folder and renames it into place (:func:`ptrag.errors.atomic_path`), so a
+    run killed while saving never leaves a truncated ``last.ckpt`` for ``--resume``."""
+    from lightning.pytorch.plugins.io import TorchCheckpointIO
+
+    class AtomicCheckpointIO(TorchCheckpointIO):
+        def save_checkpoint(self, checkpoint, path, storage_options=None) -> None:
+            with atomic_path(path) as tmp:
+                torch.save(checkpoint, tmp)
+
+    return AtomicCheckpointIO()
+
+
 @dataclass
 class TrainResult:
     """Outcome of :func:`train`.
@@ -356,6 +370,7 @@ def train(
         strategy=cfg.strategy,
         precision=cfg.precision,
         deterministic=True,
+        plugins=[atomic_checkpoint_io()],
         enable_progress_bar=progress,
         enable_model_summary=False,
         log_every_n_steps=min(10, cfg.max_steps),
