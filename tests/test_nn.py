@@ -399,3 +399,22 @@ def test_model_checks_input_shapes_and_looks_names_up() -> None:
     with pytest.raises(PtragError, match="query_index"):
         model(ctrl, ci, pv, qi[:2])
     assert model.query_index(["g3", "unknown"]).tolist() == [3, -1]
+
+
+def test_blocked_triplet_scorer_matches_autograd(monkeypatch) -> None:
+    import ptrag.nn.retrieval as retrieval
+
+    monkeypatch.setattr(retrieval, "_CHUNK_ELEMENTS", 120)  # blocks of 2 sets: 2 + 2 + 1
+    torch.manual_seed(0)
+    b, s, k, h = 5, 3, 4, 5
+    args = [torch.randn(b, s, h, dtype=torch.float64, requires_grad=True),
+            torch.randn(b, k, h, dtype=torch.float64, requires_grad=True),
+            (torch.rand(b, s, k, dtype=torch.float64) + 0.5).requires_grad_(),
+            torch.randn(h, dtype=torch.float64, requires_grad=True),
+            torch.randn(2, h, dtype=torch.float64, requires_grad=True),
+            torch.randn(2, dtype=torch.float64, requires_grad=True)]
+    assert len(retrieval._TripletScorer._blocks(args[0], args[1])) == 3
+    assert torch.autograd.gradcheck(retrieval._TripletScorer.apply, args)
+    a, c, r, bias, w2, b2 = args
+    hidden = torch.nn.functional.gelu(torch.addcmul(bias, a[:, :, None] + c[:, None], r[..., None]))
+    torch.testing.assert_close(retrieval._TripletScorer.apply(*args), hidden @ w2.T + b2)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import torch
 
 from _data import make_adata
 from ptrag.data.io import read_perturbseq
@@ -108,3 +109,17 @@ def test_groups_smaller_than_the_set_size_are_reported(tmp_path, caplog):
         logger.removeHandler(caplog.handler)
     assert f"{len(groups)} of {len(groups)} training groups have fewer than --cell-set-size 8" in caplog.text
     assert all(len(c.pert_rows) == 8 for c in s.plan(0))  # filled to S
+
+
+def test_batched_read_equals_set_by_set(tmp_path):
+    make_adata(counts=True).write_h5ad(tmp_path / "x.h5ad")  # counts: normalised on read
+    data = read_perturbseq(tmp_path / "x.h5ad")
+    groups = data.groups()
+    groups = groups[~groups["perturbation"].eq("non-targeting")]
+    sets = SetSampler(data.obs, groups, set_size=8, mode="train", seed=0).plan(0)[:6]
+    names = sorted(groups["perturbation"].unique())
+    ds = SetDataset(data, list(data.var_names)[::-1], {n: i for i, n in enumerate(names)})
+    for one, many in zip([ds[cs] for cs in sets], ds.__getitems__(sets)):
+        assert one.keys() == many.keys()
+        for k in one:
+            assert torch.equal(one[k], many[k]), k

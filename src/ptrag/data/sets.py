@@ -226,9 +226,23 @@ class SetDataset(torch.utils.data.Dataset):
     def __len__(self) -> int:  # map-style dataset indexed by CellSet, length unused
         return 0
 
+    def __getitems__(self, sets: list[CellSet]) -> list[dict]:
+        """All sets of a batch with one read (the DataLoader calls this when it exists): one
+        row lookup, one sparse-to-dense conversion and one normalisation for the whole batch."""
+        sizes = [len(cs.pert_rows) + len(cs.ctrl_rows) for cs in sets]
+        rows = np.concatenate([np.concatenate([cs.pert_rows, cs.ctrl_rows]) for cs in sets])
+        x = self.data.expression(rows, self.gene_idx)
+        out, start = [], 0
+        for cs, n in zip(sets, sizes):
+            out.append(self._item(cs, x[start : start + n]))
+            start += n
+        return out
+
     def __getitem__(self, cs: CellSet) -> dict:
+        return self._item(cs, self.data.expression(np.concatenate([cs.pert_rows, cs.ctrl_rows]), self.gene_idx))
+
+    def _item(self, cs: CellSet, x: np.ndarray) -> dict:
         n = len(cs.pert_rows)
-        x = self.data.expression(np.concatenate([cs.pert_rows, cs.ctrl_rows]), self.gene_idx)
         pert_x, ctrl_x = x[:n], x[n:]
         feats = ctrl_x if self.cell_features is None else self.cell_features(cs.ctrl_rows, ctrl_x)
         return {

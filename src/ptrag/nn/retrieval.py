@@ -197,6 +197,64 @@ class PerturbationIndex(nn.Module):
         super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs)
 
 
+_CHUNK_ELEMENTS = 1 << 18  # elements of one [b, S, K, H] block: stays in the CPU's cache
+
+
+class _TripletScorer(torch.autograd.Function):
+    """Second half of the fused PT-RAG scorer, computed block by block.
+
+    ``logits = gelu((a[:, :, None] + c[:, None]) * r[..., None] + bias) @ w2.T + b2`` with
+    ``a`` ``[B, S, H]`` (per cell), ``c`` ``[B, K, H]`` (per candidate), ``r`` ``[B, S, K]``
+    (per pair, a reciprocal standard deviation, > 0), ``bias`` ``[H]``, ``w2`` ``[2, H]``,
+    ``b2`` ``[2]``; output ``[B, S, K, 2]``.
+
+    The hidden activation is the only ``B x S x K x H`` quantity of PT-RAG. Autograd would keep
+    it (and the pre-activation) for the backward pass and stream several such tensors through
+    memory; here forward and backward walk over blocks of sets small enough to stay in cache,
+    keep nothing of that size between the passes (the block is recomputed in the backward),
+    and reduce with: ``g_a = sum_k gx r``, ``g_c = sum_s gx r`` and, since
+    ``a + c = (x - bias) / r``, ``g_r = (sum_h gx x - gx . bias) / r``.
+    """
+
+    @staticmethod
+    def _blocks(a: torch.Tensor, c: torch.Tensor):
+        b, s, h = a.shape
+        if a.device.type != "cpu":  # accelerators want one large kernel, not cache-sized blocks
+            return [slice(0, b)]
+        step = max(1, _CHUNK_ELEMENTS // max(1, s * c.shape[1] * h))
+        return [slice(i, min(b, i + step)) for i in range(0, b, step)]
+
+    @staticmethod
+    def forward(ctx, a, c, r, bias, w2, b2):
+        out = a.new_empty(a.shape[0], a.shape[1], c.shape[1], w2.shape[0])
+        for blk in _TripletScorer._blocks(a, c):
+            x = torch.addcmul(bias, a[blk, :, None, :] + c[blk, None, :, :], r[blk, ..., None])
+            out[blk] = torch.nn.functional.linear(F.gelu(x), w2, b2)
+        ctx.save_for_backward(a, c, r, bias, w2)
+        return out
+
+    @staticmethod
+    def backward(ctx, g_out):
+        a, c, r, bias, w2 = ctx.saved_tensors
+        g_a, g_c, g_r = torch.empty_like(a), torch.empty_like(c), torch.empty_like(r)
+        g_bias, g_w2 = torch.zeros_like(bias), torch.zeros_like(w2)
+        g_out = g_out.contiguous()
+        for blk in _TripletScorer._blocks(a, c):
+            x = torch.addcmul(bias, a[blk, :, None, :] + c[blk, None, :, :], r[blk, ..., None])
+            go = g_out[blk]
+            y = F.gelu(x)
+            g_w2 += go.reshape(-1, go.shape[-1]).T @ y.reshape(-1, y.shape[-1])
+            gx = torch.ops.aten.gelu_backward(go @ w2, x)
+            rb = r[blk]
+            gxr = gx * rb[..., None]
+            g_a[blk] = gxr.sum(dim=2)
+            g_c[blk] = gxr.sum(dim=1)
+            g_r[blk] = (torch.linalg.vecdot(gx, x) - gx @ bias) / rb
+            g_bias += gx.sum(dim=(0, 1, 2))
+        g_b2 = g_out.sum(dim=(0, 1, 2))
+        return g_a, g_c, g_r, g_bias, g_w2, g_b2
+
+
 def _moments(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Float32 sum and sum of squares over the last dimension."""
     x = x.float()
@@ -297,9 +355,11 @@ class TripletSelector(nn.Module):
         pa = h_ctrl @ wa.T - (sa / d)[..., None] * u  # [B, S, H]
         pb = h_pert @ wb.T - (sb / d)[..., None] * u  # [B, H]
         pc = h_ctx @ wc.T - (sc / d)[..., None] * u  # [B, K, H]
-        centred = pa[:, :, None, :] + (pc + pb[:, None, :])[:, None, :, :]  # [B, S, K, H]: first broadcast
-        hidden = torch.addcmul(bias, centred, rstd[..., None])
-        return self.score_out(self.act(hidden))
+        # gelu((pa + pb + pc) * rstd + bias): the first (and only) [B, S, K, H] tensor
+        if isinstance(self.act, nn.GELU) and self.act.approximate == "none" and not torch.is_autocast_enabled():
+            return _TripletScorer.apply(pa, pc + pb[:, None, :], rstd, bias, self.score_out.weight, self.score_out.bias)
+        centred = pa[:, :, None, :] + (pc + pb[:, None, :])[:, None, :, :]
+        return self.score_out(self.act(torch.addcmul(bias, centred, rstd[..., None])))
 
     # ------------------------------------------------------------ aggregation
     def aggregate(

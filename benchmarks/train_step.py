@@ -1,0 +1,216 @@
+"""What does a training step cost, per model, and how close is it to the machine's peak?
+
+For each preset (``cpu``, ``paper``) and each of the four models, side by side in one run:
+
+* milliseconds per training step (forward + energy loss + backward + AdamW step) on random
+  data of the preset's shape (batch x S cells x G genes, a retrieval database of N training
+  perturbations with D-dim gene vectors; one-hot N-dim for STATE), median of ``--steps`` steps
+  after ``--warmup``;
+* model FLOPs per step (forward + backward, ``torch.utils.flop_counter``) and per cell;
+* the ratio of each model's step time to STATE's;
+* for the backbone alone (the Llama set transformer, forward + backward): achieved FLOP/s
+  against a float32 matmul peak measured in the same run;
+* PT-RAG with the naive (materialised ``B x S x K x 3H`` triplets) computation beside the
+  fused one, to show what the fused maths saves;
+* the data loader: sets per second read from an in-memory synthetic Perturb-seq file, against
+  the sets per second the fastest model consumes.
+
+    python benchmarks/train_step.py                    # both presets, CPU
+    python benchmarks/train_step.py --preset paper --device cuda --bf16
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import statistics
+import time
+
+import numpy as np
+import torch
+from geomloss import SamplesLoss
+from torch.utils.flop_counter import FlopCounterMode
+
+from ptrag.nn.generator import PRESETS, PerturbationModel, count_parameters
+from ptrag.train.config import MODEL_KINDS
+from ptrag.train.config import PRESETS as TRAIN_PRESETS
+
+MODELS = ("state", "state_genept", "vanilla_rag", "pt_rag")
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def matmul_peak(device: torch.device, dtype: torch.dtype, n: int = 2048, reps: int = 10) -> float:
+    """FLOP/s of a square matmul (the machine's practical peak for dense float math)."""
+    a = torch.randn(n, n, device=device, dtype=dtype)
+    b = torch.randn(n, n, device=device, dtype=dtype)
+    for _ in range(2):
+        a @ b
+    sync(device)
+    t = time.perf_counter()
+    for _ in range(reps):
+        a @ b
+    sync(device)
+    return 2 * n**3 * reps / (time.perf_counter() - t)
+
+
+def build(model: str, preset: str, n_genes: int, n_db: int, emb_dim: int, fused: bool, device):
+    conditioning, kind = MODEL_KINDS[model]
+    cfg = dataclasses.replace(PRESETS[preset], conditioning=conditioning, fused_triplets=fused)
+    pert_dim = n_db if kind == "onehot" else emb_dim
+    db = torch.randn(n_db, pert_dim) if conditioning != "none" else None
+    torch.manual_seed(0)
+    m = PerturbationModel(cfg, n_genes, n_genes, pert_dim, database=db).to(device)
+    return m, cfg, pert_dim
+
+
+def batch(b: int, s: int, g: int, pert_dim: int, n_db: int, device):
+    gen = torch.Generator().manual_seed(1)
+    ctrl = torch.rand(b, s, g, generator=gen).to(device)
+    target = torch.rand(b, s, g, generator=gen).to(device)
+    pert = torch.randn(b, pert_dim, generator=gen).to(device)
+    qidx = torch.randint(0, n_db, (b,), generator=gen).to(device)
+    return ctrl, target, pert, qidx
+
+
+def step_fn(m, opt, energy, data, bf16: bool, device):
+    ctrl, target, pert, qidx = data
+
+    def step():
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
+            out = m(ctrl, ctrl, pert, qidx)
+            loss = energy(out.pred.float(), target).mean()
+            if out.weights is not None:
+                loss = loss + 0.1 * out.weights.mean()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+
+    return step
+
+
+def time_it(fn, warmup: int, steps: int, device) -> float:
+    for _ in range(warmup):
+        fn()
+    sync(device)
+    times = []
+    for _ in range(steps):
+        t = time.perf_counter()
+        fn()
+        sync(device)
+        times.append(time.perf_counter() - t)
+    return statistics.median(times)
+
+
+def flops_of(fn) -> int:
+    with FlopCounterMode(display=False) as fc:
+        fn()
+    return fc.get_total_flops()
+
+
+def loader_rate(n_sets: int, s: int, g: int, batch_size: int) -> float:
+    """Sets per second read by ptrag's SetDataset from an in-memory synthetic file."""
+    import tempfile
+    from pathlib import Path
+
+    from ptrag.data.io import read_perturbseq
+    from ptrag.data.sets import SetDataset, SetSampler
+    from ptrag.data.synthetic import simulate
+
+    bench = simulate(n_genes=g, n_perturbations=120, cells_per_perturbation=max(s, 64))
+    with tempfile.TemporaryDirectory() as d:
+        path = Path(d) / "x.h5ad"
+        bench.adata.write_h5ad(path)
+        data = read_perturbseq(path)
+        groups = data.groups()
+        groups = groups[~groups["perturbation"].eq("non-targeting")]
+        sampler = SetSampler(data.obs, groups, s, mode="train", seed=0)
+        names = sorted(groups["perturbation"].unique())
+        ds = SetDataset(data, list(data.var_names), {n: i for i, n in enumerate(names)})
+        sets = sampler.plan(0)[:n_sets]
+        t = time.perf_counter()
+        for i in range(0, len(sets), batch_size):
+            ds.__getitems__(sets[i : i + batch_size])  # what the DataLoader calls per batch
+        return len(sets) / (time.perf_counter() - t)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--preset", choices=("cpu", "paper", "both"), default="both")
+    ap.add_argument("--genes", type=int, default=2000)
+    ap.add_argument("--database", type=int, default=2009, help="training perturbations (paper: 2,009)")
+    ap.add_argument("--emb-dim", type=int, default=1536, help="gene-vector width (GenePT: 1536)")
+    ap.add_argument("--steps", type=int, default=5)
+    ap.add_argument("--warmup", type=int, default=2)
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--bf16", action="store_true", help="bf16 autocast")
+    ap.add_argument("--no-naive", action="store_true", help="skip the naive PT-RAG reference")
+    args = ap.parse_args()
+    device = torch.device(args.device)
+    torch.manual_seed(0)
+    energy = SamplesLoss("energy")
+    peak = matmul_peak(device, torch.bfloat16 if args.bf16 else torch.float32)
+    print(f"device {device}, torch {torch.__version__}, threads {torch.get_num_threads()}, "
+          f"matmul peak {peak / 1e9:.1f} GFLOP/s ({'bf16' if args.bf16 else 'fp32'})")
+    presets = ("cpu", "paper") if args.preset == "both" else (args.preset,)
+    demand = {}
+    for preset in presets:
+        tp = TRAIN_PRESETS[preset]
+        b, s = tp["batch_size"], tp["cell_set_size"]
+        print(f"\n## preset {preset}: batch {b} x S {s} cells x G {args.genes} genes, K {PRESETS[preset].topk}, "
+              f"hidden {PRESETS[preset].hidden}, {PRESETS[preset].n_layers} blocks")
+        print(f"{'model':<20}{'params':>12}{'ms/step':>10}{'x state':>9}{'GFLOP/step':>12}{'MFLOP/cell':>12}{'GFLOP/s':>9}")
+        rows = [(m, True) for m in MODELS] + ([] if args.no_naive else [("pt_rag", False)])
+        built = []
+        for model, fused in rows:
+            m, cfg, pert_dim = build(model, preset, args.genes, args.database, args.emb_dim, fused, device)
+            opt = torch.optim.AdamW(m.parameters(), lr=1e-3, weight_decay=5e-4)
+            fn = step_fn(m, opt, energy, batch(b, s, args.genes, pert_dim, args.database, device), args.bf16, device)
+            for _ in range(args.warmup):
+                fn()
+            built.append((model, fused, m, fn))
+        # interleaved: one step of every model per round, so drifts of a shared machine hit all alike
+        times = {i: [] for i in range(len(built))}
+        for _ in range(args.steps):
+            for i, (_, _, _, fn) in enumerate(built):
+                sync(device)
+                t = time.perf_counter()
+                fn()
+                sync(device)
+                times[i].append(time.perf_counter() - t)
+        base = statistics.median(times[0])
+        for i, (model, fused, m, fn) in enumerate(built):
+            sec = statistics.median(times[i])
+            fl = flops_of(fn)
+            name = model if fused else "pt_rag (naive)"
+            print(f"{name:<20}{count_parameters(m):>12,}{sec * 1e3:>10.1f}{sec / base:>9.2f}{fl / 1e9:>12.2f}"
+                  f"{fl / (b * s) / 1e6:>12.2f}{fl / sec / 1e9:>9.1f}")
+            if fused:  # the most demanding consumer: the fastest model
+                demand[preset] = max(demand.get(preset, 0.0), b / sec)
+        del built
+        # the backbone alone
+        m, cfg, _ = build("state", preset, args.genes, args.database, args.emb_dim, True, device)
+        z = torch.randn(b, s, cfg.hidden, device=device, requires_grad=True)
+
+        def backbone_step():
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=args.bf16):
+                m.backbone(z).float().sum().backward()
+
+        sec = time_it(backbone_step, args.warmup, args.steps, device)
+        fl = flops_of(backbone_step)
+        print(f"backbone (fwd+bwd): {sec * 1e3:.1f} ms, {fl / 1e9:.2f} GFLOP, {fl / sec / 1e9:.1f} GFLOP/s = "
+              f"{100 * fl / sec / peak:.0f}% of the matmul peak")
+    print("\n## data loader (SetDataset, in memory, 2,000 genes)")
+    for preset in presets:
+        s = TRAIN_PRESETS[preset]["cell_set_size"]
+        rate = loader_rate(16 * TRAIN_PRESETS[preset]["batch_size"], s, args.genes, TRAIN_PRESETS[preset]["batch_size"])
+        need = demand[preset]
+        print(f"preset {preset}: {rate:.0f} sets/s read (one process); the fastest model consumes {need:.1f} sets/s "
+              f"-> {rate / need:.1f}x")
+
+
+if __name__ == "__main__":
+    main()
