@@ -34,9 +34,9 @@ _err = Console(stderr=True)
 
 
 def _register() -> None:
-    from ptrag.cli import data_cmds, eval_cmds, genes_cmds, model_cmds, sim_cmds
+    from ptrag.cli import data_cmds, eval_cmds, experiment_cmds, genes_cmds, model_cmds, sim_cmds
 
-    for module in (sim_cmds, data_cmds, genes_cmds, model_cmds, eval_cmds):
+    for module in (sim_cmds, data_cmds, genes_cmds, model_cmds, eval_cmds, experiment_cmds):
         module.register(app)
 
 
