@@ -109,7 +109,35 @@ def compare_cmd(
     console.print(f"{len(tables)} tables (overall + per cell type) and tests.csv written to {out}")
 
 
+def retrieval_cmd(
+    log: Annotated[list[Path], typer.Option("--log", help="Retrieval log(s) of PT-RAG predictions (<prediction>.retrieval.csv); repeat.")],
+    out: Annotated[Path, typer.Option("--out", help="Folder for top_contexts.csv, jaccard.csv, jaccard_queries.csv and jaccard.png.")],
+    top: Annotated[int, typer.Option("--top", help="Contexts per (cell type, query) in top_contexts.csv.")] = 5,
+    min_fraction: Annotated[float, typer.Option("--min-fraction", help="A context is selected when at least this fraction of the query's cells selected it.")] = 0.5,
+) -> None:
+    """PT-RAG retrieval analysis: most selected contexts per query and cell type, and the
+    Jaccard overlap of the selections between cell types (table and heatmap)."""
+    from ptrag.errors import PtragError, atomic_path
+    from ptrag.eval.retrieval import jaccard_matrix, plot_jaccard, read_retrieval_logs, top_contexts
+
+    if top < 1:
+        raise PtragError(f"--top must be at least 1 (got {top}).")
+    rlog = read_retrieval_logs(log)
+    tops = top_contexts(rlog, top)
+    jac, cnt = jaccard_matrix(rlog, min_fraction)
+    with atomic_path(out / "top_contexts.csv") as tmp:
+        tops.to_csv(tmp, index=False)
+    with atomic_path(out / "jaccard.csv") as tmp:
+        jac.to_csv(tmp)
+    with atomic_path(out / "jaccard_queries.csv") as tmp:
+        cnt.to_csv(tmp)
+    plot_jaccard(jac, out / "jaccard.png")
+    console.print(jac.round(3).to_string())
+    console.print(f"top contexts, Jaccard matrix (and its query counts) and heatmap written to {out}")
+
+
 def register(app: typer.Typer) -> None:
     """Add ``evaluate`` and ``compare``."""
     app.command("evaluate")(evaluate_cmd)
     app.command("compare")(compare_cmd)
+    app.command("retrieval")(retrieval_cmd)

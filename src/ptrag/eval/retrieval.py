@@ -1,0 +1,151 @@
+"""Retrieval analysis of PT-RAG: which contexts each cell type selects, and how much the
+selections of two cell types overlap (the paper's "cell-type-aware" claim).
+
+Input: retrieval logs written by ``ptrag predict`` for RAG runs (one row per cell type,
+query and retrieved candidate, with ``similarity`` and ``selected_fraction``, the fraction
+of the query's predicted cells that selected the candidate).
+
+* :func:`top_contexts` — the ``n`` most selected contexts per (cell type, query);
+* :func:`jaccard_matrix` — for every pair of cell types, the mean over the queries logged in
+  both of the Jaccard index between their selected sets (a candidate is selected when
+  ``selected_fraction >= min_fraction``); the paper reports 0.185–0.196 off the diagonal;
+* :func:`plot_jaccard` — that matrix as a heatmap PNG.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from ptrag.errors import PtragError, atomic_path
+
+LOG_COLUMNS = ("cell_type", "query", "candidate", "similarity", "selected_fraction")
+
+
+def read_retrieval_logs(paths: Sequence[str | Path]) -> pd.DataFrame:
+    """Read and concatenate retrieval logs, checking their columns.
+
+    Parameters
+    ----------
+    paths
+        ``*.retrieval.csv`` files of ``ptrag predict``.
+
+    Returns
+    -------
+    pandas.DataFrame
+        The rows of all logs (duplicates of a (cell type, query, candidate) keep the first).
+    """
+    if not paths:
+        raise PtragError("give at least one retrieval log with --log.")
+    frames = []
+    for p in paths:
+        p = Path(p)
+        if not p.is_file():
+            raise PtragError(f"retrieval log not found: {p}. `ptrag predict` writes <prediction>.retrieval.csv for RAG runs.")
+        try:
+            df = pd.read_csv(p)
+        except (ValueError, OSError) as exc:
+            raise PtragError(f"{p} is not a readable CSV ({exc}).") from exc
+        missing = [c for c in LOG_COLUMNS if c not in df.columns]
+        if missing:
+            raise PtragError(f"{p} lacks column(s) {', '.join(missing)}: is it a ptrag retrieval log?")
+        frames.append(df[list(LOG_COLUMNS)].astype({"cell_type": str, "query": str, "candidate": str}))
+    log = pd.concat(frames, ignore_index=True).drop_duplicates(["cell_type", "query", "candidate"])
+    if log["selected_fraction"].isna().all():
+        raise PtragError("the logs hold no selection (Vanilla RAG logs): the analysis needs PT-RAG logs.")
+    return log
+
+
+def top_contexts(log: pd.DataFrame, n: int = 5) -> pd.DataFrame:
+    """The ``n`` most selected contexts per (cell type, query).
+
+    Parameters
+    ----------
+    log
+        Retrieval log rows.
+    n
+        Contexts per query.
+
+    Returns
+    -------
+    pandas.DataFrame
+        ``cell_type, query, rank (1..n), candidate, selected_fraction, similarity``; ties in
+        selection are broken by similarity, then name.
+    """
+    order = log.sort_values(
+        ["cell_type", "query", "selected_fraction", "similarity", "candidate"],
+        ascending=[True, True, False, False, True],
+    )
+    top = order.groupby(["cell_type", "query"], sort=False).head(n).copy()
+    top["rank"] = top.groupby(["cell_type", "query"], sort=False).cumcount() + 1
+    return top[["cell_type", "query", "rank", "candidate", "selected_fraction", "similarity"]].reset_index(drop=True)
+
+
+def jaccard_matrix(log: pd.DataFrame, min_fraction: float = 0.5) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Mean Jaccard index of the selected context sets between cell types.
+
+    Parameters
+    ----------
+    log
+        Retrieval log rows.
+    min_fraction
+        A candidate counts as selected for a (cell type, query) when at least this fraction
+        of the query's cells selected it.
+
+    Returns
+    -------
+    jaccard : pandas.DataFrame
+        Cell type x cell type; entry = mean over the queries logged in both cell types of
+        ``|A ∩ B| / |A ∪ B|`` (queries where both sets are empty are skipped; NaN when no
+        query is left). The diagonal is 1 where a cell type selected anything.
+    counts : pandas.DataFrame
+        The number of queries behind each entry.
+    """
+    if not 0.0 <= min_fraction <= 1.0:
+        raise PtragError(f"--min-fraction must be in [0, 1] (got {min_fraction}).")
+    sel = log[log["selected_fraction"].fillna(0.0) >= min_fraction]
+    sets = {k: set(g["candidate"]) for k, g in sel.groupby(["cell_type", "query"])}
+    queries = {ct: set(g["query"]) for ct, g in log.groupby("cell_type")}
+    cts = sorted(queries)
+    jac = pd.DataFrame(np.nan, index=cts, columns=cts)
+    cnt = pd.DataFrame(0, index=cts, columns=cts)
+    for a, b in itertools.product(cts, cts):
+        vals = []
+        for q in sorted(queries[a] & queries[b]):
+            sa, sb = sets.get((a, q), set()), sets.get((b, q), set())
+            union = sa | sb
+            if union:
+                vals.append(len(sa & sb) / len(union))
+        cnt.loc[a, b] = len(vals)
+        jac.loc[a, b] = float(np.mean(vals)) if vals else math.nan
+    return jac, cnt
+
+
+def plot_jaccard(jac: pd.DataFrame, path: str | Path, title: str = "Jaccard index of selected contexts") -> Path:
+    """Write the Jaccard matrix as an annotated heatmap PNG (atomically)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    n = len(jac)
+    fig, ax = plt.subplots(figsize=(1.2 * n + 2.5, 1.2 * n + 1.5))
+    im = ax.imshow(jac.to_numpy(dtype=float), vmin=0.0, vmax=1.0, cmap="viridis")
+    ax.set_xticks(range(n), jac.columns, rotation=45, ha="right")
+    ax.set_yticks(range(n), jac.index)
+    for i, j in itertools.product(range(n), range(n)):
+        v = jac.iat[i, j]
+        ax.text(j, i, "" if pd.isna(v) else f"{v:.3f}", ha="center", va="center", color="w" if v < 0.6 else "k")
+    fig.colorbar(im, ax=ax, fraction=0.046)
+    ax.set_title(title)
+    fig.tight_layout()
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=120, format="png")
+    plt.close(fig)
+    return path
