@@ -27,9 +27,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import pandas as pd
+
 from ptrag.data.io import ColumnSpec
 from ptrag.errors import PtragError
-from ptrag.train.config import MODELS, resolve_config
+from ptrag.train.config import MODELS, TrainConfig, resolve_config
 
 log = logging.getLogger("ptrag")
 
@@ -43,6 +45,73 @@ class CrossCellTypeResult:
     out_dir: Path
     eval_dirs: dict[tuple[int, str], Path] = field(default_factory=dict)
     tables: dict[int, Path] = field(default_factory=dict)
+
+
+def run_target(
+    data_path: str | Path,
+    split_path: str | Path,
+    out_dir: str | Path,
+    configs: Mapping[str, TrainConfig],
+    gene_tables: Sequence[str | Path] = (),
+    spec: ColumnSpec | None = None,
+    progress: bool = True,
+    pred_dir: str = "predictions",
+    eval_dir: str = "evaluation",
+) -> pd.DataFrame:
+    """Train each model on one split, predict its test groups, add the control baseline and
+    evaluate them all; steps already done in ``out_dir`` are reused (see the module docstring).
+
+    Writes ``runs/<model>/``, ``<pred_dir>/<model>.h5ad`` (+ ``control.h5ad``) and
+    ``<eval_dir>/`` under ``out_dir``.
+
+    Parameters
+    ----------
+    data_path
+        Perturb-seq ``.h5ad`` file.
+    split_path
+        The split (cell-load TOML).
+    out_dir
+        Folder of this split's runs, predictions and evaluation.
+    configs
+        Model name -> resolved training configuration, in the order of the evaluation.
+    gene_tables
+        Gene tables for the embedding models.
+    spec
+        Data columns of the evaluation (default: the first run's).
+    progress
+        Show progress bars of the trainings.
+    pred_dir, eval_dir
+        Sub-folder names of the predictions and of the evaluation.
+
+    Returns
+    -------
+    pandas.DataFrame
+        The per-group metrics of every model and of ``control``.
+    """
+    from ptrag.eval.evaluate import evaluate
+    from ptrag.train.fit import train
+    from ptrag.train.predict import predict, write_prediction
+
+    out = Path(out_dir)
+    preds = []
+    for model, cfg in configs.items():
+        run = out / "runs" / model
+        if not (run / "train_summary.json").is_file():
+            tables = list(gene_tables) if cfg.uses_gene_table else []
+            resume = (run / "checkpoints" / "last.ckpt").is_file()
+            train(cfg, data_path, run, split_path, tables, resume=resume, progress=progress)
+        path = out / pred_dir / f"{model}.h5ad"
+        if not path.is_file():
+            write_prediction(predict(run, data_path, "test"), path)
+        preds.append(path)
+    first_run = out / "runs" / next(iter(configs))
+    base = out / pred_dir / f"{BASELINE}.h5ad"
+    if not base.is_file():
+        write_prediction(predict(first_run, data_path, "test", control_baseline=True), base)
+    ev = out / eval_dir
+    if (ev / "metrics.parquet").is_file():
+        return pd.read_parquet(ev / "metrics.parquet")
+    return evaluate([*preds, base], data_path, first_run, ev, spec=spec)
 
 
 def cross_celltype(
@@ -92,10 +161,7 @@ def cross_celltype(
     """
     from ptrag.data.io import read_perturbseq
     from ptrag.data.splits import fewshot_split
-    from ptrag.eval.evaluate import evaluate
     from ptrag.eval.tables import compare_evaluations
-    from ptrag.train.fit import train
-    from ptrag.train.predict import predict, write_prediction
 
     spec = spec or ColumnSpec()
     models = list(models)
@@ -113,9 +179,13 @@ def cross_celltype(
             raise PtragError(f"--cell-types: {t!r} is not a cell type of {data_path} ({', '.join(data.cell_types)}).")
     if len(data.cell_types) < 2:
         raise PtragError(f"{data_path} has one cell type: the cross-cell-type protocol needs at least two.")
-    # check every option before the first training
-    configs = {m: resolve_config({**dict(overrides or {}), "model": m, "data": spec.to_dict()}, preset=preset) for m in models}
-    for m, cfg in configs.items():
+    # every configuration is resolved (and so checked) before the first training
+    configs = {
+        seed: {m: resolve_config({**dict(overrides or {}), "model": m, "seed": seed, "data": spec.to_dict()}, preset=preset)
+               for m in models}
+        for seed in seeds
+    }
+    for m, cfg in configs[seeds[0]].items():
         if cfg.uses_gene_table and not gene_tables:
             raise PtragError(f"--models includes {m}, which needs gene embeddings: pass --genes TABLE.")
     groups = data.groups()
@@ -123,7 +193,7 @@ def cross_celltype(
 
     out = Path(out_dir)
     result = CrossCellTypeResult(out)
-    total = len(seeds) * len(targets) * len(models)
+    total = len(seeds) * len(targets)
     done = 0
     for seed in seeds:
         evals = []
@@ -132,26 +202,10 @@ def cross_celltype(
             split_path = d / "split.toml"
             if not split_path.is_file():
                 fewshot_split(groups, target, fewshot, seed=seed).to_toml(split_path)
-            preds = []
-            for model in models:
-                done += 1
-                log.info("[%d/%d] seed %d, target %s, %s", done, total, seed, target, model)
-                cfg = resolve_config({**dict(overrides or {}), "model": model, "seed": seed, "data": spec.to_dict()}, preset=preset)
-                run = d / "runs" / model
-                tables = list(gene_tables) if cfg.uses_gene_table else []
-                if not (run / "train_summary.json").is_file():
-                    resume = (run / "checkpoints" / "last.ckpt").is_file()
-                    train(cfg, data_path, run, split_path, tables, resume=resume, progress=progress)
-                path = d / "pred" / f"{model}.h5ad"
-                if not path.is_file():
-                    write_prediction(predict(run, data_path, "test"), path)
-                preds.append(path)
-            base = d / "pred" / f"{BASELINE}.h5ad"
-            if not base.is_file():
-                write_prediction(predict(d / "runs" / models[0], data_path, "test", control_baseline=True), base)
+            log.info("[%d/%d] seed %d, target %s", done + 1, total, seed, target)
+            run_target(data_path, split_path, d, configs[seed], gene_tables, spec, progress, "pred", "eval")
+            done += 1
             ev = d / "eval"
-            if not (ev / "metrics.parquet").is_file():
-                evaluate([*preds, base], data_path, d / "runs" / models[0], ev, spec=spec)
             evals.append(ev)
             result.eval_dirs[(seed, target)] = ev
         tables_dir = out / f"seed{seed}" / "tables"

@@ -25,6 +25,7 @@ import numpy as np
 import pandas as pd
 
 from ptrag.errors import atomic_path
+from ptrag.experiments.cross_celltype import BASELINE
 from ptrag.train.config import MODELS, resolve_config
 
 log = logging.getLogger("ptrag")
@@ -36,7 +37,6 @@ SUMMARY_METRICS = {
     "mse": "test_mse",
     "energy": "test_energy_pca50",
 }
-BASELINE = "control"
 
 
 def baseline_comparison(metrics: pd.DataFrame, metric: str = "energy", baseline: str = BASELINE) -> pd.DataFrame:
@@ -83,7 +83,8 @@ def run_demo(
     ----------
     out_dir
         Folder for the synthetic data, the split, the runs, the predictions and the tables.
-        Runs already trained there are reused.
+        Runs, predictions and the evaluation already there are reused (resumed when a run was
+        interrupted); delete them to redo them.
     max_steps
         Training steps per model (default: the ``cpu`` preset's).
     seed
@@ -106,10 +107,8 @@ def run_demo(
     from ptrag.data.io import read_perturbseq
     from ptrag.data.splits import fewshot_split
     from ptrag.data.synthetic import simulate, write_benchmark
-    from ptrag.eval.evaluate import evaluate
     from ptrag.eval.tables import compare_evaluations
-    from ptrag.train.fit import train
-    from ptrag.train.predict import predict, write_prediction
+    from ptrag.experiments.cross_celltype import run_target
 
     if not models:
         raise ValueError("run_demo needs at least one model")
@@ -122,25 +121,17 @@ def run_demo(
     split.to_toml(out / "split.toml")
     log.info("few-shot split for %s: %s", target, split.counts().loc[target].to_dict())
 
-    rows, preds, retrieval = [], [], []
+    configs = {}
     for model in models:
-        run = out / "runs" / model
         over = dict(model=model, seed=seed)
         if max_steps is not None:
             over.update(max_steps=max_steps, val_every=max(max_steps // 6, 1))
-        cfg = resolve_config(over)
-        genes = [files["genes"]] if cfg.uses_gene_table else []
-        if (run / "checkpoints" / "last.ckpt").is_file():
-            log.info("%s: already trained in %s, reusing it", model, run)
-        else:
-            train(cfg, files["data"], run, out / "split.toml", genes, progress=progress)
-        path = out / "predictions" / f"{model}.h5ad"
-        pred = predict(run, files["data"], "test")
-        write_prediction(pred, path)
-        preds.append(path)
-        if pred.retrieval is not None:
-            retrieval.append(retrieval_against_truth(pred.retrieval, files["ground_truth"], model))
-        summary = json.loads((run / "train_summary.json").read_text())
+        configs[model] = resolve_config(over)
+    metrics = run_target(files["data"], out / "split.toml", out, configs, [files["genes"]], progress=progress)
+
+    rows, retrieval = [], []
+    for model in models:
+        summary = json.loads((out / "runs" / model / "train_summary.json").read_text())
         rows.append(
             dict(
                 model=model,
@@ -149,13 +140,12 @@ def run_demo(
                 val_energy_control=summary["val_energy_control"],
             )
         )
-    first_run = out / "runs" / models[0]
-    base_path = out / "predictions" / f"{BASELINE}.h5ad"
-    write_prediction(predict(first_run, files["data"], "test", control_baseline=True), base_path)
+        log_path = out / "predictions" / f"{model}.retrieval.csv"
+        if log_path.is_file():
+            retrieval.append(retrieval_against_truth(pd.read_csv(log_path), files["ground_truth"], model))
     rows.append(dict(model=BASELINE, parameters=0, val_energy=rows[0]["val_energy_control"],
                      val_energy_control=rows[0]["val_energy_control"]))
 
-    metrics = evaluate([*preds, base_path], files["data"], first_run, out / "evaluation")
     compare_evaluations([out / "evaluation"], out / "tables")
     means = metrics.groupby("model")[list(SUMMARY_METRICS)].mean().rename(columns=SUMMARY_METRICS)
     table = pd.DataFrame(rows).set_index("model").join(means)
