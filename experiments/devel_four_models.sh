@@ -7,7 +7,7 @@
 #
 # Needs ../shared/data (see its README). CPU preset: about 10 minutes per target cell type on 2
 # cores, plus about 5 minutes once for the text embeddings. Extra training options can be passed
-# in PTRAG_TRAIN_ARGS (e.g. PTRAG_TRAIN_ARGS="--max-steps 300"). K = 8: with K562 held out only
+# in PTRAG_TRAIN_ARGS (e.g. PTRAG_TRAIN_ARGS="--max-steps 300"; the options of `ptrag experiment`). K = 8: with K562 held out only
 # 13 perturbations train (9 shared + 30 % of K562's 18), fewer than the cpu preset's K = 16.
 set -euo pipefail
 OUT=${1:-devel_four_models}
@@ -26,23 +26,9 @@ mkdir -p "$OUT/genes"
 GENES=(--genes "$OUT/genes/text.parquet" --genes "$OUT/genes/string.parquet" --genes "$OUT/genes/go.parquet")
 ptrag genes coverage --data "$DATA" "${COLS[@]}" "${GENES[@]}"
 
-EVALS=()
-for CT in "${TARGETS[@]}"; do
-  D="$OUT/$CT"
-  mkdir -p "$D/pred"
-  [ -f "$D/split.toml" ] || ptrag split --data "$DATA" "${COLS[@]}" --target-cell-type "$CT" --out "$D/split.toml"
-  for M in state state_genept vanilla_rag pt_rag; do
-    G=("${GENES[@]}"); [ "$M" = state ] && G=()
-    # shellcheck disable=SC2086
-    [ -f "$D/runs/$M/checkpoints/last.ckpt" ] || ptrag train --data "$DATA" "${COLS[@]}" --split "$D/split.toml" \
-        --model "$M" "${G[@]}" --topk 8 --out "$D/runs/$M" ${PTRAG_TRAIN_ARGS:-}
-    ptrag predict --run "$D/runs/$M" --data "$DATA" --split test --out "$D/pred/$M.h5ad"
-  done
-  ptrag predict --run "$D/runs/state" --data "$DATA" --split test --control-baseline --out "$D/pred/control.h5ad"
-  ptrag evaluate --run "$D/runs/state" --real "$DATA" --out "$D/eval" \
-      --pred "$D/pred/state.h5ad" --pred "$D/pred/state_genept.h5ad" --pred "$D/pred/vanilla_rag.h5ad" \
-      --pred "$D/pred/pt_rag.h5ad" --pred "$D/pred/control.h5ad"
-  EVALS+=("$D/eval")
-done
-ptrag compare "${EVALS[@]}" --test wilcoxon --reference control --out "$OUT/tables"
-echo "tables: $OUT/tables/tables.md"
+# 2. the few-shot protocol for each target: split, train, predict, control baseline, evaluate,
+#    tables (OUT/exp/seed0/tables/table_all.md); a second call resumes
+# shellcheck disable=SC2086
+ptrag experiment cross-celltype --data "$DATA" "${COLS[@]}" "${GENES[@]}" --cell-types "$(IFS=,; echo "${TARGETS[*]}")" \
+    --topk 8 --out "$OUT/exp" ${PTRAG_TRAIN_ARGS:-}
+echo "tables: $OUT/exp/seed0/tables/tables.md"

@@ -481,13 +481,9 @@ def evaluate(
     run = load_run(run_dir)
     pca = run.pca() if mode == "ptrag" else None
     if spec is None:
+        # columns at ptrag's defaults stay optional, as in training (read_perturbseq's own rule
+        # when spec_is_default is None)
         spec = ColumnSpec.from_dict(run.data) if run.data else ColumnSpec()
-        if run.data:
-            default = ColumnSpec()
-            spec_is_default = [
-                f for f in ColumnSpec.__dataclass_fields__
-                if f not in run.data or getattr(spec, f) == getattr(default, f)
-            ]
     if names and len(names) != len(pred_paths):
         raise PtragError(f"give one --name per --pred ({len(names)} names for {len(pred_paths)} files).")
     preds = [read_predictions(p, run.genes, spec.control) for p in pred_paths]

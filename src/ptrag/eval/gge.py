@@ -284,6 +284,13 @@ def wasserstein1_per_feature(x: np.ndarray, y: np.ndarray) -> np.ndarray:
     return np.sum(np.abs(cdf_diff) * np.diff(zs, axis=0), axis=0)
 
 
+def _column_blocks(k: int, n_rows: int, budget: int = 4_000_000) -> list[slice]:
+    """Slices of ``k`` columns such that an ``[n_rows, n_rows, block]`` pairwise array stays
+    within ``budget`` elements."""
+    step = max(1, int(budget // (n_rows**2)))
+    return [slice(s, s + step) for s in range(0, k, step)]
+
+
 def mmd_per_feature(x: np.ndarray, y: np.ndarray) -> np.ndarray:
     """gge-eval's 1-D squared MMD of every column (RBF, median heuristic, unbiased, ≥ 0).
 
@@ -305,9 +312,8 @@ def mmd_per_feature(x: np.ndarray, y: np.ndarray) -> np.ndarray:
         return np.full(k, np.nan)
     z = np.concatenate([x, y])
     out = np.empty(k)
-    step = max(1, int(4_000_000 // ((n + m) ** 2)))
-    for s in range(0, k, step):
-        zc = z[:, s : s + step]
+    for cols in _column_blocks(k, n + m):
+        zc = z[:, cols]
         d = np.abs(zc[:, None, :] - zc[None, :, :])  # [N, N, c]
         pos = np.where(d > 0, d, np.nan)
         with warnings.catch_warnings():
@@ -324,7 +330,7 @@ def mmd_per_feature(x: np.ndarray, y: np.ndarray) -> np.ndarray:
             - 2 * kxy.sum(axis=(0, 1)) / (n * m)
         )
         # NaN (no positive distance at all) becomes 0, as max(0, nan) does in gge-eval.
-        out[s : s + step] = np.where(np.isnan(mmd), 0.0, np.maximum(mmd, 0.0))
+        out[cols] = np.where(np.isnan(mmd), 0.0, np.maximum(mmd, 0.0))
     return out
 
 
@@ -349,13 +355,12 @@ def energy_per_feature(x: np.ndarray, y: np.ndarray) -> np.ndarray:
     y = np.asarray(y, dtype=np.float64)
     n, m, k = len(x), len(y), x.shape[1]
     out = np.empty(k)
-    step = max(1, int(4_000_000 // ((n + m) ** 2)))
-    for s in range(0, k, step):
-        xs, ys = x[:, s : s + step], y[:, s : s + step]
+    for cols in _column_blocks(k, n + m):
+        xs, ys = x[:, cols], y[:, cols]
         exy = np.abs(xs[:, None, :] - ys[None, :, :]).mean(axis=(0, 1))
         exx = np.abs(xs[:, None, :] - xs[None, :, :]).mean(axis=(0, 1))
         eyy = np.abs(ys[:, None, :] - ys[None, :, :]).mean(axis=(0, 1))
-        out[s : s + step] = exy - 0.5 * exx - 0.5 * eyy
+        out[cols] = exy - 0.5 * exx - 0.5 * eyy
     return out
 
 
