@@ -23,38 +23,17 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import statistics
 import time
 
-import numpy as np
 import torch
 from geomloss import SamplesLoss
-from torch.utils.flop_counter import FlopCounterMode
 
 from ptrag.nn.generator import PRESETS, PerturbationModel, count_parameters
 from ptrag.train.config import MODEL_KINDS
+from ptrag.train.cost import count_flops, matmul_peak, time_interleaved
 from ptrag.train.config import PRESETS as TRAIN_PRESETS
 
 MODELS = ("state", "state_genept", "vanilla_rag", "pt_rag")
-
-
-def sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-
-
-def matmul_peak(device: torch.device, dtype: torch.dtype, n: int = 2048, reps: int = 10) -> float:
-    """FLOP/s of a square matmul (the machine's practical peak for dense float math)."""
-    a = torch.randn(n, n, device=device, dtype=dtype)
-    b = torch.randn(n, n, device=device, dtype=dtype)
-    for _ in range(2):
-        a @ b
-    sync(device)
-    t = time.perf_counter()
-    for _ in range(reps):
-        a @ b
-    sync(device)
-    return 2 * n**3 * reps / (time.perf_counter() - t)
 
 
 def build(model: str, preset: str, n_genes: int, n_db: int, emb_dim: int, fused: bool, device):
@@ -90,25 +69,6 @@ def step_fn(m, opt, energy, data, bf16: bool, device):
         opt.step()
 
     return step
-
-
-def time_it(fn, warmup: int, steps: int, device) -> float:
-    for _ in range(warmup):
-        fn()
-    sync(device)
-    times = []
-    for _ in range(steps):
-        t = time.perf_counter()
-        fn()
-        sync(device)
-        times.append(time.perf_counter() - t)
-    return statistics.median(times)
-
-
-def flops_of(fn) -> int:
-    with FlopCounterMode(display=False) as fc:
-        fn()
-    return fc.get_total_flops()
 
 
 def loader_rate(n_sets: int, s: int, g: int, batch_size: int) -> float:
@@ -173,18 +133,11 @@ def main() -> None:
                 fn()
             built.append((model, fused, m, fn))
         # interleaved: one step of every model per round, so drifts of a shared machine hit all alike
-        times = {i: [] for i in range(len(built))}
-        for _ in range(args.steps):
-            for i, (_, _, _, fn) in enumerate(built):
-                sync(device)
-                t = time.perf_counter()
-                fn()
-                sync(device)
-                times[i].append(time.perf_counter() - t)
-        base = statistics.median(times[0])
+        secs = time_interleaved([fn for *_, fn in built], args.steps, 0, device)
+        base = secs[0]
         for i, (model, fused, m, fn) in enumerate(built):
-            sec = statistics.median(times[i])
-            fl = flops_of(fn)
+            sec = secs[i]
+            fl = count_flops(fn)
             name = model if fused else "pt_rag (naive)"
             print(f"{name:<20}{count_parameters(m):>12,}{sec * 1e3:>10.1f}{sec / base:>9.2f}{fl / 1e9:>12.2f}"
                   f"{fl / (b * s) / 1e6:>12.2f}{fl / sec / 1e9:>9.1f}")
@@ -199,8 +152,8 @@ def main() -> None:
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=args.bf16):
                 m.backbone(z).float().sum().backward()
 
-        sec = time_it(backbone_step, args.warmup, args.steps, device)
-        fl = flops_of(backbone_step)
+        sec = time_interleaved([backbone_step], args.steps, args.warmup, device)[0]
+        fl = count_flops(backbone_step)
         print(f"backbone (fwd+bwd): {sec * 1e3:.1f} ms, {fl / 1e9:.2f} GFLOP, {fl / sec / 1e9:.1f} GFLOP/s = "
               f"{100 * fl / sec / peak:.0f}% of the matmul peak")
     print("\n## data loader (SetDataset, in memory, 2,000 genes)")

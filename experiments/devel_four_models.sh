@@ -27,8 +27,8 @@ GENES=(--genes "$OUT/genes/text.parquet" --genes "$OUT/genes/string.parquet" --g
 ptrag genes coverage --data "$DATA" "${COLS[@]}" "${GENES[@]}"
 
 # 2. the few-shot protocol for each target: split, train, predict, control baseline, evaluate,
-#    tables (OUT/exp/seed0/tables/table_all.md); a second call resumes
+#    tables, retrieval analysis, cost, report (OUT/exp/report.md); a second call resumes
 # shellcheck disable=SC2086
 ptrag experiment cross-celltype --data "$DATA" "${COLS[@]}" "${GENES[@]}" --cell-types "$(IFS=,; echo "${TARGETS[*]}")" \
     --topk 8 --out "$OUT/exp" ${PTRAG_TRAIN_ARGS:-}
-echo "tables: $OUT/exp/seed0/tables/tables.md"
+echo "report: $OUT/exp/report.md (and report.html)"

@@ -204,3 +204,16 @@ def test_weight_decay_on_a_row_absent_from_the_batch(optimizer):
         torch.testing.assert_close(step, -lr * wd * before[:, 1])
     else:  # Adam's first step is -lr * g / (|g| + eps) with g = wd * w: about lr, not lr*wd*w
         torch.testing.assert_close(step, -lr * torch.sign(before[:, 1]), rtol=1e-3, atol=0)
+
+
+def test_count_flops_of_a_linear_layer_is_2_b_in_out():
+    import torch
+
+    from ptrag.train.cost import count_flops
+
+    layer = torch.nn.Linear(10, 20)
+    x = torch.randn(4, 10)
+    assert count_flops(lambda: layer(x)) == 2 * 4 * 10 * 20
+    # forward + backward of the weight and the input: three products of the same size
+    xg = x.clone().requires_grad_(True)
+    assert count_flops(lambda: layer(xg).sum().backward()) == 3 * 2 * 4 * 10 * 20

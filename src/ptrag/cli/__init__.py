@@ -32,6 +32,9 @@ app = typer.Typer(
 
 _err = Console(stderr=True)
 
+#: The command line being run (``ptrag ...``), for commands that record how their output was made.
+current_command: list[str] = []
+
 
 def _register() -> None:
     from ptrag.cli import data_cmds, eval_cmds, experiment_cmds, genes_cmds, model_cmds, sim_cmds
@@ -69,6 +72,7 @@ def _setup_logging(debug: bool) -> None:
 def main(argv: list[str] | None = None) -> int:
     """Run the CLI; return the exit status (0 ok, 1 aborted, 2 bad input)."""
     args = list(sys.argv[1:] if argv is None else argv)
+    current_command[:] = ["ptrag", *args]
     debug = "--debug" in args
     if debug:
         args.remove("--debug")

@@ -15,23 +15,64 @@ console = Console()
 
 experiment_app = typer.Typer(help="The paper's experiments, one command each (resumable).", no_args_is_help=True)
 
+Genes = Annotated[Optional[list[Path]], typer.Option("--genes", help="Gene table(s) for the embedding models; repeat to join several.")]
+Preset = Annotated[str, typer.Option("--preset", help="cpu or paper.")]
+MaxSteps = Annotated[Optional[int], typer.Option("--max-steps", help="Training steps per run. [default: the preset's]", show_default=False)]
+
 
 def _csv(text: Optional[str]) -> list[str]:
     return [t.strip() for t in (text or "").split(",") if t.strip()]
 
 
+def _seeds(text: str) -> list[int]:
+    from ptrag.errors import PtragError
+
+    try:
+        return [int(s) for s in _csv(text)]
+    except ValueError:
+        raise PtragError(f"--seeds {text!r}: give comma-separated integers, e.g. 1,2,3.") from None
+
+
+def _overrides(max_steps: Optional[int], **options) -> dict:
+    over = {k: v for k, v in (("max_steps", max_steps), *options.items()) if v is not None}
+    if max_steps is not None:
+        over["val_every"] = max(1, max_steps // 6)
+    return over
+
+
+def _command() -> list[str]:
+    from ptrag.cli import current_command
+
+    return list(current_command)
+
+
+def show_result(result) -> None:
+    """Print Table 1 of an experiment and where its report is."""
+    if result.pooled is not None:
+        console.print(Markdown((result.pooled / "table_all.md").read_text()))
+    summary = result.out_dir / "retrieval" / "summary.md"
+    if summary.is_file():
+        console.print(Markdown(summary.read_text().split("\n\n")[0]))
+    if result.report is not None:
+        console.print(f"Report: {result.report} and {result.report.with_suffix('.html')} "
+                      f"(tables, heatmap, sweeps, cost, commands); everything else in {result.out_dir}/.")
+
+
 def cross_celltype_cmd(
-    data: Annotated[Path, typer.Option("--data", help="Perturb-seq AnnData file (.h5ad).")],
     out: Annotated[Path, typer.Option("--out", help="Experiment folder (a second call resumes it).")],
-    genes: Annotated[Optional[list[Path]], typer.Option("--genes", help="Gene table(s) for the embedding models; repeat to join several.")] = None,
+    data: Annotated[Optional[Path], typer.Option("--data", help="Perturb-seq AnnData file (.h5ad). [default: the embedded synthetic benchmark, simulated into OUT/data]", show_default=False)] = None,
+    genes: Genes = None,
     models: Annotated[str, typer.Option("--models", help="Comma-separated models.")] = "state,state_genept,vanilla_rag,pt_rag",
     cell_types: Annotated[Optional[str], typer.Option("--cell-types", help="Comma-separated target cell types. [default: all]", show_default=False)] = None,
     fewshot: Annotated[float, typer.Option("--fewshot", help="Fraction of the target's perturbations that train.")] = 0.3,
     seeds: Annotated[str, typer.Option("--seeds", help="Comma-separated seeds.")] = "0",
-    preset: Annotated[str, typer.Option("--preset", help="cpu or paper.")] = "cpu",
-    max_steps: Annotated[Optional[int], typer.Option("--max-steps", help="Training steps per run. [default: the preset's]", show_default=False)] = None,
+    preset: Preset = "cpu",
+    max_steps: MaxSteps = None,
     topk: Annotated[Optional[int], typer.Option("--topk", help="Retrieved candidates K. [default: the preset's]", show_default=False)] = None,
     sparsity_weight: Annotated[Optional[float], typer.Option("--sparsity-weight", help="lambda_sparse of pt_rag. [default: 0.1]", show_default=False)] = None,
+    sweeps: Annotated[bool, typer.Option("--sweeps/--no-sweeps", help="Also run the paper's sweeps (pt_rag lambda x K, vanilla_rag K) on the first seed's split of the first target.")] = False,
+    cost: Annotated[bool, typer.Option("--cost/--no-cost", help="Measure the cost table (parameters, FLOPs, step time).")] = True,
+    ground_truth: Annotated[Optional[Path], typer.Option("--ground-truth", help="Ground-truth context pairs (ground_truth.csv of `ptrag simulate`) for retrieval precision/recall.")] = None,
     pert_col: PertCol = "gene",
     cell_type_col: CellTypeCol = "cell_type",
     batch_col: BatchCol = "gem_group",
@@ -40,27 +81,68 @@ def cross_celltype_cmd(
     obsm_key: ObsmKey = None,
 ) -> None:
     """Few-shot cross-cell-type protocol: for each seed and target cell type, split, train every
-    model, predict its test perturbations, evaluate against the control baseline, and build the
-    paper's tables (overall and per target)."""
-    from ptrag.errors import PtragError
+    model, predict its test perturbations, evaluate against the control baseline; then Table 1
+    over all targets and seeds, per-target tables, the retrieval analysis, the cost table,
+    optionally the sweeps, and a Markdown + HTML report."""
     from ptrag.experiments.cross_celltype import cross_celltype
 
-    try:
-        seed_list = [int(s) for s in _csv(seeds)]
-    except ValueError:
-        raise PtragError(f"--seeds {seeds!r}: give comma-separated integers, e.g. 1,2,3.") from None
-    overrides = {k: v for k, v in (("max_steps", max_steps), ("topk", topk), ("sparsity_weight", sparsity_weight)) if v is not None}
-    if max_steps is not None:
-        overrides["val_every"] = max(1, max_steps // 6)
     spec = column_spec(pert_col, cell_type_col, batch_col, control, layer, obsm_key)
-    result = cross_celltype(data, out, list(genes or []), _csv(models), _csv(cell_types) or None, fewshot, seed_list,
-                            preset, overrides, spec)
-    for seed, tables in result.tables.items():
-        console.print(Markdown((tables / "table_all.md").read_text()))
-        console.print(f"seed {seed}: tables (overall and per target) in {tables}")
+    result = cross_celltype(data, out, list(genes or []), _csv(models), _csv(cell_types) or None, fewshot,
+                            _seeds(seeds), preset, _overrides(max_steps, topk=topk, sparsity_weight=sparsity_weight),
+                            spec, sweeps=sweeps, cost=cost, ground_truth=ground_truth, command=_command())
+    show_result(result)
+
+
+def sweep_cmd(
+    data: Annotated[Path, typer.Option("--data", help="Perturb-seq AnnData file (.h5ad).")],
+    split: Annotated[Path, typer.Option("--split", help="Split TOML (its test perturbations are evaluated).")],
+    model: Annotated[str, typer.Option("--model", help="Model to sweep.")],
+    out: Annotated[Path, typer.Option("--out", help="Sweep folder (a second call resumes it).")],
+    grid: Annotated[Optional[list[str]], typer.Option("--grid", help="option=v1,v2 (e.g. sparsity_weight=0,0.1,1); repeat for a product grid. [default: the paper's grid of the model]", show_default=False)] = None,
+    genes: Genes = None,
+    preset: Preset = "cpu",
+    max_steps: MaxSteps = None,
+    seed: Annotated[int, typer.Option("--seed", help="Training seed.")] = 0,
+    pert_col: PertCol = "gene",
+    cell_type_col: CellTypeCol = "cell_type",
+    batch_col: BatchCol = "gem_group",
+    control: Control = "non-targeting",
+    layer: Layer = None,
+    obsm_key: ObsmKey = None,
+) -> None:
+    """Sensitivity sweep: train one model at every point of a grid on one split, predict and
+    evaluate its test perturbations beside the control baseline; table (sweep.csv/.md) and line
+    plots (sweep.png)."""
+    from ptrag.errors import PtragError
+    from ptrag.experiments.report import record_command
+    from ptrag.experiments.sweep import PAPER_SWEEPS, parse_grid, sweep
+
+    if grid:
+        g = parse_grid(grid)
+    elif model in PAPER_SWEEPS:
+        g = PAPER_SWEEPS[model]
+    else:
+        raise PtragError(f"the paper sweeps only pt_rag and vanilla_rag: give --grid option=v1,v2 for {model}.")
+    spec = column_spec(pert_col, cell_type_col, batch_col, control, layer, obsm_key)
+    table = sweep(data, split, out, model, g, list(genes or []), preset, _overrides(max_steps), seed, spec)
+    record_command(out, _command())
+    console.print(Markdown((out / "sweep.md").read_text()))
+    console.print(f"{len(table) - 1} runs; table and plot in {out} (sweep.csv, sweep.md, sweep.png).")
+
+
+def report_cmd(
+    out: Annotated[Path, typer.Option("--out", help="Folder of `ptrag experiment cross-celltype`.")],
+) -> None:
+    """Rebuild report.md and report.html of an experiment folder from its files."""
+    from ptrag.experiments.report import write_report
+
+    md, html = write_report(out)
+    console.print(f"Report: {md} and {html}.")
 
 
 def register(app: typer.Typer) -> None:
     """Add the ``experiment`` command group."""
     experiment_app.command("cross-celltype")(cross_celltype_cmd)
+    experiment_app.command("sweep")(sweep_cmd)
+    experiment_app.command("report")(report_cmd)
     app.add_typer(experiment_app, name="experiment")

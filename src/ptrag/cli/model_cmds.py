@@ -5,7 +5,6 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated, Optional
 
-import numpy as np
 import typer
 from rich.console import Console
 
@@ -133,58 +132,15 @@ def register(app: typer.Typer) -> None:
 
 
 def demo_cmd(
-    out: Annotated[Path, typer.Option("--out", help="Folder for the synthetic data, runs, predictions and tables.")] = Path("ptrag_demo"),
+    out: Annotated[Path, typer.Option("--out", help="Experiment folder: synthetic data, runs, predictions, tables, report.")] = Path("ptrag_demo"),
     max_steps: Annotated[Optional[int], typer.Option("--max-steps", help="Training steps per model. [default: the cpu preset's]", show_default=False)] = None,
-    seed: Annotated[int, typer.Option("--seed", help="Seed of simulation, split and training.")] = 0,
+    seed: Annotated[int, typer.Option("--seed", help="Seed of the splits and the trainings.")] = 0,
     models: Annotated[str, typer.Option("--models", help="Comma-separated models to train.")] = "state,state_genept,vanilla_rag,pt_rag",
+    cell_types: Annotated[str, typer.Option("--cell-types", help="Comma-separated target cell types of the synthetic benchmark (cellA..cellD).")] = "cellA,cellB",
 ) -> None:
-    """The main job on the embedded synthetic benchmark: simulate, train the four models, predict, compare."""
-    from rich.table import Table
-
-    from ptrag.errors import check_choice
+    """The main job on the embedded synthetic benchmark: the cross-cell-type experiment (two
+    targets, one seed, cpu preset): train the four models, predict, evaluate, compare, report."""
+    from ptrag.cli.experiment_cmds import _command, _csv, show_result
     from ptrag.experiments.demo import run_demo
-    from ptrag.train.config import MODELS
 
-    names = [m.strip() for m in models.split(",") if m.strip()]
-    for m in names:
-        check_choice("--models", m, MODELS)
-    table = run_demo(out, max_steps=max_steps, seed=seed, models=names)
-    t = Table(title="ptrag demo: synthetic few-shot cross-cell-type benchmark (test perturbations of the target cell type)")
-    short = {"parameters": "params", "val_energy": "val E", "val_energy_control": "val E ctrl",
-             "test_pearson_delta": "Δ-Pearson", "test_pearson_deg": "DEG Pearson", "test_mse": "MSE",
-             "test_energy_pca50": "E PCA50", "better_than_control": "< ctrl", "wilcoxon_p": "p"}
-    for c in table.columns:
-        t.add_column(short.get(str(c), str(c)), justify="left" if c == "model" else "right", no_wrap=c == "model")
-    for _, r in table.iterrows():
-        t.add_row(*[_cell(v, p=k == "wilcoxon_p") for k, v in r.items()])
-    console.print(t)
-    rpath = Path(out) / "retrieval_summary.csv"
-    if rpath.is_file():
-        import pandas as pd
-
-        r = pd.read_csv(rpath)
-        r = r[r["cell_type"] == "all"]
-        rt = Table(title="Retrieved contexts against the simulator's ground truth (test queries, macro average)")
-        for c in ("model", "top-K precision", "top-K recall", "selected precision", "selected recall", "selected / query"):
-            rt.add_column(c, justify="left" if c == "model" else "right", no_wrap=c == "model")
-        for _, x in r.iterrows():
-            rt.add_row(x["model"], *[_cell(float(x[k])) for k in ("precision_topk", "recall_topk", "precision_selected",
-                                                                   "recall_selected", "n_selected")])
-        console.print(rt)
-    console.print(
-        "val E: best validation energy (val E ctrl: predict-the-control on the same sets). Test columns, "
-        "means over the test perturbations (`ptrag evaluate`): Δ-Pearson and DEG Pearson of the predicted "
-        "change, MSE of the mean, energy distance in PCA-50. < ctrl: fraction of test perturbations whose "
-        "PCA-50 energy beats the control baseline; p: paired Wilcoxon test of that. "
-        f"Runs, predictions, metrics ({out}/evaluation) and the paper's tables ({out}/tables) are in {out}/."
-    )
-
-
-def _cell(v, p: bool = False) -> str:
-    if isinstance(v, (int, np.integer)) and not isinstance(v, bool):
-        return f"{v:,}"
-    if isinstance(v, (float, np.floating)):
-        if v != v:
-            return ""
-        return f"{v:.0e}" if p else f"{v:.3g}"
-    return str(v)
+    show_result(run_demo(out, max_steps, seed, _csv(models), _csv(cell_types), command=_command()))

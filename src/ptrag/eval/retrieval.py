@@ -9,7 +9,8 @@ of the query's predicted cells that selected the candidate).
 * :func:`jaccard_matrix` — for every pair of cell types, the mean over the queries logged in
   both of the Jaccard index between their selected sets (a candidate is selected when
   ``selected_fraction >= min_fraction``); the paper reports 0.185–0.196 off the diagonal;
-* :func:`plot_jaccard` — that matrix as a heatmap PNG.
+* :func:`plot_jaccard` — that matrix as a heatmap PNG;
+* :func:`retrieval_against_truth` — precision / recall against a synthetic ground truth.
 """
 
 from __future__ import annotations
@@ -149,3 +150,33 @@ def plot_jaccard(jac: pd.DataFrame, path: str | Path, title: str = "Jaccard inde
         fig.savefig(tmp, dpi=120, format="png")
     plt.close(fig)
     return path
+
+
+def retrieval_against_truth(log: pd.DataFrame, truth_path: str | Path, model: str) -> pd.DataFrame:
+    """Macro-averaged precision / recall of a retrieval log against a synthetic ground truth.
+
+    Parameters
+    ----------
+    log
+        Retrieval log of ``ptrag predict`` (one row per query, cell type and candidate).
+    truth_path
+        ``ground_truth.csv`` of the synthetic benchmark.
+    model
+        Model name for the output rows.
+
+    Returns
+    -------
+    pandas.DataFrame
+        One row per cell type and one ``all`` row: ``model, cell_type, n_queries,
+        precision_topk, recall_topk`` and, for PT-RAG (which selects), ``precision_selected,
+        recall_selected, n_selected``; NaN for a Vanilla RAG log, which has no selection.
+    """
+    from ptrag.data.synthetic import load_ground_truth
+    from ptrag.eval.metrics import retrieval_precision_recall, retrieval_summary
+
+    pr = retrieval_precision_recall(log.fillna({"selected_fraction": -1.0}), load_ground_truth(truth_path))
+    if log["selected_fraction"].isna().all():  # no Stage 2: nothing is "selected"
+        pr[["precision_selected", "recall_selected", "n_selected"]] = np.nan
+    summ = retrieval_summary(pr).rename_axis("cell_type").reset_index()
+    return summ.assign(model=model)[["model", "cell_type", "n_queries", "precision_topk", "recall_topk",
+                                     "precision_selected", "recall_selected", "n_selected"]]

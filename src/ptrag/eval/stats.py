@@ -201,3 +201,31 @@ def lookup_test(tests: pd.DataFrame, metric: str, model_a: str, model_b: str) ->
         )
     ]
     return None if t.empty else t.iloc[0]
+
+
+def baseline_comparison(metrics: pd.DataFrame, metric: str = "energy", baseline: str = "control") -> pd.DataFrame:
+    """Paired comparison of every model with the baseline on one lower-is-better metric.
+
+    Parameters
+    ----------
+    metrics
+        One row per (model, cell type, perturbation), as written by ``ptrag evaluate``.
+    metric
+        Metric column (lower is better).
+    baseline
+        Model name of the baseline.
+
+    Returns
+    -------
+    pandas.DataFrame
+        Per model (baseline excluded): ``better_than_control`` (fraction of shared groups
+        where the model's value is lower) and ``wilcoxon_p`` (two-sided signed-rank test).
+    """
+    base = metrics[metrics["model"] == baseline].set_index(KEYS)[metric]
+    rows = []
+    for model, g in metrics[metrics["model"] != baseline].groupby("model", sort=False):
+        joined = g.set_index(KEYS)[[metric]].join(base.rename("base"), how="inner").dropna()
+        _, p, n = wilcoxon_paired(joined[metric].to_numpy(), joined["base"].to_numpy())
+        better = float((joined[metric] < joined["base"]).mean()) if n else float("nan")
+        rows.append({"model": model, "better_than_control": better, "wilcoxon_p": p})
+    return pd.DataFrame(rows, columns=["model", "better_than_control", "wilcoxon_p"])

@@ -454,8 +454,34 @@ def compare_evaluations(
     dict
         ``{"all": table, <cell type>: table, ...}``.
     """
-    check_choice("--test", test, ("mannwhitney", "wilcoxon"))
     metrics, mode = load_evaluations(eval_dirs)
+    return write_comparison(metrics, mode, out_dir, reference, test)
+
+
+def write_comparison(
+    metrics: pd.DataFrame,
+    mode: str,
+    out_dir: str | Path,
+    reference: str | None = None,
+    test: Literal["mannwhitney", "wilcoxon"] = "mannwhitney",
+) -> dict[str, ComparisonTable]:
+    """Write the comparison tables of per-group metrics (see :func:`compare_evaluations`).
+
+    Parameters
+    ----------
+    metrics
+        One row per (model, cell type, perturbation), e.g. from :func:`load_evaluations`.
+    mode
+        Metric definitions of ``metrics`` (``ptrag`` or ``gge``).
+    out_dir, reference, test
+        As in :func:`compare_evaluations`.
+
+    Returns
+    -------
+    dict
+        ``{"all": table, <cell type>: table, ...}``.
+    """
+    check_choice("--test", test, ("mannwhitney", "wilcoxon"))
     metrics = common_groups(metrics)
     models = sorted(metrics["model"].unique())
     if reference is not None and reference not in models:

@@ -1,36 +1,46 @@
-"""The paper's cross-cell-type protocol on any data set, resumable.
+"""The paper's cross-cell-type protocol on any data set, resumable, with its report.
 
 For every seed and every target cell type: the few-shot split (``fewshot`` of the target's
 perturbations train, the rest split into validation and test; every other cell type trains),
 one run per model, predictions of the test perturbations, the predict-the-control baseline on
-the same sets, ``ptrag evaluate`` of all of them; then ``ptrag compare`` over all targets of a
-seed (Table 1 layout overall, Tables 3–6 per target).
+the same sets, ``ptrag evaluate`` of all of them; ``ptrag compare`` over the targets of each
+seed; then, over all seeds and targets, Table 1 (pooled), per-target tables (Tables 3–6), the
+seed-to-seed spread, the retrieval analysis of PT-RAG, the cost table, optionally the paper's
+sweeps, and a Markdown + HTML report.
 
 Layout of ``OUT``::
 
+    data/                                    (no --data: the synthetic benchmark)
+    experiment.json  commands.txt  splits.csv  validation.csv  cost.csv
     seed<S>/<target>/split.toml
     seed<S>/<target>/runs/<model>/           (ptrag train)
     seed<S>/<target>/pred/<model>.h5ad       (ptrag predict; control.h5ad = baseline)
     seed<S>/<target>/eval/                   (ptrag evaluate)
-    seed<S>/tables/                          (ptrag compare over the seed's targets)
+    seed<S>/tables/                          (ptrag compare over the seed's targets, vs control)
+    tables/                                  (all seeds and targets: Table 1, per target, seeds.md)
+    retrieval/                               (Jaccard heatmap, top contexts, precision/recall)
+    sweeps/<model>/                          (--sweeps)
+    report.md  report.html
 
 A finished step is never redone: a run with ``train_summary.json`` is kept, a run with only
-``checkpoints/last.ckpt`` is resumed, an existing prediction or evaluation is reused (delete
-it to redo it).
+``checkpoints/last.ckpt`` is resumed, an existing prediction, evaluation or cost table is
+reused (delete it to redo it); tables, analyses and the report are rebuilt from the files.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
 from ptrag.data.io import ColumnSpec
-from ptrag.errors import PtragError
+from ptrag.errors import PtragError, atomic_path, atomic_write_text
 from ptrag.train.config import MODELS, TrainConfig, resolve_config
 
 log = logging.getLogger("ptrag")
@@ -45,6 +55,8 @@ class CrossCellTypeResult:
     out_dir: Path
     eval_dirs: dict[tuple[int, str], Path] = field(default_factory=dict)
     tables: dict[int, Path] = field(default_factory=dict)
+    pooled: Path | None = None
+    report: Path | None = None
 
 
 def run_target(
@@ -73,7 +85,9 @@ def run_target(
     out_dir
         Folder of this split's runs, predictions and evaluation.
     configs
-        Model name -> resolved training configuration, in the order of the evaluation.
+        Name -> resolved training configuration, in the order of the evaluation; the name
+        labels the run folder, the prediction and the model in the evaluation (a sweep names
+        its variants, e.g. ``pt_rag_lambda0.1_K16``).
     gene_tables
         Gene tables for the embedding models.
     spec
@@ -111,11 +125,29 @@ def run_target(
     ev = out / eval_dir
     if (ev / "metrics.parquet").is_file():
         return pd.read_parquet(ev / "metrics.parquet")
-    return evaluate([*preds, base], data_path, first_run, ev, spec=spec)
+    return evaluate([*preds, base], data_path, first_run, ev, spec=spec, names=[*configs, BASELINE])
+
+
+def synthetic_data(out_dir: str | Path, seed: int = 0) -> dict[str, Path]:
+    """The embedded synthetic benchmark in ``out_dir/data`` (simulated once, then reused).
+
+    Returns
+    -------
+    dict[str, pathlib.Path]
+        ``data``, ``genes`` and ``ground_truth`` files (see
+        :func:`ptrag.data.synthetic.write_benchmark`).
+    """
+    from ptrag.data.synthetic import DATA_FILE, GENES_FILE, GROUND_TRUTH_FILE, simulate, write_benchmark
+
+    d = Path(out_dir) / "data"
+    files = {"data": d / DATA_FILE, "genes": d / GENES_FILE, "ground_truth": d / GROUND_TRUTH_FILE}
+    if all(f.is_file() for f in files.values()):
+        return files
+    return write_benchmark(simulate(seed=seed), d)
 
 
 def cross_celltype(
-    data_path: str | Path,
+    data_path: str | Path | None,
     out_dir: str | Path,
     gene_tables: Sequence[str | Path] = (),
     models: Sequence[str] = MODELS,
@@ -126,13 +158,19 @@ def cross_celltype(
     overrides: Mapping[str, Any] | None = None,
     spec: ColumnSpec | None = None,
     progress: bool = True,
+    sweeps: bool = False,
+    cost: bool = True,
+    ground_truth: str | Path | None = None,
+    report: bool = True,
+    command: Sequence[str] | None = None,
 ) -> CrossCellTypeResult:
     """Run the cross-cell-type experiment (see the module docstring).
 
     Parameters
     ----------
     data_path
-        Perturb-seq ``.h5ad`` file.
+        Perturb-seq ``.h5ad`` file; ``None``: the embedded synthetic benchmark, simulated into
+        ``out_dir/data`` with its gene table and ground truth.
     out_dir
         Experiment folder (created; reused on a second call).
     gene_tables
@@ -153,6 +191,19 @@ def cross_celltype(
         Data columns.
     progress
         Show progress bars of the trainings.
+    sweeps
+        Also run the paper's sensitivity sweeps (:data:`ptrag.experiments.sweep.PAPER_SWEEPS`)
+        on the first seed's split of the first target, for the swept models in ``models``.
+    cost
+        Measure the cost table (parameters, FLOPs, step time) of the first seed's runs of the
+        first target.
+    ground_truth
+        Ground-truth context pairs (``ground_truth.csv`` of the synthetic benchmark) for the
+        retrieval precision / recall; set automatically when ``data_path`` is ``None``.
+    report
+        Write ``report.md`` and ``report.html``.
+    command
+        The command line that runs this (recorded in ``commands.txt`` for the report).
 
     Returns
     -------
@@ -160,9 +211,10 @@ def cross_celltype(
         The evaluation folders per (seed, target) and the table folder per seed.
     """
     from ptrag.data.io import read_perturbseq
-    from ptrag.data.splits import fewshot_split
+    from ptrag.data.splits import fewshot_split, load_split
     from ptrag.eval.tables import compare_evaluations
 
+    out = Path(out_dir)
     spec = spec or ColumnSpec()
     models = list(models)
     if not models:
@@ -172,36 +224,64 @@ def cross_celltype(
             raise PtragError(f"unknown model {m!r} in --models: choose among {', '.join(MODELS)}.")
     if not seeds:
         raise PtragError("--seeds is empty: give at least one seed.")
-    data = read_perturbseq(data_path, spec)
-    targets = list(cell_types) if cell_types else list(data.cell_types)
-    for t in targets:
-        if t not in data.cell_types:
-            raise PtragError(f"--cell-types: {t!r} is not a cell type of {data_path} ({', '.join(data.cell_types)}).")
-    if len(data.cell_types) < 2:
-        raise PtragError(f"{data_path} has one cell type: the cross-cell-type protocol needs at least two.")
-    # every configuration is resolved (and so checked) before the first training
-    configs = {
-        seed: {m: resolve_config({**dict(overrides or {}), "model": m, "seed": seed, "data": spec.to_dict()}, preset=preset)
-               for m in models}
-        for seed in seeds
-    }
-    for m, cfg in configs[seeds[0]].items():
-        if cfg.uses_gene_table and not gene_tables:
-            raise PtragError(f"--models includes {m}, which needs gene embeddings: pass --genes TABLE.")
-    groups = data.groups()
-    data.close()
+    if out.exists() and not out.is_dir():
+        raise PtragError(f"--out {out} exists and is not a folder: pass a folder path.")
+    created = not out.exists()
+    try:  # bad input found before the first training leaves no folder behind
+        if data_path is None:
+            files = synthetic_data(out)
+            data_path, gene_tables, ground_truth = files["data"], [files["genes"]], files["ground_truth"]
+        data = read_perturbseq(data_path, spec)
+        targets = list(cell_types) if cell_types else list(data.cell_types)
+        for t in targets:
+            if t not in data.cell_types:
+                raise PtragError(f"--cell-types: {t!r} is not a cell type of {data_path} ({', '.join(data.cell_types)}).")
+        if len(data.cell_types) < 2:
+            raise PtragError(f"{data_path} has one cell type: the cross-cell-type protocol needs at least two.")
+        # every configuration is resolved (and so checked) before the first training
+        configs = {
+            seed: {m: resolve_config({**dict(overrides or {}), "model": m, "seed": seed, "data": spec.to_dict()}, preset=preset)
+                   for m in models}
+            for seed in seeds
+        }
+        for m, cfg in configs[seeds[0]].items():
+            if cfg.uses_gene_table and not gene_tables:
+                raise PtragError(f"--models includes {m}, which needs gene embeddings: pass --genes TABLE.")
+    except PtragError:
+        if created and out.is_dir():
+            import shutil
 
-    out = Path(out_dir)
+            shutil.rmtree(out)
+        raise
+    groups = data.groups()
+    manifest = dict(
+        data=str(data_path), n_cells=int(data.n_cells), n_genes=len(data.var_names), cell_types=list(data.cell_types),
+        targets=targets, fewshot=fewshot, seeds=list(seeds), models=models, preset=preset,
+        options=dict(overrides or {}), gene_tables=[str(g) for g in gene_tables],
+        ground_truth=str(ground_truth) if ground_truth else None, machine=_machine(),
+    )
+    data.close()
+    atomic_write_text(out / "experiment.json", json.dumps(manifest, indent=2) + "\n")
+    if command:
+        from ptrag.experiments.report import record_command
+
+        record_command(out, list(command))
+
     result = CrossCellTypeResult(out)
     total = len(seeds) * len(targets)
     done = 0
+    splits = []
     for seed in seeds:
         evals = []
         for target in targets:
             d = out / f"seed{seed}" / target
             split_path = d / "split.toml"
             if not split_path.is_file():
-                fewshot_split(groups, target, fewshot, seed=seed).to_toml(split_path)
+                split = fewshot_split(groups, target, fewshot, seed=seed)
+                split.to_toml(split_path)
+            else:
+                split = load_split(groups, split_path)
+            splits.append({"seed": seed, "target": target, **split.counts().loc[target].to_dict()})
             log.info("[%d/%d] seed %d, target %s", done + 1, total, seed, target)
             run_target(data_path, split_path, d, configs[seed], gene_tables, spec, progress, "pred", "eval")
             done += 1
@@ -212,4 +292,207 @@ def cross_celltype(
         compare_evaluations(evals, tables_dir, reference=BASELINE, test="wilcoxon")
         result.tables[seed] = tables_dir
         log.info("seed %d: tables in %s", seed, tables_dir)
+    with atomic_path(out / "splits.csv") as tmp:
+        pd.DataFrame(splits).to_csv(tmp, index=False)
+    with atomic_path(out / "validation.csv") as tmp:
+        validation_table(out, seeds, targets, models).to_csv(tmp, index=False)
+    result.pooled = pooled_tables(result.eval_dirs, out / "tables")
+    if "pt_rag" in models or "vanilla_rag" in models:
+        retrieval_analysis(out, seeds, targets, ground_truth)
+    first = out / f"seed{seeds[0]}" / targets[0]
+    if sweeps:
+        run_paper_sweeps(data_path, first / "split.toml", out / "sweeps", models, gene_tables, preset, overrides,
+                         seeds[0], spec, progress)
+    if cost and not (out / "cost.csv").is_file():
+        from ptrag.train.cost import cost_table
+
+        table = cost_table({m: first / "runs" / m for m in models})
+        with atomic_path(out / "cost.csv") as tmp:
+            table.to_csv(tmp, index=False)
+    if report:
+        from ptrag.experiments.report import write_report
+
+        result.report = write_report(out)[0]
     return result
+
+
+def _machine() -> str:
+    import os
+    import platform
+
+    import torch
+
+    return (f"{platform.system()} {platform.machine()}, {os.cpu_count()} CPU cores, torch {torch.__version__} "
+            f"({torch.get_num_threads()} threads)" + (f", GPU {torch.cuda.get_device_name(0)}" if torch.cuda.is_available() else ""))
+
+
+def validation_table(out: Path, seeds: Sequence[int], targets: Sequence[str], models: Sequence[str]) -> pd.DataFrame:
+    """Best validation energy per (seed, target): one column per model and ``control``."""
+    rows = []
+    for seed in seeds:
+        for target in targets:
+            row: dict[str, Any] = {"seed": seed, "target": target}
+            for m in models:
+                summ = json.loads((out / f"seed{seed}" / target / "runs" / m / "train_summary.json").read_text())
+                row[m] = summ["val_energy"]
+            row[BASELINE] = summ["val_energy_control"]
+            rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def pooled_tables(eval_dirs: Mapping[tuple[int, str], Path], out_dir: Path) -> Path:
+    """Table 1 (and per-target tables) over every seed and target, plus the seed spread.
+
+    Each (seed, cell type, perturbation) is one sample: with several seeds a perturbation
+    tested under two seeds counts twice (its label gets `` [seed S]``). Writes ``out_dir``
+    (marks against each row's best model, paired Wilcoxon), ``out_dir/vs_control`` (marks
+    against the control baseline) and ``seeds.csv`` / ``seeds.md`` (per model and metric, mean
+    over seeds ± standard deviation of the seeds' means).
+    """
+    from ptrag.eval.tables import _infos, _md_table, format_value, load_evaluations, write_comparison
+
+    by_seed: dict[int, list[Path]] = {}
+    for (seed, _), d in eval_dirs.items():
+        by_seed.setdefault(seed, []).append(d)
+    frames, mode = [], "ptrag"
+    for seed, dirs in by_seed.items():
+        m, mode = load_evaluations(dirs)
+        frames.append(m.assign(seed=seed))
+    metrics = pd.concat(frames, ignore_index=True)
+    pooled = metrics.copy()
+    if len(by_seed) > 1:
+        pooled["perturbation"] = pooled["perturbation"].astype(str) + " [seed " + pooled["seed"].astype(str) + "]"
+    pooled = pooled.drop(columns="seed")
+    write_comparison(pooled, mode, out_dir, reference=None, test="wilcoxon")
+    write_comparison(pooled, mode, out_dir / "vs_control", reference=BASELINE, test="wilcoxon")
+
+    infos = _infos(mode, metrics.columns)
+    per_seed = metrics.groupby(["model", "seed"])[[i.column for i in infos]].mean()
+    agg = per_seed.groupby("model").agg(["mean", "std"])
+    models = sorted(metrics["model"].unique())
+    rows = []
+    for i in infos:
+        cells = [f"{i.label} {i.arrow}"]
+        for mo in models:
+            mu, sd = agg.loc[mo, (i.column, "mean")], agg.loc[mo, (i.column, "std")]
+            cells.append(format_value(mu) + ("" if pd.isna(sd) else f" ± {format_value(sd)}"))
+        rows.append(cells)
+    with atomic_path(out_dir / "seeds.csv") as tmp:
+        per_seed.reset_index().to_csv(tmp, index=False)
+    atomic_write_text(out_dir / "seeds.md", _md_table(["Metric", *models], rows) + "\n")
+    return out_dir
+
+
+def retrieval_analysis(out: Path, seeds: Sequence[int], targets: Sequence[str], ground_truth: str | Path | None = None,
+                       min_fraction: float = 0.5) -> Path:
+    """The paper's retrieval analyses over the experiment's PT-RAG predictions.
+
+    Writes ``out/retrieval/``: ``top_contexts.csv`` (top 10 per seed, cell type and query),
+    ``jaccard.csv`` (mean over seeds of each seed's cell-type x cell-type Jaccard matrix),
+    ``jaccard_queries.csv`` (queries behind each entry, summed over seeds), ``jaccard.png``,
+    ``contexts.csv`` (mean contexts selected per cell, per seed and target), with the ground
+    truth ``precision_recall.csv`` (RAG models' Stage-1 top-K and PT-RAG's selection), and
+    ``summary.md`` for the report.
+    """
+    from ptrag.eval.retrieval import jaccard_matrix, plot_jaccard, retrieval_against_truth, top_contexts
+    from ptrag.eval.tables import _md_table, format_value
+    from ptrag.experiments.sweep import mean_selected_contexts
+
+    rdir = out / "retrieval"
+    md: list[str] = []
+    logs = {(seed, t): out / f"seed{seed}" / t / "pred" / "pt_rag.retrieval.csv" for seed in seeds for t in targets}
+    logs = {k: pd.read_csv(p) for k, p in logs.items() if p.is_file()}
+    if logs:
+        ctx = pd.DataFrame([{"seed": s, "target": t, "contexts_per_cell": mean_selected_contexts(lg),
+                             "retrieved_k": int(lg.groupby(["cell_type", "query"]).size().max())}
+                            for (s, t), lg in logs.items()])
+        with atomic_path(rdir / "contexts.csv") as tmp:
+            ctx.to_csv(tmp, index=False)
+        tops, jacs, cnts = [], [], []
+        for seed in seeds:
+            sl = [lg for (s, _), lg in logs.items() if s == seed]
+            if not sl:
+                continue
+            rlog = pd.concat(sl, ignore_index=True)
+            tops.append(top_contexts(rlog, 10).assign(seed=seed))
+            j, c = jaccard_matrix(rlog, min_fraction)
+            jacs.append(j)
+            cnts.append(c)
+        top = pd.concat(tops, ignore_index=True)
+        jac = sum(j.fillna(0.0) for j in jacs) / sum(j.notna().astype(float) for j in jacs)
+        cnt = sum(cnts)
+        with atomic_path(rdir / "top_contexts.csv") as tmp:
+            top.to_csv(tmp, index=False)
+        with atomic_path(rdir / "jaccard.csv") as tmp:
+            jac.to_csv(tmp)
+        with atomic_path(rdir / "jaccard_queries.csv") as tmp:
+            cnt.to_csv(tmp)
+        plot_jaccard(jac, rdir / "jaccard.png", title="PT-RAG: Jaccard of selected contexts")
+        n_ct = len(jac)
+        off = jac.to_numpy()[~pd.DataFrame(np.eye(n_ct, dtype=bool)).to_numpy()] if n_ct > 1 else np.array([])
+        md.append(f"Contexts a predicted cell selects (of the K retrieved), mean over test queries: "
+                  f"{format_value(ctx['contexts_per_cell'].mean())} of {ctx['retrieved_k'].max()} "
+                  f"(per seed and target in `retrieval/contexts.csv`).\n")
+        md.append(f"Jaccard index between cell types of the contexts selected (by at least {min_fraction:.0%} of "
+                  "a query's cells) for the same query gene, mean over the queries tested in both cell types "
+                  f"(and over seeds); number of queries behind each entry in `retrieval/jaccard_queries.csv`. "
+                  f"Off-diagonal: {_range(off)} (the paper: 0.185–0.196).\n")
+        md.append(_md_table(["", *map(str, jac.columns)],
+                            [[str(i), *[format_value(float(v)) if pd.notna(v) else "–" for v in r]]
+                             for i, r in jac.iterrows()]) + "\n")
+        first = top[(top["seed"] == seeds[0]) & (top["rank"] <= 5)]
+        queries = sorted(first["query"].unique())[:5]
+        if len(queries):
+            sub = first[first["query"].isin(queries)]
+            rows = []
+            for (ct, q), g in sub.groupby(["cell_type", "query"]):
+                rows.append([ct, q, ", ".join(f"{c} ({f:.2f})" for c, f in zip(g["candidate"], g["selected_fraction"]))])
+            md.append(f"Top-5 contexts (fraction of the query's cells selecting each) for {len(queries)} queries "
+                      f"of seed {seeds[0]}; all queries, top 10, in `retrieval/top_contexts.csv`:\n\n"
+                      + _md_table(["cell type", "query", "contexts"], rows) + "\n")
+    if ground_truth:
+        pr = []
+        for model in ("vanilla_rag", "pt_rag"):
+            for seed in seeds:
+                for t in targets:
+                    p = out / f"seed{seed}" / t / "pred" / f"{model}.retrieval.csv"
+                    if p.is_file():
+                        pr.append(retrieval_against_truth(pd.read_csv(p), ground_truth, model)
+                                  .query("cell_type != 'all'").assign(seed=seed))
+        if pr:
+            allpr = pd.concat(pr, ignore_index=True)
+            with atomic_path(rdir / "precision_recall.csv") as tmp:
+                allpr.to_csv(tmp, index=False)
+            cols = ["precision_topk", "recall_topk", "precision_selected", "recall_selected", "n_selected"]
+            summ = allpr.groupby("model")[cols].mean()
+            md.append("Against the simulator's ground truth (informative context pairs), macro-averaged over "
+                      "test queries, targets and seeds: Stage-1 top-K for both RAG models, Stage-2 selection for "
+                      "PT-RAG (`retrieval/precision_recall.csv`):\n\n"
+                      + _md_table(["model", *cols], [[m, *[format_value(float(v)) if pd.notna(v) else "–" for v in r]]
+                                                      for m, r in summ.iterrows()]) + "\n")
+    if md:
+        atomic_write_text(rdir / "summary.md", "\n".join(md))
+    return rdir
+
+
+def _range(values: np.ndarray) -> str:
+    v = values[np.isfinite(values)]
+    return "no pair of cell types has a selection to compare" if not len(v) else f"{v.min():.3f}–{v.max():.3f} (mean {v.mean():.3f})"
+
+
+def run_paper_sweeps(data_path, split_path, out: Path, models: Sequence[str], gene_tables, preset: str,
+                     overrides: Mapping[str, Any] | None, seed: int, spec: ColumnSpec, progress: bool) -> None:
+    """The paper's sweeps (:data:`ptrag.experiments.sweep.PAPER_SWEEPS`) for the swept models
+    among ``models``, each in ``out/<model>/``."""
+    from ptrag.experiments.sweep import PAPER_SWEEPS, SHORT, sweep
+
+    lines = []
+    for model, grid in PAPER_SWEEPS.items():
+        if model not in models:
+            continue
+        base = {k: v for k, v in dict(overrides or {}).items() if k not in grid}
+        sweep(data_path, split_path, out / model, model, grid, gene_tables, preset, base, seed, spec, progress)
+        lines.append(f"- {model}: " + " x ".join(f"{SHORT.get(k, k)} ∈ {{{', '.join(f'{v:g}' for v in vals)}}}"
+                                                 for k, vals in grid.items()))
+    atomic_write_text(out / "README.md", f"The paper's grids, on the split of seed {seed} of `{Path(split_path).parent.name}` "
+                      "(test perturbations of that target; control baseline as a dashed line):\n\n" + "\n".join(lines) + "\n")

@@ -1,0 +1,207 @@
+"""One Markdown and one HTML report per experiment folder.
+
+:func:`write_report` reads what :func:`ptrag.experiments.cross_celltype.cross_celltype` left in
+the folder (commands, splits, run summaries, comparison tables, retrieval analysis, sweeps,
+cost table) and writes ``report.md`` and ``report.html`` beside them. Figures are the PNG files
+of the folder, linked by relative path (the HTML shows them when opened in place). Everything
+in the report is read from files, so it can be rebuilt at any time with
+``ptrag experiment report --out DIR``.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import math
+import re
+from pathlib import Path
+
+import pandas as pd
+
+from ptrag.errors import PtragError, atomic_write_text
+
+COMMANDS_FILE = "commands.txt"
+
+_CSS = """
+body { font-family: system-ui, -apple-system, "Segoe UI", sans-serif; max-width: 1100px; margin: 2em auto;
+       padding: 0 1em; color: #222; line-height: 1.45; }
+table { border-collapse: collapse; margin: 0.8em 0 1.2em; font-size: 0.9em; }
+th, td { border: 1px solid #ccc; padding: 3px 8px; text-align: right; }
+th:first-child, td:first-child { text-align: left; }
+th { background: #f2f2f2; }
+code, pre { background: #f6f6f6; }
+pre { padding: 0.7em; overflow-x: auto; }
+img { max-width: 100%; }
+h2 { border-bottom: 1px solid #ddd; padding-bottom: 0.2em; margin-top: 2em; }
+"""
+
+
+def record_command(out_dir: str | Path, argv: list[str]) -> None:
+    """Append the command line that worked on ``out_dir`` to its ``commands.txt``."""
+    import shlex
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    line = " ".join(shlex.quote(a) for a in argv)
+    path = out / COMMANDS_FILE
+    previous = path.read_text() if path.is_file() else ""
+    if line not in previous.splitlines():
+        atomic_write_text(path, previous + line + "\n")
+
+
+def _table(df: pd.DataFrame, floatfmt: str = ".3g", index: bool = False) -> str:
+    from ptrag.eval.tables import _md_table, format_value
+
+    df = df.reset_index() if index else df
+    rows = []
+    for _, r in df.iterrows():
+        cells = []
+        for v in r.tolist():
+            if isinstance(v, float):
+                cells.append("" if math.isnan(v) else format_value(v))
+            else:
+                cells.append(str(v))
+        rows.append(cells)
+    return _md_table([str(c) for c in df.columns], rows)
+
+
+def _read(path: Path) -> str:
+    return path.read_text() if path.is_file() else ""
+
+
+def _demote(md: str) -> str:
+    """Shift ``###`` captions down to ``####`` inside a report section."""
+    return re.sub(r"^### ", "#### ", md, flags=re.M)
+
+
+def winners(table_csv: Path, baseline: str = "control") -> str:
+    """A sentence per metric: which model has the best mean, and whether it is significantly
+    better than each other model (the q-values of Table 1's tests against the row's best)."""
+    if not table_csv.is_file():
+        return ""
+    t = pd.read_csv(table_csv)
+    models = [c[:-5] for c in t.columns if c.endswith("_mark")]
+    lines = []
+    for _, r in t.iterrows():
+        best = str(r["best_model"]).split(";")
+        others = [m for m in models if m not in best and m != baseline]
+        sig = [m for m in others if pd.notna(r.get(f"{m}_q")) and r[f"{m}_q"] < 0.05]
+        nonsig = [f"{m} (q = {r[f'{m}_q']:.2g})" for m in others if m not in sig]
+        verdict = ("significantly better than every other model" if not nonsig
+                   else "not significantly better than " + ", ".join(nonsig)
+                   + (f"; significantly better than {', '.join(sig)}" if sig else ""))
+        lines.append(f"- **{r['metric_label']} {r['direction']}**: {' = '.join(best)} — {verdict}.")
+    return "\n".join(lines)
+
+
+def write_report(out_dir: str | Path, title: str = "ptrag cross-cell-type experiment") -> tuple[Path, Path]:
+    """Write ``report.md`` and ``report.html`` for an experiment folder.
+
+    Parameters
+    ----------
+    out_dir
+        Folder of ``ptrag experiment cross-celltype``.
+    title
+        Report title.
+
+    Returns
+    -------
+    tuple of Path
+        The Markdown and the HTML report.
+    """
+    import markdown
+
+    from ptrag import __version__
+
+    out = Path(out_dir)
+    manifest_path = out / "experiment.json"
+    if not manifest_path.is_file():
+        raise PtragError(f"{out} holds no experiment.json: is it the --out folder of `ptrag experiment cross-celltype`?")
+    man = json.loads(manifest_path.read_text())
+    parts = [f"# {title}\n",
+             f"Written {_dt.datetime.now().strftime('%Y-%m-%d %H:%M')} by ptrag {__version__} from the files in this folder.\n"]
+
+    cmds = _read(out / COMMANDS_FILE).strip()
+    parts.append("## Commands\n\nThe commands that made this folder (rerunning them resumes, redoing nothing finished):\n")
+    parts.append("```bash\n" + (cmds or "# (run through the Python API)") + "\n```\n")
+
+    parts.append("## Setup\n")
+    parts.append(
+        f"- Data: `{man['data']}` ({man['n_cells']:,} cells, {man['n_genes']:,} genes, cell types "
+        f"{', '.join(man['cell_types'])}).\n"
+        f"- Targets (held out in turn): {', '.join(man['targets'])}; few-shot fraction {man['fewshot']}; "
+        f"seeds {', '.join(map(str, man['seeds']))}.\n"
+        f"- Models: {', '.join(man['models'])}; preset `{man['preset']}`; options {man['options']}.\n"
+        f"- Gene tables: {', '.join(f'`{g}`' for g in man['gene_tables']) or 'none'}.\n")
+    splits = out / "splits.csv"
+    if splits.is_file():
+        parts.append("Perturbations per split of the target cell type:\n\n" + _table(pd.read_csv(splits)) + "\n")
+    val = out / "validation.csv"
+    if val.is_file():
+        parts.append("Best validation energy (the checkpoint that predicts; `control` = predicting the control "
+                     "cells):\n\n" + _table(pd.read_csv(val)) + "\n")
+
+    tables = out / "tables"
+    parts.append("## Table 1: all target cell types\n")
+    parts.append(
+        f"Test perturbations of every target cell type{' and every seed, pooled' if len(man['seeds']) > 1 else ''} "
+        "(one sample per (seed, cell type, perturbation)); the control baseline predicts the control cells.\n\n")
+    parts.append(_demote(_read(tables / "table_all.md")) + "\n")
+    win = winners(tables / "table_all.csv")
+    if win:
+        parts.append("Which model wins (best mean; paired Wilcoxon against it, BH-adjusted, q < 0.05):\n\n" + win + "\n")
+    vs = tables / "vs_control" / "table_all.md"
+    if vs.is_file():
+        parts.append("\nThe same, each model tested against the control baseline:\n\n" + _demote(_read(vs)) + "\n")
+    seeds_md = tables / "seeds.md"
+    if seeds_md.is_file():
+        parts.append("### Seed to seed\n\nMean over seeds ± standard deviation of each seed's mean:\n\n" + _read(seeds_md) + "\n")
+    per_target = [t for t in man["targets"] if (tables / f"table_{_safe(t)}.md").is_file()]
+    if per_target:
+        parts.append("## Tables 3–6: per target cell type\n")
+        for t in per_target:
+            parts.append(_demote(_read(tables / f"table_{_safe(t)}.md")) + "\n")
+
+    rdir = out / "retrieval"
+    if rdir.is_dir():
+        parts.append("## Retrieval analysis (PT-RAG)\n")
+        parts.append(_read(rdir / "summary.md") + "\n")
+        if (rdir / "jaccard.png").is_file():
+            parts.append("![Jaccard index of the selected contexts between cell types](retrieval/jaccard.png)\n")
+
+    sweeps = sorted((out / "sweeps").glob("*/sweep.md")) if (out / "sweeps").is_dir() else []
+    if sweeps:
+        parts.append("## Sensitivity sweeps\n")
+        parts.append(_read(out / "sweeps" / "README.md") + "\n")
+        for s in sweeps:
+            parts.append(_demote(_read(s)) + "\n")
+            png = s.with_suffix(".png")
+            if png.is_file():
+                parts.append(f"![{s.parent.name} sweep]({png.relative_to(out).as_posix()})\n")
+
+    cost = out / "cost.csv"
+    if cost.is_file():
+        c = pd.read_csv(cost)
+        cols = ["name", "parameters", "batch_size", "cell_set_size", "n_genes", "topk", "gflop_per_batch",
+                "mflop_per_cell", "ms_per_step", "time_vs_first"]
+        parts.append("## Cost\n\nParameters, FLOPs (forward + backward, `torch.utils.flop_counter`) per batch and per "
+                     "cell, and the measured training-step time on this machine (runs of the first seed and "
+                     "target, timed interleaved; `time_vs_first` = step time / the first model's):\n\n"
+                     + _table(c[[k for k in cols if k in c]]) + "\n")
+        if "machine" in man:
+            parts.append(f"Machine: {man['machine']}.\n")
+
+    md = "\n".join(parts)
+    md_path, html_path = out / "report.md", out / "report.html"
+    atomic_write_text(md_path, md)
+    body = markdown.markdown(md, extensions=["tables", "fenced_code"])
+    html = (f"<!DOCTYPE html>\n<html><head><meta charset=\"utf-8\"><title>{title}</title>"
+            f"<style>{_CSS}</style></head><body>\n{body}\n</body></html>\n")
+    atomic_write_text(html_path, html)
+    return md_path, html_path
+
+
+def _safe(name: str) -> str:
+    from ptrag.eval.tables import _safe_name
+
+    return _safe_name(name)
