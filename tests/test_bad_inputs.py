@@ -124,3 +124,26 @@ def test_bad_input(case, w, tmp_path, capsys):
 
 def test_matrix_is_large_enough():
     assert len(CASES) >= 25
+
+
+def test_with_data_columns_gives_every_command_the_same_flags():
+    import typer
+    from typer.testing import CliRunner
+
+    from ptrag.cli.options import DATA_COLUMNS, with_data_columns
+
+    seen = {}
+
+    @with_data_columns
+    def cmd(spec, n: int = 1) -> None:
+        seen.update(spec=spec, n=n)
+
+    app = typer.Typer()
+    app.command()(cmd)
+    app.command("other")(lambda: None)  # two commands: Typer keeps the command name
+    res = CliRunner().invoke(app, ["cmd", "--n", "3", "--pert-col", "perturbation", "--cell-type-col", "", "--control", "ctl"])
+    assert res.exit_code == 0, res.output
+    spec = seen["spec"]
+    assert seen["n"] == 3 and spec.pert_col == "perturbation" and spec.cell_type_col is None and spec.control == "ctl"
+    assert spec.batch_col == "gem_group" and spec.layer is None  # defaults
+    assert list(DATA_COLUMNS) == ["pert_col", "cell_type_col", "batch_col", "control", "layer", "obsm_key"]

@@ -72,3 +72,20 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> None:
     """Write ``text`` to ``path`` atomically (temporary file + rename)."""
     with atomic_path(path) as tmp:
         tmp.write_text(text)
+
+
+def atomic_write_csv(path: str | os.PathLike, frame, index: bool = False) -> None:
+    """Write a pandas DataFrame to ``path`` as CSV atomically (temporary file + rename)."""
+    with atomic_path(path) as tmp:
+        frame.to_csv(tmp, index=index)
+
+
+def atomic_save_figure(fig, path: str | os.PathLike, dpi: int = 120) -> Path:
+    """Save a matplotlib figure as PNG atomically, close it, and return ``path``."""
+    import matplotlib.pyplot as plt
+
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=dpi, format="png")
+    plt.close(fig)
+    return path

@@ -3,31 +3,30 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import TYPE_CHECKING, Annotated, Optional
 
 import typer
 from rich.console import Console
 from rich.table import Table
 
-from ptrag.cli.options import Backed, BatchCol, CellTypeCol, Control, DataPath, Layer, ObsmKey, PertCol, column_spec
+from ptrag.cli.options import Backed, DataPath, with_data_columns
+
+if TYPE_CHECKING:
+    from ptrag.data.io import ColumnSpec
 
 console = Console()
 
 
+@with_data_columns
 def describe_cmd(
     data: DataPath,
-    pert_col: PertCol = "gene",
-    cell_type_col: CellTypeCol = "cell_type",
-    batch_col: BatchCol = "gem_group",
-    control: Control = "non-targeting",
-    layer: Layer = None,
-    obsm_key: ObsmKey = None,
+    spec: "ColumnSpec",
     backed: Backed = False,
 ) -> None:
     """Validate a Perturb-seq h5ad file and summarise it per cell type."""
     from ptrag.data.io import read_perturbseq
 
-    d = read_perturbseq(data, column_spec(pert_col, cell_type_col, batch_col, control, layer, obsm_key), backed=backed)
+    d = read_perturbseq(data, spec, backed=backed)
     g = d.groups()
     console.print(repr(d))
     t = Table(title=f"{data.name}: cells per cell type")
@@ -42,26 +41,22 @@ def describe_cmd(
     console.print(f"{len(shared)} perturbations occur in every cell type.")
 
 
+@with_data_columns
 def split_cmd(
     data: DataPath,
+    spec: "ColumnSpec",
     out: Annotated[Path, typer.Option("--out", help="Where to write the split (cell-load TOML).")],
     task: Annotated[str, typer.Option("--task", help="fewshot or unseen-perturbation.")] = "fewshot",
     target_cell_type: Annotated[Optional[str], typer.Option("--target-cell-type", help="Target cell type (few-shot).")] = None,
     fewshot: Annotated[float, typer.Option("--fewshot", help="Few-shot: fraction of the target's perturbations that train; unseen-perturbation: fraction held out.")] = 0.3,
     seed: Annotated[int, typer.Option("--seed")] = 0,
-    pert_col: PertCol = "gene",
-    cell_type_col: CellTypeCol = "cell_type",
-    batch_col: BatchCol = "gem_group",
-    control: Control = "non-targeting",
-    layer: Layer = None,
-    obsm_key: ObsmKey = None,
     backed: Backed = False,
 ) -> None:
     """Make the paper's few-shot (or an unseen-perturbation) split and write it as cell-load TOML."""
     from ptrag.data.io import read_perturbseq
     from ptrag.data.splits import make_split
 
-    d = read_perturbseq(data, column_spec(pert_col, cell_type_col, batch_col, control, layer, obsm_key), backed=backed)
+    d = read_perturbseq(data, spec, backed=backed)
     s = make_split(d.groups(), task=task, target_cell_type=target_cell_type, fraction=fewshot, seed=seed)
     s.to_toml(out)
     console.print(s.counts())

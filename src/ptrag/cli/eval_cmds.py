@@ -117,7 +117,7 @@ def retrieval_cmd(
 ) -> None:
     """PT-RAG retrieval analysis: most selected contexts per query and cell type, and the
     Jaccard overlap of the selections between cell types (table and heatmap)."""
-    from ptrag.errors import PtragError, atomic_path
+    from ptrag.errors import PtragError, atomic_write_csv
     from ptrag.eval.retrieval import jaccard_matrix, plot_jaccard, read_retrieval_logs, top_contexts
 
     if top < 1:
@@ -125,12 +125,9 @@ def retrieval_cmd(
     rlog = read_retrieval_logs(log)
     tops = top_contexts(rlog, top)
     jac, cnt = jaccard_matrix(rlog, min_fraction)
-    with atomic_path(out / "top_contexts.csv") as tmp:
-        tops.to_csv(tmp, index=False)
-    with atomic_path(out / "jaccard.csv") as tmp:
-        jac.to_csv(tmp)
-    with atomic_path(out / "jaccard_queries.csv") as tmp:
-        cnt.to_csv(tmp)
+    atomic_write_csv(out / "top_contexts.csv", tops)
+    atomic_write_csv(out / "jaccard.csv", jac, index=True)
+    atomic_write_csv(out / "jaccard_queries.csv", cnt, index=True)
     plot_jaccard(jac, out / "jaccard.png")
     console.print(jac.round(3).to_string())
     console.print(f"top contexts, Jaccard matrix (and its query counts) and heatmap written to {out}")

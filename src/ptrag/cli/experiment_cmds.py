@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import TYPE_CHECKING, Annotated, Optional
 
 import typer
 from rich.console import Console
 from rich.markdown import Markdown
 
-from ptrag.cli.options import BatchCol, CellTypeCol, Control, Layer, ObsmKey, PertCol, column_spec
+from ptrag.cli.options import with_data_columns
+
+if TYPE_CHECKING:
+    from ptrag.data.io import ColumnSpec
 
 console = Console()
 
@@ -58,7 +61,9 @@ def show_result(result) -> None:
                       f"(tables, heatmap, sweeps, cost, commands); everything else in {result.out_dir}/.")
 
 
+@with_data_columns
 def cross_celltype_cmd(
+    spec: "ColumnSpec",
     out: Annotated[Path, typer.Option("--out", help="Experiment folder (a second call resumes it).")],
     data: Annotated[Optional[Path], typer.Option("--data", help="Perturb-seq AnnData file (.h5ad). [default: the embedded synthetic benchmark, simulated into OUT/data]", show_default=False)] = None,
     genes: Genes = None,
@@ -73,12 +78,6 @@ def cross_celltype_cmd(
     sweeps: Annotated[bool, typer.Option("--sweeps/--no-sweeps", help="Also run the paper's sweeps (pt_rag lambda x K, vanilla_rag K) on the first seed's split of the first target.")] = False,
     cost: Annotated[bool, typer.Option("--cost/--no-cost", help="Measure the cost table (parameters, FLOPs, step time).")] = True,
     ground_truth: Annotated[Optional[Path], typer.Option("--ground-truth", help="Ground-truth context pairs (ground_truth.csv of `ptrag simulate`) for retrieval precision/recall.")] = None,
-    pert_col: PertCol = "gene",
-    cell_type_col: CellTypeCol = "cell_type",
-    batch_col: BatchCol = "gem_group",
-    control: Control = "non-targeting",
-    layer: Layer = None,
-    obsm_key: ObsmKey = None,
 ) -> None:
     """Few-shot cross-cell-type protocol: for each seed and target cell type, split, train every
     model, predict its test perturbations, evaluate against the control baseline; then Table 1
@@ -86,14 +85,15 @@ def cross_celltype_cmd(
     optionally the sweeps, and a Markdown + HTML report."""
     from ptrag.experiments.cross_celltype import cross_celltype
 
-    spec = column_spec(pert_col, cell_type_col, batch_col, control, layer, obsm_key)
     result = cross_celltype(data, out, list(genes or []), _csv(models), _csv(cell_types) or None, fewshot,
                             _seeds(seeds), preset, _overrides(max_steps, topk=topk, sparsity_weight=sparsity_weight),
                             spec, sweeps=sweeps, cost=cost, ground_truth=ground_truth, command=_command())
     show_result(result)
 
 
+@with_data_columns
 def sweep_cmd(
+    spec: "ColumnSpec",
     data: Annotated[Path, typer.Option("--data", help="Perturb-seq AnnData file (.h5ad).")],
     split: Annotated[Path, typer.Option("--split", help="Split TOML (its test perturbations are evaluated).")],
     model: Annotated[str, typer.Option("--model", help="Model to sweep.")],
@@ -103,12 +103,6 @@ def sweep_cmd(
     preset: Preset = "cpu",
     max_steps: MaxSteps = None,
     seed: Annotated[int, typer.Option("--seed", help="Training seed.")] = 0,
-    pert_col: PertCol = "gene",
-    cell_type_col: CellTypeCol = "cell_type",
-    batch_col: BatchCol = "gem_group",
-    control: Control = "non-targeting",
-    layer: Layer = None,
-    obsm_key: ObsmKey = None,
 ) -> None:
     """Sensitivity sweep: train one model at every point of a grid on one split, predict and
     evaluate its test perturbations beside the control baseline; table (sweep.csv/.md) and line
@@ -123,7 +117,6 @@ def sweep_cmd(
         g = PAPER_SWEEPS[model]
     else:
         raise PtragError(f"the paper sweeps only pt_rag and vanilla_rag: give --grid option=v1,v2 for {model}.")
-    spec = column_spec(pert_col, cell_type_col, batch_col, control, layer, obsm_key)
     table = sweep(data, split, out, model, g, list(genes or []), preset, _overrides(max_steps), seed, spec)
     record_command(out, _command())
     console.print(Markdown((out / "sweep.md").read_text()))

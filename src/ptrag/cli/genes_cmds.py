@@ -4,14 +4,17 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import TYPE_CHECKING, Annotated, Optional
 
 import typer
 from rich.console import Console
 from rich.table import Table
 
-from ptrag.cli.options import Backed, BatchCol, CellTypeCol, Control, DataPath, Layer, ObsmKey, PertCol, column_spec
-from ptrag.errors import PtragError, atomic_path
+from ptrag.cli.options import Backed, DataPath, with_data_columns
+from ptrag.errors import PtragError, atomic_write_csv
+
+if TYPE_CHECKING:
+    from ptrag.data.io import ColumnSpec
 
 console = Console()
 
@@ -49,15 +52,11 @@ def _labels(paths: list[Path]) -> list[str]:
     return labels
 
 
+@with_data_columns
 def coverage_cmd(
     data: DataPath,
     genes: GenesOpt,
-    pert_col: PertCol = "gene",
-    cell_type_col: CellTypeCol = "cell_type",
-    batch_col: BatchCol = "gem_group",
-    control: Control = "non-targeting",
-    layer: Layer = None,
-    obsm_key: ObsmKey = None,
+    spec: "ColumnSpec",
     backed: Backed = False,
     gene_aliases: AliasesOpt = None,
     out: Annotated[
@@ -74,12 +73,11 @@ def coverage_cmd(
     if not genes:
         raise PtragError("pass at least one gene table with --genes.")
     tables = {lab: read_gene_table(p, aliases=gene_aliases) for lab, p in zip(_labels(genes), genes)}
-    spec = column_spec(pert_col, cell_type_col, batch_col, control, layer, obsm_key)
     d = read_perturbseq(data, spec, backed=backed)
     obs = d.obs[~d.obs["is_control"]]
     groups = obs.groupby(["cell_type", "perturbation"], observed=True).size().rename("n_cells").reset_index()
     if groups.empty:
-        raise PtragError(f"{data}: no perturbed cells besides controls ({control!r}).")
+        raise PtragError(f"{data}: no perturbed cells besides controls ({spec.control!r}).")
     cov = coverage(groups, tables, d.spec.control)
     labels = list(tables) + (["any_table"] if len(tables) > 1 else [])
 
@@ -118,8 +116,7 @@ def coverage_cmd(
     else:
         console.print(f"every single-gene perturbation has a vector in {final}.")
     if out is not None:
-        with atomic_path(out) as tmp:
-            cov.to_csv(tmp, index=False)
+        atomic_write_csv(out, cov)
         console.print(f"coverage written to {out}")
 
 

@@ -27,7 +27,7 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
-from ptrag.errors import PtragError, atomic_path, atomic_write_text, check_choice
+from ptrag.errors import PtragError, atomic_path, atomic_write_csv, atomic_write_text, check_choice
 from ptrag.eval.gge import GGEOptions, GGEReference, condition_key, first_condition, gge_group_metrics
 from ptrag.eval.metrics import (
     COUNT_COLUMNS,
@@ -418,10 +418,8 @@ def write_outputs(metrics: pd.DataFrame, out_dir: str | Path, mode: Mode, info: 
     md = summary_markdown(summary, mode)
     with atomic_path(out_dir / "metrics.parquet") as tmp:
         metrics.to_parquet(tmp, index=False)
-    with atomic_path(out_dir / "metrics.csv") as tmp:
-        metrics.to_csv(tmp, index=False)
-    with atomic_path(out_dir / "summary.csv") as tmp:
-        summary.to_csv(tmp, index=False)
+    atomic_write_csv(out_dir / "metrics.csv", metrics)
+    atomic_write_csv(out_dir / "summary.csv", summary)
     atomic_write_text(out_dir / "summary.md", md)
     atomic_write_text(out_dir / "evaluation.json", json.dumps(info or {}, indent=2, default=str) + "\n")
 

@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from ptrag.errors import PtragError, atomic_path
+from ptrag.errors import PtragError, atomic_save_figure
 
 LOG_COLUMNS = ("cell_type", "query", "candidate", "similarity", "selected_fraction")
 
@@ -145,11 +145,7 @@ def plot_jaccard(jac: pd.DataFrame, path: str | Path, title: str = "Jaccard inde
     fig.colorbar(im, ax=ax, fraction=0.046)
     ax.set_title(title)
     fig.tight_layout()
-    path = Path(path)
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, dpi=120, format="png")
-    plt.close(fig)
-    return path
+    return atomic_save_figure(fig, path, dpi=120)
 
 
 def retrieval_against_truth(log: pd.DataFrame, truth_path: str | Path, model: str) -> pd.DataFrame:

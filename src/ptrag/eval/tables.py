@@ -28,7 +28,7 @@ from typing import Literal
 import numpy as np
 import pandas as pd
 
-from ptrag.errors import PtragError, atomic_path, atomic_write_text, check_choice
+from ptrag.errors import PtragError, atomic_write_csv, atomic_write_text, check_choice
 from ptrag.eval.metrics import METRICS, MetricInfo
 from ptrag.eval.stats import KEYS, lookup_test, pairwise_tests
 
@@ -500,12 +500,10 @@ def write_comparison(
         used.add(stem)
         atomic_write_text(out_dir / f"{stem}.md", t.to_markdown())
         atomic_write_text(out_dir / f"{stem}.tex", t.to_latex())
-        with atomic_path(out_dir / f"{stem}.csv") as tmp:
-            t.to_frame().to_csv(tmp, index=False)
+        atomic_write_csv(out_dir / f"{stem}.csv", t.to_frame())
         if not t.tests.empty:
             tests.append(t.tests.assign(scope=key))
-    with atomic_path(out_dir / "tests.csv") as tmp:
-        (pd.concat(tests, ignore_index=True) if tests else pd.DataFrame()).to_csv(tmp, index=False)
+    atomic_write_csv(out_dir / "tests.csv", (pd.concat(tests, ignore_index=True) if tests else pd.DataFrame()))
     header = f"# Model comparison ({mode} definitions)\n\nModels: {', '.join(models)}.\n\n"
     atomic_write_text(out_dir / "tables.md", header + "\n".join(t.to_markdown() for t in tables.values()))
     return tables

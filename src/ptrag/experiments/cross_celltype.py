@@ -40,7 +40,7 @@ import numpy as np
 import pandas as pd
 
 from ptrag.data.io import ColumnSpec
-from ptrag.errors import PtragError, atomic_path, atomic_write_text
+from ptrag.errors import PtragError, atomic_write_csv, atomic_write_text
 from ptrag.train.config import MODELS, TrainConfig, resolve_config
 
 log = logging.getLogger("ptrag")
@@ -292,10 +292,8 @@ def cross_celltype(
         compare_evaluations(evals, tables_dir, reference=BASELINE, test="wilcoxon")
         result.tables[seed] = tables_dir
         log.info("seed %d: tables in %s", seed, tables_dir)
-    with atomic_path(out / "splits.csv") as tmp:
-        pd.DataFrame(splits).to_csv(tmp, index=False)
-    with atomic_path(out / "validation.csv") as tmp:
-        validation_table(out, seeds, targets, models).to_csv(tmp, index=False)
+    atomic_write_csv(out / "splits.csv", pd.DataFrame(splits))
+    atomic_write_csv(out / "validation.csv", validation_table(out, seeds, targets, models))
     result.pooled = pooled_tables(result.eval_dirs, out / "tables")
     if "pt_rag" in models or "vanilla_rag" in models:
         retrieval_analysis(out, seeds, targets, ground_truth)
@@ -307,8 +305,7 @@ def cross_celltype(
         from ptrag.train.cost import cost_table
 
         table = cost_table({m: first / "runs" / m for m in models})
-        with atomic_path(out / "cost.csv") as tmp:
-            table.to_csv(tmp, index=False)
+        atomic_write_csv(out / "cost.csv", table)
     if report:
         from ptrag.experiments.report import write_report
 
@@ -377,8 +374,7 @@ def pooled_tables(eval_dirs: Mapping[tuple[int, str], Path], out_dir: Path) -> P
             mu, sd = agg.loc[mo, (i.column, "mean")], agg.loc[mo, (i.column, "std")]
             cells.append(format_value(mu) + ("" if pd.isna(sd) else f" ± {format_value(sd)}"))
         rows.append(cells)
-    with atomic_path(out_dir / "seeds.csv") as tmp:
-        per_seed.reset_index().to_csv(tmp, index=False)
+    atomic_write_csv(out_dir / "seeds.csv", per_seed.reset_index())
     atomic_write_text(out_dir / "seeds.md", _md_table(["Metric", *models], rows) + "\n")
     return out_dir
 
@@ -406,8 +402,7 @@ def retrieval_analysis(out: Path, seeds: Sequence[int], targets: Sequence[str], 
         ctx = pd.DataFrame([{"seed": s, "target": t, "contexts_per_cell": mean_selected_contexts(lg),
                              "retrieved_k": int(lg.groupby(["cell_type", "query"]).size().max())}
                             for (s, t), lg in logs.items()])
-        with atomic_path(rdir / "contexts.csv") as tmp:
-            ctx.to_csv(tmp, index=False)
+        atomic_write_csv(rdir / "contexts.csv", ctx)
         tops, jacs, cnts = [], [], []
         for seed in seeds:
             sl = [lg for (s, _), lg in logs.items() if s == seed]
@@ -421,12 +416,9 @@ def retrieval_analysis(out: Path, seeds: Sequence[int], targets: Sequence[str], 
         top = pd.concat(tops, ignore_index=True)
         jac = sum(j.fillna(0.0) for j in jacs) / sum(j.notna().astype(float) for j in jacs)
         cnt = sum(cnts)
-        with atomic_path(rdir / "top_contexts.csv") as tmp:
-            top.to_csv(tmp, index=False)
-        with atomic_path(rdir / "jaccard.csv") as tmp:
-            jac.to_csv(tmp)
-        with atomic_path(rdir / "jaccard_queries.csv") as tmp:
-            cnt.to_csv(tmp)
+        atomic_write_csv(rdir / "top_contexts.csv", top)
+        atomic_write_csv(rdir / "jaccard.csv", jac, index=True)
+        atomic_write_csv(rdir / "jaccard_queries.csv", cnt, index=True)
         plot_jaccard(jac, rdir / "jaccard.png", title="PT-RAG: Jaccard of selected contexts")
         n_ct = len(jac)
         off = jac.to_numpy()[~pd.DataFrame(np.eye(n_ct, dtype=bool)).to_numpy()] if n_ct > 1 else np.array([])
@@ -461,8 +453,7 @@ def retrieval_analysis(out: Path, seeds: Sequence[int], targets: Sequence[str], 
                                   .query("cell_type != 'all'").assign(seed=seed))
         if pr:
             allpr = pd.concat(pr, ignore_index=True)
-            with atomic_path(rdir / "precision_recall.csv") as tmp:
-                allpr.to_csv(tmp, index=False)
+            atomic_write_csv(rdir / "precision_recall.csv", allpr)
             cols = ["precision_topk", "recall_topk", "precision_selected", "recall_selected", "n_selected"]
             summ = allpr.groupby("model")[cols].mean()
             md.append("Against the simulator's ground truth (informative context pairs), macro-averaged over "

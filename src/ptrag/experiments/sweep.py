@@ -26,7 +26,7 @@ import numpy as np
 import pandas as pd
 
 from ptrag.data.io import ColumnSpec
-from ptrag.errors import PtragError, atomic_path, atomic_write_text
+from ptrag.errors import PtragError, atomic_save_figure, atomic_write_csv, atomic_write_text
 from ptrag.train.config import MODELS, TrainConfig, resolve_config
 
 log = logging.getLogger("ptrag")
@@ -188,8 +188,7 @@ def sweep(
     rows.append({"variant": BASELINE, **{k: np.nan for k in grid}, "val_energy": np.nan, "mean_contexts": np.nan,
                  **ctrl[metric_cols].mean().to_dict(), "better_than_control": np.nan, "wilcoxon_p": np.nan})
     table = pd.DataFrame(rows)
-    with atomic_path(out / "sweep.csv") as tmp:
-        table.to_csv(tmp, index=False)
+    atomic_write_csv(out / "sweep.csv", table)
     atomic_write_text(out / "sweep.md", sweep_markdown(table, model, list(grid)))
     plot_sweep(table, list(grid), out / "sweep.png", title=f"{model} sweep")
     return table
@@ -243,8 +242,4 @@ def plot_sweep(table: pd.DataFrame, options: Sequence[str], path: str | Path, ti
     axes[0][0].legend(fontsize=8)
     fig.suptitle(title)
     fig.tight_layout()
-    path = Path(path)
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, dpi=110, format="png")
-    plt.close(fig)
-    return path
+    return atomic_save_figure(fig, path, dpi=110)

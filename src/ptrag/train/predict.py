@@ -23,7 +23,7 @@ from ptrag.nn.generator import ModelOutput
 from ptrag.data.io import read_perturbseq
 from ptrag.data.sets import CellSet, SetDataset, SetSampler
 from ptrag.data.splits import SPLITS, read_split_toml, resolve_split
-from ptrag.errors import PtragError, atomic_path, check_choice
+from ptrag.errors import PtragError, atomic_path, atomic_write_csv, check_choice
 from ptrag.train.config import TrainConfig, read_run_config
 
 log = logging.getLogger("ptrag")
@@ -260,7 +260,6 @@ def write_prediction(pred: Prediction, out: str | Path) -> dict[str, Path]:
         pred.adata.write_h5ad(tmp)
     if pred.retrieval is not None:
         rpath = out.with_suffix(".retrieval.csv")
-        with atomic_path(rpath) as tmp:
-            pred.retrieval.to_csv(tmp, index=False)
+        atomic_write_csv(rpath, pred.retrieval)
         paths["retrieval"] = rpath
     return paths
