@@ -143,3 +143,20 @@ def test_devel_h5ad_loads_with_its_columns(shared_data):
     g = d.groups()
     shared = set.intersection(*(set(s["perturbation"]) for _, s in g.groupby("cell_type")))
     assert len(shared) == 9
+
+
+@pytest.mark.parametrize("counts", [False, True])
+def test_in_memory_gene_subset_read_equals_the_backed_read(tmp_path, counts):
+    import scipy.sparse as sp
+
+    a = make_adata(counts=counts, n_genes=30)
+    a.X = sp.csr_matrix(a.X)
+    a.write_h5ad(tmp_path / "x.h5ad")
+    mem, backed = read_perturbseq(tmp_path / "x.h5ad"), read_perturbseq(tmp_path / "x.h5ad", backed=True)
+    genes = [a.var_names[i] for i in (7, 3, 29, 0, 3)]  # permuted, one repeated
+    rows = np.array([5, 2, 5, 40, 0, 2])  # unsorted, repeated
+    np.testing.assert_allclose(mem.expression(rows, genes), backed.expression(rows, genes), rtol=1e-6)
+    cached = mem._columns_cache[1]
+    mem.expression(rows[:2], genes)
+    assert mem._columns_cache[1] is cached  # the restricted matrix is built once per gene list
+    np.testing.assert_allclose(mem.expression(rows), backed.expression(rows), rtol=1e-6)  # all genes

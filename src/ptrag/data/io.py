@@ -121,6 +121,7 @@ class PerturbData:
         self.backed = backed
         self._h5 = h5file
         self._obsm = None
+        self._columns_cache: tuple[np.ndarray, sp.csr_matrix] | None = None
         self._gene_pos = {g: i for i, g in enumerate(var_names)}
         self._size_factors: np.ndarray | None = None
         self.target_sum: float | None = None
@@ -210,16 +211,42 @@ class PerturbData:
             ``[len(rows), n_genes]`` float32.
         """
         rows = np.asarray(rows, dtype=np.int64)
+        gidx = self.gene_index(genes)
+        sub = self._gene_columns(gidx)
+        if sub is not None:  # in memory: rows of the matrix already restricted to these genes
+            block = sub[rows]
+            if self._size_factors is not None:
+                block = _scale_rows(block, self._size_factors[rows]).log1p()
+            return block.toarray().astype(np.float32, copy=False)
         uniq, inverse = np.unique(rows, return_inverse=True)
         block = self._read_rows(uniq)
         if self._size_factors is not None:
             block = _scale_rows(block, self._size_factors[uniq])
             block = block.log1p() if sp.issparse(block) else np.log1p(block)
-        gidx = self.gene_index(genes)
         if gidx is not None:
             block = block[:, gidx]
         dense = block.toarray() if sp.issparse(block) else np.asarray(block)
         return dense.astype(np.float32, copy=False)[inverse]
+
+    def _gene_columns(self, gidx: np.ndarray | None):
+        """An in-memory sparse matrix restricted to the columns ``gidx``, built on first use
+        and kept for the next reads of the same genes (a training reads the same genes every
+        batch: selecting them once makes a batch read a row lookup and a densification).
+        ``None`` (read as before) for backed or dense data, all genes, or when the copy would
+        take more than a quarter of the available memory."""
+        m = self._matrix
+        if gidx is None or self.backed or not sp.issparse(m) or m.format != "csr":
+            return None
+        cached = self._columns_cache
+        if cached is not None and np.array_equal(cached[0], gidx):
+            return cached[1]
+        nnz = int(np.bincount(m.indices, minlength=m.shape[1])[gidx].sum())
+        avail = available_memory()
+        if avail is not None and nnz * (m.data.itemsize + m.indices.itemsize) > avail // 4:
+            return None
+        sub = m[:, gidx].tocsr()
+        self._columns_cache = (np.array(gidx, copy=True), sub)
+        return sub
 
     def iter_chunks(self, rows: np.ndarray | None = None, chunk: int = CHUNK_CELLS):
         """Yield ``(row_indices, expression)`` blocks of log-normalised expression."""
