@@ -439,8 +439,10 @@ def retrieval_analysis(out: Path, seeds: Sequence[int], targets: Sequence[str], 
             rows = []
             for (ct, q), g in sub.groupby(["cell_type", "query"]):
                 rows.append([ct, q, ", ".join(f"{c} ({f:.2f})" for c, f in zip(g["candidate"], g["selected_fraction"]))])
+            none = "" if ctx["contexts_per_cell"].max() > 0 else (
+                " PT-RAG selected no context, so these are the Stage-1 candidates in order of similarity")
             md.append(f"Top-5 contexts (fraction of the query's cells selecting each) for {len(queries)} queries "
-                      f"of seed {seeds[0]}; all queries, top 10, in `retrieval/top_contexts.csv`:\n\n"
+                      f"of seed {seeds[0]}; all queries, top 10, in `retrieval/top_contexts.csv`.{none}:\n\n"
                       + _md_table(["cell type", "query", "contexts"], rows) + "\n")
     if ground_truth:
         pr = []
