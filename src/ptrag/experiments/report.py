@@ -49,16 +49,24 @@ def record_command(out_dir: str | Path, argv: list[str]) -> None:
         atomic_write_text(path, previous + line + "\n")
 
 
-def _table(df: pd.DataFrame, floatfmt: str = ".3g", index: bool = False) -> str:
+def _table(df: pd.DataFrame, index: bool = False) -> str:
+    """A DataFrame as a Markdown table: whole-number columns as integers with thousands
+    separators, other numbers with about 3 significant digits, NaN as an empty cell."""
     from ptrag.eval.tables import _md_table, format_value
 
     df = df.reset_index() if index else df
+    whole = {c for c in df.columns if pd.api.types.is_numeric_dtype(df[c]) and not pd.api.types.is_bool_dtype(df[c])
+             and df[c].dropna().map(lambda v: float(v).is_integer()).all()}
     rows = []
     for _, r in df.iterrows():
         cells = []
-        for v in r.tolist():
-            if isinstance(v, float):
-                cells.append("" if math.isnan(v) else format_value(v))
+        for c, v in r.items():
+            if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isnan(float(v)):
+                cells.append("")
+            elif c in whole:
+                cells.append(f"{int(v):,}" if c not in ("seed",) else str(int(v)))
+            elif isinstance(v, float):
+                cells.append(format_value(v))
             else:
                 cells.append(str(v))
         rows.append(cells)
