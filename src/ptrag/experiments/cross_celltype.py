@@ -440,9 +440,9 @@ def retrieval_analysis(out: Path, seeds: Sequence[int], targets: Sequence[str], 
             for (ct, q), g in sub.groupby(["cell_type", "query"]):
                 rows.append([ct, q, ", ".join(f"{c} ({f:.2f})" for c, f in zip(g["candidate"], g["selected_fraction"]))])
             none = "" if ctx["contexts_per_cell"].max() > 0 else (
-                " PT-RAG selected no context, so these are the Stage-1 candidates in order of similarity")
+                ". PT-RAG selected no context, so these are the Stage-1 candidates in order of similarity")
             md.append(f"Top-5 contexts (fraction of the query's cells selecting each) for {len(queries)} queries "
-                      f"of seed {seeds[0]}; all queries, top 10, in `retrieval/top_contexts.csv`.{none}:\n\n"
+                      f"of seed {seeds[0]}; all queries, top 10, in `retrieval/top_contexts.csv`{none}:\n\n"
                       + _md_table(["cell type", "query", "contexts"], rows) + "\n")
     if ground_truth:
         pr = []
@@ -473,10 +473,21 @@ def _range(values: np.ndarray) -> str:
     return "no pair of cell types has a selection to compare" if not len(v) else f"{v.min():.3f}–{v.max():.3f} (mean {v.mean():.3f})"
 
 
-def run_paper_sweeps(data_path, split_path, out: Path, models: Sequence[str], gene_tables, preset: str,
-                     overrides: Mapping[str, Any] | None, seed: int, spec: ColumnSpec, progress: bool) -> None:
+def run_paper_sweeps(
+    data_path: str | Path,
+    split_path: str | Path,
+    out: Path,
+    models: Sequence[str],
+    gene_tables: Sequence[str | Path],
+    preset: str,
+    overrides: Mapping[str, Any] | None,
+    seed: int,
+    spec: ColumnSpec,
+    progress: bool,
+) -> None:
     """The paper's sweeps (:data:`ptrag.experiments.sweep.PAPER_SWEEPS`) for the swept models
-    among ``models``, each in ``out/<model>/``."""
+    among ``models``, each in ``out/<model>/`` (options swept are taken out of ``overrides``),
+    with a ``README.md`` naming the grids for the report."""
     from ptrag.experiments.sweep import PAPER_SWEEPS, SHORT, sweep
 
     lines = []
