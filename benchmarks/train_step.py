@@ -7,7 +7,8 @@ For each preset (``cpu``, ``paper``) and each of the four models, side by side i
   perturbations with D-dim gene vectors; one-hot N-dim for STATE), median of ``--steps`` steps
   after ``--warmup``;
 * model FLOPs per step (forward + backward, ``torch.utils.flop_counter``) and per cell;
-* the ratio of each model's step time to STATE's;
+* the ratio of each model's step time to STATE's: the median over rounds of the ratio within a round
+  (the models' steps are interleaved round by round, so a drift hits both sides of a ratio);
 * for the backbone alone (the Llama set transformer, forward + backward): achieved FLOP/s
   against a float32 matmul peak measured in the same run;
 * PT-RAG with the naive (materialised ``B x S x K x 3H`` triplets) computation beside the
@@ -23,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import statistics
 import time
 
 import torch
@@ -30,7 +32,7 @@ from geomloss import SamplesLoss
 
 from ptrag.nn.generator import PRESETS, PerturbationModel, count_parameters
 from ptrag.train.config import MODEL_KINDS
-from ptrag.train.cost import count_flops, matmul_peak, time_interleaved
+from ptrag.train.cost import count_flops, interleaved_times, matmul_peak, paired_ratio, time_interleaved
 from ptrag.train.config import PRESETS as TRAIN_PRESETS
 
 MODELS = ("state", "state_genept", "vanilla_rag", "pt_rag")
@@ -91,13 +93,18 @@ def loader_rate(n_sets: int, s: int, g: int, batch_size: int) -> float:
         names = sorted(groups["perturbation"].unique())
         ds = SetDataset(data, list(data.var_names), {n: i for i, n in enumerate(names)})
         sets = sampler.plan(0)[: n_sets + batch_size]
-        # what training iterates: a DataLoader (batched read + collate), in the main process
+        # what training iterates: a DataLoader (batched read + collate), in the main process;
+        # steady state (a training reads thousands of batches): the median of three passes,
+        # each after a warm-up batch (the first builds the gene-restricted matrix, once)
         loader = torch.utils.data.DataLoader(ds, sampler=sets, batch_size=batch_size)
-        it = iter(loader)
-        next(it)  # warm-up batch: builds the gene-restricted matrix once, as a training does
-        t = time.perf_counter()
-        n = sum(len(b["pert_id"]) for b in it)
-        return n / (time.perf_counter() - t)
+        rates = []
+        for _ in range(3):
+            it = iter(loader)
+            next(it)
+            t = time.perf_counter()
+            n = sum(len(b["pert_id"]) for b in it)
+            rates.append(n / (time.perf_counter() - t))
+        return statistics.median(rates)
 
 
 def main() -> None:
@@ -136,13 +143,13 @@ def main() -> None:
                 fn()
             built.append((model, fused, m, fn))
         # interleaved: one step of every model per round, so drifts of a shared machine hit all alike
-        secs = time_interleaved([fn for *_, fn in built], args.steps, 0, device)
-        base = secs[0]
+        times = interleaved_times([fn for *_, fn in built], args.steps, 0, device)
+        secs = [statistics.median(t) for t in times]
         for i, (model, fused, m, fn) in enumerate(built):
             sec = secs[i]
             fl = count_flops(fn)
             name = model if fused else "pt_rag (naive)"
-            print(f"{name:<20}{count_parameters(m):>12,}{sec * 1e3:>10.1f}{sec / base:>9.2f}{fl / 1e9:>12.2f}"
+            print(f"{name:<20}{count_parameters(m):>12,}{sec * 1e3:>10.1f}{paired_ratio(times[i], times[0]):>9.2f}{fl / 1e9:>12.2f}"
                   f"{fl / (b * s) / 1e6:>12.2f}{fl / sec / 1e9:>9.1f}")
             if fused:  # the most demanding consumer: the fastest model
                 demand[preset] = max(demand.get(preset, 0.0), b / sec)

@@ -418,3 +418,25 @@ def test_blocked_triplet_scorer_matches_autograd(monkeypatch) -> None:
     a, c, r, bias, w2, b2 = args
     hidden = torch.nn.functional.gelu(torch.addcmul(bias, a[:, :, None] + c[:, None], r[..., None]))
     torch.testing.assert_close(retrieval._TripletScorer.apply(*args), hidden @ w2.T + b2)
+
+
+def test_each_distinct_context_is_encoded_once_with_the_same_values() -> None:
+    m = make_model("pt_rag").train()
+    idx = torch.tensor([[3, 7, 3, 1], [7, 7, 0, 3]])
+    calls = []
+    hook = m.pert_encoder.register_forward_hook(lambda mod, inp, out: calls.append(inp[0].shape[0]))
+    got = m._encode_contexts(idx, torch.float32)
+    hook.remove()
+    assert calls == [4]  # rows 0, 1, 3, 7
+    want = m.pert_encoder(m.index.raw[idx])
+    torch.testing.assert_close(got, want, rtol=1e-6, atol=1e-6)
+    # with dropout in training, every retrieval draws its own mask: no sharing
+    d = make_model("pt_rag", dropout=0.5).train()
+    assert not torch.equal(*d._encode_contexts(torch.tensor([[2, 2]]), torch.float32)[0])
+
+
+def test_paired_ratio_is_the_median_of_per_round_ratios() -> None:
+    from ptrag.train.cost import paired_ratio
+
+    base = [1.0, 2.0, 10.0]  # the third round was slow for everybody
+    assert paired_ratio([1.2, 2.2, 11.0], base) == pytest.approx(1.1)

@@ -292,6 +292,20 @@ class PerturbationModel(nn.Module):
             raise PtragError(f"query_index must be [B={b}] (got {tuple(query_index.shape)}).")
 
     # ------------------------------------------------------------------ forward
+    def _encode_contexts(self, idx: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+        """``h_ctx`` of the retrieved candidates ``idx`` ``[B, K]`` -> ``[B, K, H]``.
+
+        The sets of a batch retrieve overlapping candidates (similar queries have similar
+        neighbours), so each distinct database row is encoded once and gathered: the same
+        values as encoding every ``(b, k)``, with fewer rows through the encoder. With dropout
+        in training every retrieval is encoded on its own, so each draws its own mask.
+        """
+        assert self.index is not None
+        if self.training and self.cfg.dropout > 0:
+            return self.pert_encoder(self.index.raw[idx].to(dtype))
+        rows, inverse = torch.unique(idx, return_inverse=True)
+        return self.pert_encoder(self.index.raw[rows].to(dtype))[inverse]
+
     def forward(
         self,
         ctrl_expr: torch.Tensor,
@@ -332,7 +346,7 @@ class PerturbationModel(nn.Module):
         else:
             assert self.index is not None
             sim, idx = self.index.search(pert_vec, self.cfg.topk, query_index.to(pert_vec.device))
-            h_ctx = self.pert_encoder(self.index.raw[idx].to(pert_vec.dtype))  # [B, K, H]
+            h_ctx = self._encode_contexts(idx, pert_vec.dtype)  # [B, K, H]
             out.candidates, out.similarity = idx, sim
             if self.cfg.conditioning == "vanilla_rag":
                 assert self.cross_attn is not None

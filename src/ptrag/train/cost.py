@@ -22,7 +22,8 @@ import pandas as pd
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-__all__ = ["count_flops", "cost_table", "matmul_peak", "run_step", "sync", "time_interleaved"]
+__all__ = ["count_flops", "cost_table", "interleaved_times", "matmul_peak", "paired_ratio", "run_step", "sync",
+           "time_interleaved"]
 
 
 def sync(device: torch.device) -> None:
@@ -67,8 +68,8 @@ def count_flops(fn: Callable[[], object]) -> int:
     return int(fc.get_total_flops())
 
 
-def time_interleaved(fns: list[Callable[[], object]], steps: int, warmup: int, device: torch.device) -> list[float]:
-    """Median seconds per call of each function, timed one call of each per round.
+def interleaved_times(fns: list[Callable[[], object]], steps: int, warmup: int, device: torch.device) -> list[list[float]]:
+    """Seconds of every call of each function, timed one call of each per round.
 
     Parameters
     ----------
@@ -83,8 +84,8 @@ def time_interleaved(fns: list[Callable[[], object]], steps: int, warmup: int, d
 
     Returns
     -------
-    list of float
-        Median seconds per call, in the order of ``fns``.
+    list of list of float
+        ``times[i][j]``: function ``i`` in round ``j``.
     """
     for fn in fns:
         for _ in range(warmup):
@@ -97,7 +98,18 @@ def time_interleaved(fns: list[Callable[[], object]], steps: int, warmup: int, d
             fn()
             sync(device)
             times[i].append(time.perf_counter() - t)
-    return [statistics.median(t) for t in times]
+    return times
+
+
+def time_interleaved(fns: list[Callable[[], object]], steps: int, warmup: int, device: torch.device) -> list[float]:
+    """Median seconds per call of each function (:func:`interleaved_times`)."""
+    return [statistics.median(t) for t in interleaved_times(fns, steps, warmup, device)]
+
+
+def paired_ratio(times: list[float], base: list[float]) -> float:
+    """Median over rounds of ``times[j] / base[j]``: a ratio of two functions timed in the
+    same rounds, robust to drifts of a shared machine that hit both calls of a round."""
+    return statistics.median(t / b for t, b in zip(times, base))
 
 
 def run_step(run_dir: str | Path, device: str | torch.device = "cpu", seed: int = 0) -> tuple[Callable[[], None], dict]:
@@ -172,8 +184,8 @@ def cost_table(runs: Mapping[str, str | Path], steps: int = 5, warmup: int = 2, 
     -------
     pandas.DataFrame
         One row per run: ``name, model, parameters, batch_size, cell_set_size, n_genes, topk,
-        gflop_per_batch, mflop_per_cell, ms_per_step, gflop_per_s, time_vs_first`` (step time over
-        the first run's).
+        gflop_per_batch, mflop_per_cell, ms_per_step, gflop_per_s, time_vs_first`` (median over
+        rounds of the step time over the first run's in the same round).
     """
     dev = torch.device(device)
     built = [(name, *run_step(path, dev)) for name, path in runs.items()]
@@ -182,9 +194,10 @@ def cost_table(runs: Mapping[str, str | Path], steps: int = 5, warmup: int = 2, 
         flops = count_flops(step)
         rows.append({"name": name, **shape, "gflop_per_batch": flops / 1e9,
                      "mflop_per_cell": flops / (shape["batch_size"] * shape["cell_set_size"]) / 1e6})
-    secs = time_interleaved([b[1] for b in built], steps, warmup, dev)
-    for row, sec in zip(rows, secs):
+    times = interleaved_times([b[1] for b in built], steps, warmup, dev)
+    for row, t in zip(rows, times):
+        sec = statistics.median(t)
         row["ms_per_step"] = sec * 1e3
         row["gflop_per_s"] = row["gflop_per_batch"] / sec
-        row["time_vs_first"] = sec / secs[0]
+        row["time_vs_first"] = paired_ratio(t, times[0])
     return pd.DataFrame(rows)
