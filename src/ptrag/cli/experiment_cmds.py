@@ -37,10 +37,9 @@ def _seeds(text: str) -> list[int]:
 
 
 def _overrides(max_steps: Optional[int], **options) -> dict:
-    over = {k: v for k, v in (("max_steps", max_steps), *options.items()) if v is not None}
-    if max_steps is not None:
-        over["val_every"] = max(1, max_steps // 6)
-    return over
+    from ptrag.experiments.cross_celltype import step_overrides
+
+    return {**step_overrides(max_steps), **{k: v for k, v in options.items() if v is not None}}
 
 
 def _command() -> list[str]:

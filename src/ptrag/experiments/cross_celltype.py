@@ -40,7 +40,7 @@ import numpy as np
 import pandas as pd
 
 from ptrag.data.io import ColumnSpec
-from ptrag.errors import PtragError, atomic_write_csv, atomic_write_text
+from ptrag.errors import PtragError, atomic_write_csv, atomic_write_text, check_choice
 from ptrag.train.config import MODELS, TrainConfig, resolve_config
 
 log = logging.getLogger("ptrag")
@@ -126,6 +126,12 @@ def run_target(
     if (ev / "metrics.parquet").is_file():
         return pd.read_parquet(ev / "metrics.parquet")
     return evaluate([*preds, base], data_path, first_run, ev, spec=spec, names=[*configs, BASELINE])
+
+
+def step_overrides(max_steps: int | None) -> dict[str, int]:
+    """Training options for ``max_steps`` steps (validating six times per run); ``{}`` for the
+    preset's own."""
+    return {} if max_steps is None else {"max_steps": max_steps, "val_every": max(1, max_steps // 6)}
 
 
 def synthetic_data(out_dir: str | Path, seed: int = 0) -> dict[str, Path]:
@@ -220,8 +226,7 @@ def cross_celltype(
     if not models:
         raise PtragError("--models is empty: name at least one of " + ", ".join(MODELS) + ".")
     for m in models:
-        if m not in MODELS:
-            raise PtragError(f"unknown model {m!r} in --models: choose among {', '.join(MODELS)}.")
+        check_choice("--models", m, MODELS)
     if not seeds:
         raise PtragError("--seeds is empty: give at least one seed.")
     if out.exists() and not out.is_dir():
@@ -396,8 +401,10 @@ def retrieval_analysis(out: Path, seeds: Sequence[int], targets: Sequence[str], 
 
     rdir = out / "retrieval"
     md: list[str] = []
-    logs = {(seed, t): out / f"seed{seed}" / t / "pred" / "pt_rag.retrieval.csv" for seed in seeds for t in targets}
-    logs = {k: pd.read_csv(p) for k, p in logs.items() if p.is_file()}
+    paths = {(model, seed, t): out / f"seed{seed}" / t / "pred" / f"{model}.retrieval.csv"
+             for model in (("vanilla_rag", "pt_rag") if ground_truth else ("pt_rag",)) for seed in seeds for t in targets}
+    all_logs = {k: pd.read_csv(p) for k, p in paths.items() if p.is_file()}
+    logs = {(seed, t): lg for (model, seed, t), lg in all_logs.items() if model == "pt_rag"}
     if logs:
         ctx = pd.DataFrame([{"seed": s, "target": t, "contexts_per_cell": mean_selected_contexts(lg),
                              "retrieved_k": int(lg.groupby(["cell_type", "query"]).size().max())}
@@ -445,14 +452,8 @@ def retrieval_analysis(out: Path, seeds: Sequence[int], targets: Sequence[str], 
                       f"of seed {seeds[0]}; all queries, top 10, in `retrieval/top_contexts.csv`{none}:\n\n"
                       + _md_table(["cell type", "query", "contexts"], rows) + "\n")
     if ground_truth:
-        pr = []
-        for model in ("vanilla_rag", "pt_rag"):
-            for seed in seeds:
-                for t in targets:
-                    p = out / f"seed{seed}" / t / "pred" / f"{model}.retrieval.csv"
-                    if p.is_file():
-                        pr.append(retrieval_against_truth(pd.read_csv(p), ground_truth, model)
-                                  .query("cell_type != 'all'").assign(seed=seed))
+        pr = [retrieval_against_truth(lg, ground_truth, model).query("cell_type != 'all'").assign(seed=seed)
+              for (model, seed, _), lg in all_logs.items()]
         if pr:
             allpr = pd.concat(pr, ignore_index=True)
             atomic_write_csv(rdir / "precision_recall.csv", allpr)

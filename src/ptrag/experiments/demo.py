@@ -15,7 +15,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
-from ptrag.experiments.cross_celltype import CrossCellTypeResult, cross_celltype
+from ptrag.experiments.cross_celltype import CrossCellTypeResult, cross_celltype, step_overrides
 from ptrag.train.config import MODELS
 
 #: Target cell types of the demo (the synthetic benchmark's first two).
@@ -56,6 +56,5 @@ def run_demo(
     CrossCellTypeResult
         Folders of the evaluations, tables and report.
     """
-    overrides = {} if max_steps is None else {"max_steps": max_steps, "val_every": max(max_steps // 6, 1)}
     return cross_celltype(None, out_dir, models=models, cell_types=cell_types, seeds=(seed,),
-                          overrides=overrides, progress=progress, command=command)
+                          overrides=step_overrides(max_steps), progress=progress, command=command)

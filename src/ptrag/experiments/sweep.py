@@ -26,7 +26,7 @@ import numpy as np
 import pandas as pd
 
 from ptrag.data.io import ColumnSpec
-from ptrag.errors import PtragError, atomic_save_figure, atomic_write_csv, atomic_write_text
+from ptrag.errors import PtragError, atomic_save_figure, atomic_write_csv, atomic_write_text, check_choice
 from ptrag.train.config import MODELS, TrainConfig, resolve_config
 
 log = logging.getLogger("ptrag")
@@ -155,8 +155,7 @@ def sweep(
     """
     from ptrag.experiments.cross_celltype import BASELINE, run_target
 
-    if model not in MODELS:
-        raise PtragError(f"unknown model {model!r}: choose among {', '.join(MODELS)}.")
+    check_choice("--model", model, MODELS)
     points = grid_points(grid)
     spec = spec or ColumnSpec()
     configs: dict[str, TrainConfig] = {}
@@ -168,11 +167,11 @@ def sweep(
     out = Path(out_dir)
     metrics = run_target(data_path, split_path, out, configs, gene_tables, spec, progress, "pred", "eval")
 
-    from ptrag.eval.stats import KEYS, baseline_comparison
+    from ptrag.eval.stats import baseline_comparison
+    from ptrag.eval.tables import _infos
 
     vs = baseline_comparison(metrics, "energy", BASELINE).set_index("model")
-    metric_cols = [c for c in metrics.columns if c not in ("model", *KEYS, "mode", "n_cells", "n_pred_cells")
-                   and pd.api.types.is_numeric_dtype(metrics[c])]
+    metric_cols = [i.column for i in _infos(str(metrics["mode"].iloc[0]), metrics.columns)]
     rows = []
     for (name, cfg), point in zip(configs.items(), points):
         m = metrics[metrics["model"] == name]
