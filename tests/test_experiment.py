@@ -192,3 +192,14 @@ def test_record_command_appends_once(tmp_path):
 def test_report_refuses_a_folder_that_is_not_an_experiment(tmp_path, capsys):
     assert main(["experiment", "report", "--out", str(tmp_path)]) == 2
     assert "experiment.json" in capsys.readouterr().err
+
+
+def test_missing_or_malformed_gene_table_stops_before_anything_is_written(tmp_path, capsys):
+    _files(tmp_path)
+    (tmp_path / "bad.pkl").write_text("not a pickle")
+    base = ["experiment", "cross-celltype", "--data", str(tmp_path / "d.h5ad"), "--models", "state_genept"]
+    assert main([*base, "--genes", str(tmp_path / "none.pkl"), "--out", str(tmp_path / "e1")]) == 2
+    assert main([*base, "--genes", str(tmp_path / "bad.pkl"), "--out", str(tmp_path / "e2")]) == 2
+    err = " ".join(capsys.readouterr().err.split())
+    assert "none.pkl" in err and "bad.pkl" in err and "Traceback" not in err
+    assert not (tmp_path / "e1").exists() and not (tmp_path / "e2").exists()

@@ -252,6 +252,10 @@ def cross_celltype(
         for m, cfg in configs[seeds[0]].items():
             if cfg.uses_gene_table and not gene_tables:
                 raise PtragError(f"--models includes {m}, which needs gene embeddings: pass --genes TABLE.")
+        if gene_tables and any(cfg.uses_gene_table for cfg in configs[seeds[0]].values()):
+            from ptrag.data.embeddings import load_gene_tables
+
+            load_gene_tables(gene_tables)  # a missing or malformed table stops here, not at the first training
     except PtragError:
         if created and out.is_dir():
             import shutil
