@@ -86,6 +86,15 @@ def test_sparsity_term_alone_has_gradient() -> None:
     assert model.selector.score_out.weight.grad.abs().sum().item() > 0
 
 
+def _with_best(hard: torch.Tensor, p: torch.Tensor) -> torch.Tensor:
+    """The ``best`` empty-selection rule by hand: an empty row takes its argmax."""
+    out = hard.clone()
+    empty = hard.sum(-1) == 0
+    best = torch.nn.functional.one_hot(p.argmax(-1), p.shape[-1]).to(hard.dtype)
+    out[empty] = best[empty]
+    return out
+
+
 def test_threshold_selection_in_training_is_deterministic_with_gradient() -> None:
     model = make_model("pt_rag").train()
     batch = make_batch()
@@ -94,12 +103,22 @@ def test_threshold_selection_in_training_is_deterministic_with_gradient() -> Non
     torch.manual_seed(2)
     b = model(*batch, sample_selection=False)
     assert torch.equal(a.weights.detach(), b.weights.detach())
-    assert torch.equal(a.weights.detach(), (a.p_include > 0.5).float())
+    hard = (a.p_include > 0.5).float()
+    assert bool((hard.sum(-1) == 0).any())  # the rule below is exercised
+    assert torch.equal(a.weights.detach(), _with_best(hard, a.p_include.detach()))
     a.pred.square().mean().backward()
     assert model.selector.score_out.weight.grad.abs().sum().item() > 0
 
 
 # ------------------------------------------------------------- 4. noise-free eval
+def _expected(p: torch.Tensor, empty: str) -> torch.Tensor:
+    """E[w] of the training selection by hand: independent Bernoulli(p_k), plus the rule."""
+    if empty != "best":
+        return p
+    best = torch.nn.functional.one_hot(p.argmax(-1), p.shape[-1]).to(p.dtype)
+    return p + torch.prod(1 - p, dim=-1, keepdim=True) * best
+
+
 def test_evaluation_is_noise_free_and_training_is_stochastic() -> None:
     model = make_model("pt_rag")
     batch = make_batch()
@@ -109,7 +128,7 @@ def test_evaluation_is_noise_free_and_training_is_stochastic() -> None:
     torch.manual_seed(2)
     b = model(*batch)
     assert torch.equal(a.pred, b.pred) and torch.equal(a.weights, b.weights)
-    assert torch.equal(a.weights, (a.p_include > 0.5).float())
+    torch.testing.assert_close(a.weights, _expected(a.p_include, "best"), rtol=0, atol=1e-7)
     model.train()
     torch.manual_seed(1)
     c = model(*batch)
@@ -123,6 +142,23 @@ def test_evaluation_is_noise_free_and_training_is_stochastic() -> None:
     torch.manual_seed(2)
     f = model(*batch, sample_selection=True)
     assert not torch.equal(e.weights, f.weights)
+
+
+@pytest.mark.parametrize("empty", ["none", "best"])
+def test_expected_selection_is_the_mean_of_the_training_samples(empty: str) -> None:
+    """The evaluation selection is E[w] under training's Gumbel sampling (checked by Monte Carlo)."""
+    sel = TripletSelector(4, tau=0.5)
+    gen = torch.Generator().manual_seed(0)
+    logits = torch.randn(3, 5, 2, generator=gen) * 1.5 - torch.tensor([0.0, 1.0])  # some rows often empty
+    with torch.no_grad():
+        expected, p = sel.select(logits, "expected", empty)
+        torch.manual_seed(0)
+        draws = torch.stack([sel.select(logits, "sample", empty)[0] for _ in range(40_000)])
+    mc = draws.mean(0)
+    # 40,000 Bernoulli draws: standard error <= 0.0025
+    torch.testing.assert_close(mc, expected, rtol=0, atol=0.012)
+    torch.testing.assert_close(expected, _expected(p, empty), rtol=0, atol=1e-7)
+    assert bool((draws.sum(-1) >= 1).all()) is (empty == "best")
 
 
 # ------------------------------------------------------------ 5. batch independence
@@ -141,31 +177,81 @@ def test_outputs_of_a_set_do_not_depend_on_other_sets(conditioning: str) -> None
         if conditioning != "none":
             assert torch.equal(ab.candidates[0], other.candidates[0])
         if conditioning == "pt_rag":
-            assert torch.equal(ab.weights[0], other.weights[0])
+            torch.testing.assert_close(ab.weights[0], other.weights[0], rtol=0, atol=1e-6)
             torch.testing.assert_close(ab.p_include[0], other.p_include[0], rtol=0, atol=1e-6)
 
 
 # ---------------------------------------------------------------- 6. empty selection
-@pytest.mark.parametrize("empty_selection", ["keep", "paper"])
+def _capture_z(model: PerturbationModel, batch) -> tuple[torch.Tensor, object]:
+    seen = {}
+    handle = model.backbone.register_forward_pre_hook(lambda mod, args: seen.setdefault("z", args[0].detach()))
+    torch.manual_seed(0)
+    out = model(*batch)
+    handle.remove()
+    return seen["z"], out
+
+
+def _triplet_proj(model: PerturbationModel, batch, out) -> torch.Tensor:
+    """``proj([h_ctrl; h_pert; h_k])`` of every (cell, candidate) from the concatenation: [B, S, K, H]."""
+    _, ci, pv, _ = batch
+    with torch.no_grad():
+        h_ctrl = model.cell_encoder(ci)
+        h_pert = model.pert_encoder(pv)
+        h_ctx = model.pert_encoder(model.index.raw[out.candidates])
+        return model.selector.proj(TripletSelector._triplets(h_ctrl, h_pert, h_ctx))
+
+
+@pytest.mark.parametrize("empty_selection", ["best", "null", "paper", "keep"])
 @pytest.mark.parametrize("training", [False, True])
 def test_empty_selection(empty_selection: str, training: bool) -> None:
     model = make_model("pt_rag", empty_selection=empty_selection).train(training)
     with torch.no_grad():
         model.selector.score_out.bias.copy_(torch.tensor([0.0, -1e4]))  # include logit hugely negative
-    seen = {}
-    handle = model.backbone.register_forward_pre_hook(lambda mod, args: seen.setdefault("z", args[0].detach()))
-    ctrl, ci, pv, qi = make_batch()
-    torch.manual_seed(0)
-    out = model(ctrl, ci, pv, qi)
-    handle.remove()
-    assert out.weights.sum().item() == 0
-    if empty_selection == "keep":
-        model.eval()  # encoders without dropout noise (dropout is 0 anyway)
-        with torch.no_grad():
-            expected = model.cell_encoder(ci) + model.pert_encoder(pv)[:, None, :]
-        torch.testing.assert_close(seen["z"], expected, rtol=0, atol=1e-6)
+    batch = make_batch()
+    z, out = _capture_z(model, batch)
+    proj = _triplet_proj(model, batch, out)
+    _, ci, pv, _ = batch
+    with torch.no_grad():
+        h_ctrl, h_pert = model.cell_encoder(ci), model.pert_encoder(pv)[:, None, :]
+    if empty_selection == "best":
+        # nothing passes: every cell gets exactly its best-scoring candidate's triplet
+        assert torch.equal(out.weights.sum(-1), torch.ones_like(out.weights.sum(-1)))
+        best = out.p_include.argmax(-1)
+        expected = torch.gather(proj, 2, best[..., None, None].expand(-1, -1, 1, proj.shape[-1]))[:, :, 0]
     else:
-        assert torch.equal(seen["z"], torch.zeros_like(seen["z"]))
+        assert out.weights.sum().item() == 0
+        if empty_selection == "keep":
+            expected = h_ctrl + h_pert
+        elif empty_selection == "null":
+            with torch.no_grad():
+                null = torch.cat([h_ctrl, h_pert.expand_as(h_ctrl), torch.zeros_like(h_ctrl)], -1)
+                expected = model.selector.proj(null)
+        else:
+            expected = torch.zeros_like(z)
+    torch.testing.assert_close(z, expected, rtol=0, atol=1e-5)
+
+
+@pytest.mark.parametrize("training", [False, True])
+def test_default_generator_input_reaches_h_ctrl_only_through_selected_triplets(training: bool) -> None:
+    """Eq. 7 (default rule): z = sum_k w_k proj([h_ctrl; h_pert; h_k]), nothing else; a cell
+    whose selection is empty has exactly its best candidate's triplet."""
+    model = make_model("pt_rag").train(training)
+    assert model.cfg.empty_selection == "best"
+    batch = make_batch()
+    z, out = _capture_z(model, batch)
+    w = out.weights.detach()
+    assert bool((w.sum(-1) >= 1 - 1e-6).all())  # every cell keeps at least one triplet
+    expected = (w[..., None] * _triplet_proj(model, batch, out)).sum(2)
+    torch.testing.assert_close(z, expected, rtol=0, atol=1e-5)
+    # h_ctrl enters only through the triplets: cells of one set with the same selection and
+    # the same control state get the same z, whatever the other cells hold
+    ctrl, ci, pv, qi = batch
+    ci2 = ci.clone()
+    ci2[:, 1:] = torch.randn_like(ci2[:, 1:])
+    model.eval()
+    z_a, _ = _capture_z(model, (ctrl, ci, pv, qi))
+    z_b, _ = _capture_z(model, (ctrl, ci2, pv, qi))
+    torch.testing.assert_close(z_a[:, 0], z_b[:, 0], rtol=0, atol=1e-6)
 
 
 # ------------------------------------------------------------------ 7. fused == naive
@@ -198,7 +284,7 @@ def test_fused_equals_naive_selector_on_offset_inputs() -> None:
     )
 
 
-@pytest.mark.parametrize("empty_selection", ["keep", "paper"])
+@pytest.mark.parametrize("empty_selection", ["best", "null", "paper", "keep"])
 def test_fused_equals_naive_forward_and_gradients(empty_selection: str) -> None:
     fused, naive = _pair(empty_selection=empty_selection)
     with torch.no_grad():
@@ -213,7 +299,7 @@ def test_fused_equals_naive_forward_and_gradients(empty_selection: str) -> None:
         of, on = fused(*batch), naive(*batch)
         torch.testing.assert_close(of.pred, on.pred, rtol=0, atol=1e-5)
         torch.testing.assert_close(of.p_include, on.p_include, rtol=0, atol=1e-5)
-        assert torch.equal(of.weights, on.weights)
+        torch.testing.assert_close(of.weights, on.weights, rtol=0, atol=1e-5)
         h_ctrl = fused.cell_encoder(batch[1])
         h_pert = fused.pert_encoder(batch[2])
         h_ctx = fused.pert_encoder(fused.index.raw[of.candidates])

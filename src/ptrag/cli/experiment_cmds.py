@@ -102,6 +102,7 @@ def sweep_cmd(
     preset: Preset = "cpu",
     max_steps: MaxSteps = None,
     seed: Annotated[int, typer.Option("--seed", help="Training seed.")] = 0,
+    ground_truth: Annotated[Optional[Path], typer.Option("--ground-truth", help="Ground-truth context pairs (ground_truth.csv of `ptrag simulate`): adds retrieval precision/recall of Stage 1 and of PT-RAG's selection.")] = None,
 ) -> None:
     """Sensitivity sweep: train one model at every point of a grid on one split, predict and
     evaluate its test perturbations beside the control baseline; table (sweep.csv/.md) and line
@@ -116,7 +117,8 @@ def sweep_cmd(
         g = PAPER_SWEEPS[model]
     else:
         raise PtragError(f"the paper sweeps only pt_rag and vanilla_rag: give --grid option=v1,v2 for {model}.")
-    table = sweep(data, split, out, model, g, list(genes or []), preset, _overrides(max_steps), seed, spec)
+    table = sweep(data, split, out, model, g, list(genes or []), preset, _overrides(max_steps), seed, spec,
+                  ground_truth=ground_truth)
     record_command(out, _command())
     console.print(Markdown((out / "sweep.md").read_text()))
     console.print(f"{len(table) - 1} runs; table and plot in {out} (sweep.csv, sweep.md, sweep.png).")

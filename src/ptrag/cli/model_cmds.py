@@ -48,7 +48,9 @@ def train_cmd(
     topk: Annotated[Optional[int], _o("--topk", "topk", "Retrieved candidates K (RAG models).")] = None,
     tau: Annotated[Optional[float], _o("--tau", "tau", "Gumbel-Softmax temperature (pt_rag).")] = None,
     sparsity_weight: Annotated[Optional[float], _o("--sparsity-weight", "sparsity_weight", "lambda_sparse (pt_rag).")] = None,
-    empty_selection: Annotated[Optional[str], _o("--empty-selection", "empty_selection", "keep (z keeps h_ctrl + h_pert) | paper.")] = None,
+    sparsity_scale: Annotated[Optional[str], _o("--sparsity-scale", "sparsity_scale", "control (lambda relative to the batch's predict-the-control energy) | absolute (pt_rag).")] = None,
+    empty_selection: Annotated[Optional[str], _o("--empty-selection", "empty_selection", "best (an empty selection takes its best candidate) | null (a null-context triplet always added) | paper (z = 0) | keep (z keeps h_ctrl + h_pert) (pt_rag).")] = None,
+    eval_selection: Annotated[Optional[str], _o("--eval-selection", "eval_selection", "expected (the expectation of the training selection) | threshold | sample (pt_rag).")] = None,
     optimizer: Annotated[Optional[str], _o("--optimizer", "optimizer", "adamw (decoupled weight decay) | adam (L2 in the gradient).")] = None,
     lr: Annotated[Optional[float], _o("--lr", "lr", "Learning rate.")] = None,
     weight_decay: Annotated[Optional[float], _o("--weight-decay", "weight_decay", "Weight decay (see --optimizer).")] = None,
@@ -91,7 +93,10 @@ def train_cmd(
     result = train(cfg, data, out, split, list(genes or []), backed=backed, resume=resume, gene_aliases=gene_aliases)
     console.print(
         f"[bold]{cfg.model}[/]: {result.n_parameters:,} parameters; validation energy "
-        f"{_fmt(result.val_energy)} (predict-the-control baseline {_fmt(result.val_energy_control)}). Run folder: {out}"
+        f"{_fmt(result.val_energy)} (predict-the-control baseline {_fmt(result.val_energy_control)})"
+        + ("" if result.val_selected_contexts is None else
+           f"; contexts a validation cell selects: {result.val_selected_contexts:.2f} of {cfg.topk}")
+        + f". Run folder: {out}"
     )
 
 

@@ -127,6 +127,31 @@ def jaccard_matrix(log: pd.DataFrame, min_fraction: float = 0.5) -> tuple[pd.Dat
     return jac, cnt
 
 
+def truth_selection(log: pd.DataFrame, truth: pd.DataFrame) -> pd.DataFrame:
+    """The retrieval log as an oracle Stage 2 would select: among the same candidates, exactly
+    the ground truth's informative ones (``selected_fraction`` 1 or 0).
+
+    Fed to :func:`jaccard_matrix`, it gives the Jaccard index between cell types that the
+    informative sets of the same queries have, the reference for PT-RAG's own.
+
+    Parameters
+    ----------
+    log
+        Retrieval log rows (``cell_type, query, candidate, ...``).
+    truth
+        Ground truth rows ``cell_type, query, informative`` (:func:`ptrag.data.synthetic.load_ground_truth`).
+
+    Returns
+    -------
+    pandas.DataFrame
+        ``log`` with ``selected_fraction`` replaced.
+    """
+    keys = set(zip(truth["cell_type"].astype(str), truth["query"].astype(str), truth["informative"].astype(str)))
+    hit = [(c, q, k) in keys for c, q, k in zip(log["cell_type"].astype(str), log["query"].astype(str),
+                                                    log["candidate"].astype(str))]
+    return log.assign(selected_fraction=np.asarray(hit, dtype=float))
+
+
 def plot_jaccard(jac: pd.DataFrame, path: str | Path, title: str = "Jaccard index of selected contexts") -> Path:
     """Write the Jaccard matrix as an annotated heatmap PNG (atomically)."""
     import matplotlib

@@ -36,11 +36,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pandas as pd
 
 from ptrag.data.io import ColumnSpec
 from ptrag.errors import PtragError, atomic_write_csv, atomic_write_text, check_choice
+from ptrag.experiments.curves import experiment_curves
+from ptrag.experiments.retrieval_analysis import retrieval_analysis
 from ptrag.train.config import MODELS, TrainConfig, resolve_config
 
 log = logging.getLogger("ptrag")
@@ -306,10 +307,11 @@ def cross_celltype(
     result.pooled = pooled_tables(result.eval_dirs, out / "tables")
     if "pt_rag" in models or "vanilla_rag" in models:
         retrieval_analysis(out, seeds, targets, ground_truth)
+    experiment_curves(out, seeds[0], targets, models)
     first = out / f"seed{seeds[0]}" / targets[0]
     if sweeps:
         run_paper_sweeps(data_path, first / "split.toml", out / "sweeps", models, gene_tables, preset, overrides,
-                         seeds[0], spec, progress)
+                         seeds[0], spec, progress, ground_truth)
     if cost and not (out / "cost.csv").is_file():
         from ptrag.train.cost import cost_table
 
@@ -388,96 +390,6 @@ def pooled_tables(eval_dirs: Mapping[tuple[int, str], Path], out_dir: Path) -> P
     return out_dir
 
 
-def retrieval_analysis(out: Path, seeds: Sequence[int], targets: Sequence[str], ground_truth: str | Path | None = None,
-                       min_fraction: float = 0.5) -> Path:
-    """The paper's retrieval analyses over the experiment's PT-RAG predictions.
-
-    Writes ``out/retrieval/``: ``top_contexts.csv`` (top 10 per seed, cell type and query),
-    ``jaccard.csv`` (mean over seeds of each seed's cell-type x cell-type Jaccard matrix),
-    ``jaccard_queries.csv`` (queries behind each entry, summed over seeds), ``jaccard.png``,
-    ``contexts.csv`` (mean contexts selected per cell, per seed and target), with the ground
-    truth ``precision_recall.csv`` (RAG models' Stage-1 top-K and PT-RAG's selection), and
-    ``summary.md`` for the report.
-    """
-    from ptrag.eval.retrieval import jaccard_matrix, plot_jaccard, retrieval_against_truth, top_contexts
-    from ptrag.eval.tables import _md_table, format_value
-    from ptrag.experiments.sweep import mean_selected_contexts
-
-    rdir = out / "retrieval"
-    md: list[str] = []
-    paths = {(model, seed, t): out / f"seed{seed}" / t / "pred" / f"{model}.retrieval.csv"
-             for model in (("vanilla_rag", "pt_rag") if ground_truth else ("pt_rag",)) for seed in seeds for t in targets}
-    all_logs = {k: pd.read_csv(p) for k, p in paths.items() if p.is_file()}
-    logs = {(seed, t): lg for (model, seed, t), lg in all_logs.items() if model == "pt_rag"}
-    if logs:
-        ctx = pd.DataFrame([{"seed": s, "target": t, "contexts_per_cell": mean_selected_contexts(lg),
-                             "retrieved_k": int(lg.groupby(["cell_type", "query"]).size().max())}
-                            for (s, t), lg in logs.items()])
-        atomic_write_csv(rdir / "contexts.csv", ctx)
-        tops, jacs, cnts = [], [], []
-        for seed in seeds:
-            sl = [lg for (s, _), lg in logs.items() if s == seed]
-            if not sl:
-                continue
-            rlog = pd.concat(sl, ignore_index=True)
-            tops.append(top_contexts(rlog, 10).assign(seed=seed))
-            j, c = jaccard_matrix(rlog, min_fraction)
-            jacs.append(j)
-            cnts.append(c)
-        top = pd.concat(tops, ignore_index=True)
-        jac = sum(j.fillna(0.0) for j in jacs) / sum(j.notna().astype(float) for j in jacs)
-        cnt = sum(cnts)
-        atomic_write_csv(rdir / "top_contexts.csv", top)
-        atomic_write_csv(rdir / "jaccard.csv", jac, index=True)
-        atomic_write_csv(rdir / "jaccard_queries.csv", cnt, index=True)
-        plot_jaccard(jac, rdir / "jaccard.png", title="PT-RAG: Jaccard of selected contexts")
-        n_ct = len(jac)
-        off = jac.to_numpy()[~pd.DataFrame(np.eye(n_ct, dtype=bool)).to_numpy()] if n_ct > 1 else np.array([])
-        md.append(f"Contexts a predicted cell selects (of the K retrieved), mean over test queries: "
-                  f"{format_value(ctx['contexts_per_cell'].mean())} of {ctx['retrieved_k'].max()} "
-                  f"(per seed and target in `retrieval/contexts.csv`).\n")
-        md.append(f"Jaccard index between cell types of the contexts selected (by at least {min_fraction:.0%} of "
-                  "a query's cells) for the same query gene, mean over the queries tested in both cell types "
-                  f"(and over seeds); number of queries behind each entry in `retrieval/jaccard_queries.csv`. "
-                  f"Off-diagonal: {_range(off)} (the paper: 0.185–0.196).\n")
-        md.append(_md_table(["", *map(str, jac.columns)],
-                            [[str(i), *[format_value(float(v)) if pd.notna(v) else "–" for v in r]]
-                             for i, r in jac.iterrows()]) + "\n")
-        first = top[(top["seed"] == seeds[0]) & (top["rank"] <= 5)]
-        queries = sorted(first["query"].unique())[:5]
-        if len(queries):
-            sub = first[first["query"].isin(queries)]
-            rows = []
-            for (ct, q), g in sub.groupby(["cell_type", "query"]):
-                rows.append([ct, q, ", ".join(f"{c} ({f:.2f})" for c, f in zip(g["candidate"], g["selected_fraction"]))])
-            none = "" if ctx["contexts_per_cell"].max() > 0 else (
-                ". PT-RAG selected no context, so these are the Stage-1 candidates in order of similarity")
-            md.append(f"Top-5 contexts (fraction of the query's cells selecting each) for {len(queries)} queries "
-                      f"of seed {seeds[0]}; all queries, top 10, in `retrieval/top_contexts.csv`{none}:\n\n"
-                      + _md_table(["cell type", "query", "contexts"], rows) + "\n")
-    if ground_truth:
-        pr = [retrieval_against_truth(lg, ground_truth, model).query("cell_type != 'all'").assign(seed=seed)
-              for (model, seed, _), lg in all_logs.items()]
-        if pr:
-            allpr = pd.concat(pr, ignore_index=True)
-            atomic_write_csv(rdir / "precision_recall.csv", allpr)
-            cols = ["precision_topk", "recall_topk", "precision_selected", "recall_selected", "n_selected"]
-            summ = allpr.groupby("model")[cols].mean()
-            md.append("Against the simulator's ground truth (informative context pairs), macro-averaged over "
-                      "test queries, targets and seeds: Stage-1 top-K for both RAG models, Stage-2 selection for "
-                      "PT-RAG (`retrieval/precision_recall.csv`):\n\n"
-                      + _md_table(["model", *cols], [[m, *[format_value(float(v)) if pd.notna(v) else "–" for v in r]]
-                                                      for m, r in summ.iterrows()]) + "\n")
-    if md:
-        atomic_write_text(rdir / "summary.md", "\n".join(md))
-    return rdir
-
-
-def _range(values: np.ndarray) -> str:
-    v = values[np.isfinite(values)]
-    return "no pair of cell types has a selection to compare" if not len(v) else f"{v.min():.3f}–{v.max():.3f} (mean {v.mean():.3f})"
-
-
 def run_paper_sweeps(
     data_path: str | Path,
     split_path: str | Path,
@@ -489,6 +401,7 @@ def run_paper_sweeps(
     seed: int,
     spec: ColumnSpec,
     progress: bool,
+    ground_truth: str | Path | None = None,
 ) -> None:
     """The paper's sweeps (:data:`ptrag.experiments.sweep.PAPER_SWEEPS`) for the swept models
     among ``models``, each in ``out/<model>/`` (options swept are taken out of ``overrides``),
@@ -500,7 +413,8 @@ def run_paper_sweeps(
         if model not in models:
             continue
         base = {k: v for k, v in dict(overrides or {}).items() if k not in grid}
-        sweep(data_path, split_path, out / model, model, grid, gene_tables, preset, base, seed, spec, progress)
+        sweep(data_path, split_path, out / model, model, grid, gene_tables, preset, base, seed, spec, progress,
+              ground_truth)
         lines.append(f"- {model}: " + " x ".join(f"{SHORT.get(k, k)} ∈ {{{', '.join(f'{v:g}' for v in vals)}}}"
                                                  for k, vals in grid.items()))
     atomic_write_text(out / "README.md", f"The paper's grids, on the split of seed {seed} of `{Path(split_path).parent.name}` "

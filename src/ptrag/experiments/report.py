@@ -176,6 +176,15 @@ def write_report(out_dir: str | Path, title: str = "ptrag cross-cell-type experi
         parts.append(_read(rdir / "summary.md") + "\n")
         if (rdir / "jaccard.png").is_file():
             parts.append("![Jaccard index of the selected contexts between cell types](retrieval/jaccard.png)\n")
+        if (rdir / "jaccard_truth.png").is_file():
+            parts.append("![Jaccard index of the ground truth's informative contexts](retrieval/jaccard_truth.png)\n")
+    if (out / "training.png").is_file():
+        parts.append("## Training curves\n")
+        parts.append(f"Seed {man['seeds'][0]}: validation energy of every model against the predict-the-control "
+                     "energy (dashed), and the number of contexts a PT-RAG cell selects over training (training "
+                     "batches: Gumbel samples, smoothed; validation: the expected selection that predicts). A "
+                     "collapse of the selection shows as the curve falling to its floor of 1.\n")
+        parts.append("![Training curves](training.png)\n")
 
     sweeps = sorted((out / "sweeps").glob("*/sweep.md")) if (out / "sweeps").is_dir() else []
     if sweeps:

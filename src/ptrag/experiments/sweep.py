@@ -116,6 +116,7 @@ def sweep(
     seed: int = 0,
     spec: ColumnSpec | None = None,
     progress: bool = True,
+    ground_truth: str | Path | None = None,
 ) -> pd.DataFrame:
     """Train ``model`` at every point of ``grid`` on one split, predict, evaluate, summarise.
 
@@ -143,12 +144,17 @@ def sweep(
         Data columns.
     progress
         Show progress bars.
+    ground_truth
+        ``ground_truth.csv`` of the synthetic benchmark: adds the retrieval precision / recall
+        of Stage 1 (``precision_topk``, ``recall_topk``) and of PT-RAG's selection
+        (``precision_selected``, ``recall_selected``) for the RAG models.
 
     Returns
     -------
     pandas.DataFrame
         One row per grid point: ``variant``, the swept options, ``val_energy``,
-        ``mean_contexts`` (NaN for non-RAG models), the mean of every test metric,
+        ``mean_contexts`` (NaN for non-RAG models), the retrieval precision / recall (with
+        ``ground_truth``), the mean of every test metric,
         ``better_than_control`` (fraction of test groups whose PCA-50 energy beats the
         control baseline) and ``wilcoxon_p`` (paired test of that), and a last row for the
         control baseline. Also written as ``sweep.csv`` / ``sweep.md``, with ``sweep.png``.
@@ -179,6 +185,8 @@ def sweep(
         row: dict[str, Any] = {"variant": name, **point, "val_energy": summary["val_energy"]}
         rlog = out / "pred" / f"{name}.retrieval.csv"
         row["mean_contexts"] = mean_selected_contexts(pd.read_csv(rlog)) if rlog.is_file() else np.nan
+        if ground_truth and rlog.is_file():
+            row.update(_against_truth(pd.read_csv(rlog), ground_truth, name))
         row.update(m[metric_cols].mean().to_dict())
         row["better_than_control"] = vs.loc[name, "better_than_control"]
         row["wilcoxon_p"] = vs.loc[name, "wilcoxon_p"]
@@ -193,20 +201,37 @@ def sweep(
     return table
 
 
+TRUTH_COLUMNS = ("precision_topk", "recall_topk", "precision_selected", "recall_selected")
+
+
+def _against_truth(rlog: pd.DataFrame, ground_truth: str | Path, name: str) -> dict[str, float]:
+    from ptrag.eval.retrieval import retrieval_against_truth
+
+    pr = retrieval_against_truth(rlog, ground_truth, name).set_index("cell_type")
+    return {c: float(pr.loc["all", c]) for c in TRUTH_COLUMNS}
+
+
+def _value(v: Any) -> str:
+    """A swept option's value as text (numbers without trailing zeros)."""
+    return f"{v:g}" if isinstance(v, (int, float, np.number)) and not isinstance(v, bool) else str(v)
+
+
 def sweep_markdown(table: pd.DataFrame, model: str, options: Sequence[str]) -> str:
     """The sweep table in Markdown (swept options, val energy, contexts, key test metrics)."""
     from ptrag.eval.tables import _md_table, format_value
 
-    cols = [*options, "val_energy", "mean_contexts", *[c for c in PLOT_METRICS if c in table], "better_than_control",
-            "wilcoxon_p"]
+    cols = [*options, "val_energy", "mean_contexts", *[c for c in TRUTH_COLUMNS if c in table],
+            *[c for c in PLOT_METRICS if c in table], "better_than_control", "wilcoxon_p"]
     names = {**{o: SHORT.get(o, o) for o in options}, "val_energy": "best val energy ↓",
              "mean_contexts": "contexts per cell", "better_than_control": "energy < control (groups)",
+             "precision_topk": "precision Stage 1", "recall_topk": "recall Stage 1",
+             "precision_selected": "precision selected", "recall_selected": "recall selected",
              "wilcoxon_p": "Wilcoxon p vs control",
              **{c: lab for c, (lab, _) in PLOT_METRICS.items()}}
     rows = []
     for _, r in table.iterrows():
         label = "control baseline" if r["variant"] == "control" else r["variant"]
-        rows.append([label, *("" if pd.isna(r[c]) else (f"{r[c]:g}" if c in options else format_value(float(r[c])))
+        rows.append([label, *("" if pd.isna(r[c]) else (_value(r[c]) if c in options else format_value(float(r[c])))
                              for c in cols)])
     return f"### Sweep of {model}\n\n" + _md_table(["variant", *[names[c] for c in cols]], rows) + "\n"
 
@@ -232,10 +257,10 @@ def plot_sweep(table: pd.DataFrame, options: Sequence[str], path: str | Path, ti
         for key, g in groups:
             g = g.sort_values(x)
             ax.plot([positions[v] for v in g[x]], g[col], marker="o",
-                    label=f"{SHORT.get(hue, hue)} {key:g}" if hue else None)
+                    label=f"{SHORT.get(hue, hue)} {_value(key)}" if hue else None)
         if col in ctrl and len(ctrl) and pd.notna(ctrl[col].iloc[0]):
             ax.axhline(float(ctrl[col].iloc[0]), color="grey", linestyle="--", label="control")
-        ax.set_xticks(range(len(xs)), [f"{v:g}" for v in xs])
+        ax.set_xticks(range(len(xs)), [_value(v) for v in xs])
         ax.set_xlabel(SHORT.get(x, x))
         ax.set_title(PLOT_METRICS[col][0] if col in PLOT_METRICS else "contexts per cell", fontsize=10)
     axes[0][0].legend(fontsize=8)

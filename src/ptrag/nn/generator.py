@@ -9,11 +9,14 @@ system        conditioning / pert vectors      z
 STATE         ``none``, one-hot                ``h_ctrl + h_pert``
 STATE+GenePT  ``none``, gene embeddings        ``h_ctrl + h_pert``
 Vanilla RAG   ``vanilla_rag``, embeddings      ``q + CrossAttn(q, h_1..h_K)``, ``q = h_ctrl + h_pert``
-PT-RAG        ``pt_rag``, embeddings           ``[h_ctrl + h_pert] + sum_k w_k h'_k``
+PT-RAG        ``pt_rag``, embeddings           ``sum_k w_k h'_k``, ``h'_k = proj([h_ctrl; h_pert; h_k])``
 ============  ===============================  =========================================
 
-(the bracket in the PT-RAG row is present for ``empty_selection="keep"`` and absent for
-``"paper"``). The backbone is a bidirectional, position-free Llama stack
+PT-RAG follows the paper's Eq. 7: the cell and its perturbation reach the backbone only through
+the selected triplets. ``empty_selection`` says what a cell whose selection is empty gets:
+``"best"`` (default) its highest-scoring candidate; ``"null"`` a null-context triplet
+``proj([h_ctrl; h_pert; 0])`` always added; ``"paper"`` nothing (``z = 0``); ``"keep"``
+``h_ctrl + h_pert`` always added (ptrag's first form). The backbone is a bidirectional, position-free Llama stack
 (:class:`ptrag.nn.backbone.SetTransformer`); the prediction is
 ``relu(ctrl_expr + Decoder(backbone(z)))``.
 """
@@ -34,6 +37,8 @@ from ptrag.nn.encoders import CellEncoder, PertEncoder
 from ptrag.nn.retrieval import PerturbationIndex, TripletSelector
 
 CONDITIONINGS = ("none", "vanilla_rag", "pt_rag")
+EMPTY_SELECTIONS = ("best", "null", "paper", "keep")
+EVAL_SELECTIONS = ("expected", "threshold", "sample")
 
 
 @dataclass
@@ -61,11 +66,16 @@ class ModelConfig:
     tau
         Gumbel-Softmax temperature (PT-RAG).
     empty_selection
-        ``"keep"``: ``z = h_ctrl + h_pert + sum_k w_k h'_k`` (a cell that selects nothing keeps
-        its control state and perturbation); ``"paper"``: ``z = sum_k w_k h'_k``.
+        PT-RAG's rule for a cell that selects no candidate. ``"best"``: ``z = sum_k w_k h'_k``
+        and an empty selection is replaced by the highest-scoring candidate (every cell keeps
+        one triplet; selecting stays the only way ``h_ctrl`` and ``h_pert`` reach the
+        backbone). ``"null"``: ``z = proj([h_ctrl; h_pert; 0]) + sum_k w_k h'_k``.
+        ``"paper"``: ``z = sum_k w_k h'_k`` (empty: ``z = 0``, the reference code).
+        ``"keep"``: ``z = h_ctrl + h_pert + sum_k w_k h'_k`` (contexts optional).
     eval_selection
-        Selection in eval mode: ``"threshold"`` (include iff ``p_include > 0.5``, no noise) or
-        ``"sample"`` (Gumbel noise, as in training).
+        Selection in eval mode: ``"expected"`` (the expectation of the training selection,
+        ``E[w_k]``, noise-free and deterministic), ``"threshold"`` (include iff
+        ``p_include > 0.5``) or ``"sample"`` (Gumbel noise, as in training).
     fused_triplets
         Exact memory-light PT-RAG computation that never builds the ``[B, S, K, 3H]`` triplets.
     """
@@ -79,15 +89,15 @@ class ModelConfig:
     dropout: float = 0.0
     topk: int = 32
     tau: float = 0.5
-    empty_selection: Literal["keep", "paper"] = "keep"
-    eval_selection: Literal["threshold", "sample"] = "threshold"
+    empty_selection: Literal["best", "null", "paper", "keep"] = "best"
+    eval_selection: Literal["expected", "threshold", "sample"] = "expected"
     fused_triplets: bool = True
 
     def validate(self) -> None:
         """Raise :class:`PtragError` naming the first out-of-range option."""
         check_choice("conditioning", self.conditioning, CONDITIONINGS)
-        check_choice("empty_selection", self.empty_selection, ("keep", "paper"))
-        check_choice("eval_selection", self.eval_selection, ("threshold", "sample"))
+        check_choice("empty_selection", self.empty_selection, EMPTY_SELECTIONS)
+        check_choice("eval_selection", self.eval_selection, EVAL_SELECTIONS)
         for name in ("hidden", "n_layers", "n_heads", "ffn", "cell_encoder_layers", "topk"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
@@ -144,8 +154,10 @@ class ModelOutput:
     similarity
         ``[B, K]`` cosine similarity of each candidate to the query (RAG only).
     weights
-        ``[B, S, K]`` selection ``w_k`` (PT-RAG only): 0/1 forward values; in training, with the
-        straight-through gradient. Use ``weights.mean()`` for the sparsity penalty.
+        ``[B, S, K]`` selection ``w_k`` (PT-RAG only): 0/1 forward values when sampled (training)
+        or thresholded, with the straight-through gradient; ``E[w_k]`` in ``[0, 1]`` with
+        ``eval_selection="expected"``. ``weights.sum(-1)`` is the number of contexts a cell
+        selects (its expectation for ``expected``); ``weights.mean()`` is the sparsity term.
     p_include
         ``[B, S, K]`` softmax include probability (PT-RAG only).
     """
@@ -358,12 +370,13 @@ class PerturbationModel(nn.Module):
                 fused = self.cfg.fused_triplets
                 logits = self.selector.scores(h_ctrl, h_pert, h_ctx, fused=fused)  # [B, S, K, 2]
                 if sample_selection is None:
-                    sample = self.training or self.cfg.eval_selection == "sample"
+                    mode = "sample" if self.training else self.cfg.eval_selection
                 else:
-                    sample = bool(sample_selection)
-                w, p_include = self.selector.select(logits, "sample" if sample else "threshold")
-                z = self.selector.aggregate(w, h_ctrl, h_pert, h_ctx, fused=fused)
-                if self.cfg.empty_selection == "keep":
+                    mode = "sample" if sample_selection else "threshold"
+                rule = self.cfg.empty_selection
+                w, p_include = self.selector.select(logits, mode, "best" if rule == "best" else "none")
+                z = self.selector.aggregate(w, h_ctrl, h_pert, h_ctx, fused=fused, null=rule == "null")
+                if rule == "keep":
                     z = z + h_ctrl + h_pert[:, None, :]
                 out.weights, out.p_include = w, p_include
         delta = self.decoder(self.backbone(z))

@@ -363,9 +363,16 @@ class TripletSelector(nn.Module):
 
     # ------------------------------------------------------------ aggregation
     def aggregate(
-        self, w: torch.Tensor, h_ctrl: torch.Tensor, h_pert: torch.Tensor, h_ctx: torch.Tensor, fused: bool = True
+        self,
+        w: torch.Tensor,
+        h_ctrl: torch.Tensor,
+        h_pert: torch.Tensor,
+        h_ctx: torch.Tensor,
+        fused: bool = True,
+        null: bool = False,
     ) -> torch.Tensor:
-        """``sum_k w[b,s,k] * proj(c[b,s,k])`` for every cell.
+        """``sum_k w[b,s,k] * proj(c[b,s,k])`` for every cell (``+ proj([h_ctrl; h_pert; 0])``
+        with ``null``: a null-context triplet that always enters the sum).
 
         Fused: ``proj(c) = A[b,s] + Bp[b] + C[b,k] + bias`` with per-part products, so the sum is
         ``(sum_k w) * (A + Bp + bias) + w @ C`` (a batched matmul; no ``[B, S, K, H]`` tensor).
@@ -378,6 +385,8 @@ class TripletSelector(nn.Module):
             As in :meth:`scores`.
         fused
             Memory-light exact form (default) or the naive materialising form.
+        null
+            Add the null-context triplet ``proj([h_ctrl; h_pert; 0])``.
 
         Returns
         -------
@@ -386,42 +395,66 @@ class TripletSelector(nn.Module):
         """
         if not fused:
             c = self._triplets(h_ctrl, h_pert, h_ctx)
-            return (w[..., None] * self.proj(c)).sum(dim=2)
+            z = (w[..., None] * self.proj(c)).sum(dim=2)
+            if null:
+                z = z + self.proj(self._triplets(h_ctrl, h_pert, torch.zeros_like(h_ctx[:, :1])))[:, :, 0]
+            return z
         h = self.hidden
         wp = self.proj.weight
         a = h_ctrl @ wp[:, :h].T  # [B, S, H]
         bp = h_pert @ wp[:, h : 2 * h].T + self.proj.bias  # [B, H]
         c = h_ctx @ wp[:, 2 * h :].T  # [B, K, H]
-        n_sel = w.sum(dim=-1, keepdim=True)  # [B, S, 1]
+        n_sel = w.sum(dim=-1, keepdim=True) + (1.0 if null else 0.0)  # [B, S, 1]
         return n_sel * (a + bp[:, None, :]) + torch.bmm(w, c)
 
     # -------------------------------------------------------------- selection
     def select(
-        self, logits: torch.Tensor, mode: Literal["sample", "threshold"]
+        self,
+        logits: torch.Tensor,
+        mode: Literal["sample", "threshold", "expected"],
+        empty: Literal["none", "best"] = "none",
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Hard 0/1 selection from logits.
+        """Selection weights from logits.
 
         ``sample``: straight-through Gumbel-Softmax (``torch.nn.functional.gumbel_softmax``):
-        the forward value is exactly 0/1, the gradient that of the soft Gumbel sample. ``threshold``: ``w = [p_include > 0.5]``
-        with no noise; when gradients are enabled the straight-through gradient of
-        ``p_include`` is attached (``w = hard + p - p.detach()``).
+        the forward value is exactly 0/1 and includes candidate ``k`` with probability
+        ``p_k = softmax(logits)[..., 1]`` (the hard sample is the argmax of the perturbed
+        logits, whatever ``tau``), the gradient is that of the soft Gumbel sample.
+        ``expected``: the expectation of the training selection, ``E[w_k]`` (no noise; soft
+        values in ``[0, 1]``, differentiable). ``threshold``: ``w = [p_k > 0.5]`` with the
+        straight-through gradient of ``p_k`` when gradients are enabled.
+
+        ``empty="best"``: a cell whose selection is empty gets its highest-scoring candidate
+        (``argmax_k p_k``) instead, so that every cell keeps at least one triplet. Under
+        sampling the candidates are drawn independently, so the selection is empty with
+        probability ``prod_j (1 - p_j)`` and the expectation is
+        ``E[w_k] = p_k + prod_j (1 - p_j) * [k = argmax_j p_j]``.
 
         Parameters
         ----------
         logits
-            ``[..., 2]`` (exclude, include) logits.
+            ``[..., K, 2]`` (exclude, include) logits.
         mode
-            ``"sample"`` or ``"threshold"``.
+            ``"sample"``, ``"threshold"`` or ``"expected"``.
+        empty
+            ``"none"`` (an empty selection stays empty) or ``"best"``.
 
         Returns
         -------
         w : torch.Tensor
-            ``[...]`` selection weights (values 0/1).
+            ``[..., K]`` selection weights.
         p_include : torch.Tensor
-            ``[...]`` softmax include probability.
+            ``[..., K]`` softmax include probability.
         """
-        check_choice("selection mode", mode, ("sample", "threshold"))
+        check_choice("selection mode", mode, ("sample", "threshold", "expected"))
+        check_choice("empty-selection rule", empty, ("none", "best"))
         p_include = logits.softmax(dim=-1)[..., 1]
+        best = F.one_hot(p_include.argmax(dim=-1), p_include.shape[-1]).to(p_include.dtype)
+        if mode == "expected":
+            w = p_include
+            if empty == "best":
+                w = w + torch.prod(1.0 - p_include, dim=-1, keepdim=True) * best
+            return (w if torch.is_grad_enabled() else w.detach()), p_include
         if mode == "sample":
             # same estimator as F.gumbel_softmax(hard=True), written as hard + (soft - soft) so
             # that the forward value is exactly 0/1 (torch's hard - soft + soft can be off by an ulp)
@@ -430,6 +463,9 @@ class TripletSelector(nn.Module):
         else:
             soft = p_include
             hard = (p_include > 0.5).to(logits.dtype)
+        if empty == "best":
+            none = hard.sum(dim=-1, keepdim=True) == 0
+            hard = torch.where(none, best, hard)
         w = hard + (soft - soft.detach()) if torch.is_grad_enabled() else hard
         return w, p_include
 

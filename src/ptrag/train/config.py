@@ -55,8 +55,18 @@ class TrainConfig:
         Gumbel-Softmax temperature (PT-RAG).
     sparsity_weight
         lambda_sparse, weight of the mean selected fraction in the PT-RAG loss.
+    sparsity_scale
+        ``control`` (the sparsity term is lambda x the batch's predict-the-control energy x
+        mean(w): lambda is relative to the data's energy scale) or ``absolute`` (lambda x
+        mean(w), the paper's form).
     empty_selection
-        ``keep`` (z keeps h_ctrl + h_pert) or ``paper`` (the paper's z = sum_k w_k h'_k).
+        PT-RAG's rule for a cell that selects nothing (see
+        :class:`ptrag.nn.generator.ModelConfig`): ``best`` (its best-scoring candidate),
+        ``null`` (a null-context triplet always added), ``paper`` (z = 0) or ``keep``
+        (h_ctrl + h_pert always added).
+    eval_selection
+        PT-RAG's selection at evaluation: ``expected`` (the expectation of the training
+        selection), ``threshold`` (p_include > 0.5) or ``sample``.
     cell_set_size
         S, cells per set.
     batch_size
@@ -113,7 +123,9 @@ class TrainConfig:
     topk: int = 16
     tau: float = 0.5
     sparsity_weight: float = 0.1
-    empty_selection: Literal["keep", "paper"] = "keep"
+    sparsity_scale: Literal["control", "absolute"] = "control"
+    empty_selection: Literal["best", "null", "paper", "keep"] = "best"
+    eval_selection: Literal["expected", "threshold", "sample"] = "expected"
     cell_set_size: int = 32
     batch_size: int = 16
     n_genes: int = 2000
@@ -167,6 +179,7 @@ class TrainConfig:
             topk=self.topk,
             tau=self.tau,
             empty_selection=self.empty_selection,
+            eval_selection=self.eval_selection,
         )
 
     def validate(self) -> None:

@@ -132,7 +132,6 @@ def run_step(run_dir: str | Path, device: str | torch.device = "cpu", seed: int 
     shape : dict
         ``model, parameters, batch_size, cell_set_size, n_genes, topk``.
     """
-    from geomloss import SamplesLoss
 
     from ptrag.nn.generator import count_parameters
     from ptrag.train.config import read_run_config
@@ -151,14 +150,9 @@ def run_step(run_dir: str | Path, device: str | torch.device = "cpu", seed: int 
     pert_id = torch.randint(0, len(plan.pert_names), (b,), generator=gen).to(device)
     batch = {"ctrl_expr": ctrl, "cell_input": cell_input, "pert_expr": target, "pert_id": pert_id}
     opt = plan.configure_optimizers()
-    energy = SamplesLoss("energy")
-    weight = float(hp.sparsity_weight)
 
     def step() -> None:
-        out = plan(batch)
-        loss = energy(out.pred, target).mean()
-        if out.weights is not None:
-            loss = loss + weight * out.weights.mean()
+        loss = plan.objective(batch, plan(batch))["loss"]
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()

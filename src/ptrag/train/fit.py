@@ -200,6 +200,7 @@ def build_plan(cfg: TrainConfig, prep: PreparedRun):
         database_names=prep.database_names,
         genes=prep.genes,
         sparsity_weight=cfg.sparsity_weight,
+        sparsity_scale=cfg.sparsity_scale,
         lr=cfg.lr,
         weight_decay=cfg.weight_decay,
         optimizer=cfg.optimizer,
@@ -265,7 +266,8 @@ class TrainResult:
 
     ``val_energy`` is the best validation energy (that of ``best_checkpoint``, which
     ``ptrag predict`` uses by default); ``val_energy_control`` the predict-the-control
-    baseline on the same validation sets.
+    baseline on the same validation sets; ``val_selected_contexts`` (PT-RAG) the mean number
+    of contexts a validation cell selects at the last validation (its expected selection).
     """
 
     run_dir: Path
@@ -274,6 +276,7 @@ class TrainResult:
     val_energy: float | None
     val_energy_control: float | None
     n_parameters: int
+    val_selected_contexts: float | None = None
 
 
 def write_run_files(cfg: TrainConfig, prep: PreparedRun, run_dir: Path) -> None:
@@ -390,6 +393,7 @@ def train(
         val_energy=float(best_score) if best_score is not None else metrics.get("val/energy"),
         val_energy_control=metrics.get("val/energy_control"),
         n_parameters=count_parameters(plan.model),
+        val_selected_contexts=metrics.get("val/selected_contexts"),
     )
     atomic_write_text(
         run_dir / "train_summary.json",
