@@ -8,6 +8,7 @@ training at the paper's lambda that must end with contexts selected, where ptrag
 from __future__ import annotations
 
 import pandas as pd
+import numpy as np
 import pytest
 import torch
 
@@ -93,3 +94,46 @@ def test_first_form_with_absolute_lambda_collapses(data) -> None:
     """The regression the default fixes: contexts optional + lambda in data units -> nothing selected."""
     val = _train(data, "keep_absolute", "--empty-selection", "keep", "--sparsity-scale", "absolute")
     assert val["val/selected_contexts"].dropna().iloc[-1] < 0.5
+
+
+def test_chance_jaccard_by_hand_and_the_papers_level() -> None:
+    from ptrag.eval.retrieval import chance_jaccard, paper_top
+
+    # two random 2-subsets of 4: overlap 2 w.p. 1/6 (J = 1), 1 w.p. 4/6 (J = 1/3), 0 w.p. 1/6
+    assert chance_jaccard(4, 2) == pytest.approx(1 / 6 + 4 / 6 / 3)
+    rng = np.random.default_rng(0)
+    draws = [len(set(rng.choice(32, 10, replace=False)) & set(rng.choice(32, 10, replace=False))) for _ in range(20000)]
+    mc = np.mean([i / (20 - i) for i in draws])
+    assert chance_jaccard(32, 10) == pytest.approx(mc, abs=0.003)
+    assert 0.185 <= chance_jaccard(32, 10) <= 0.196  # the paper's reported range is the chance level
+    assert paper_top(32) == 10 and paper_top(16) == 5 and paper_top(2) == 1
+
+
+def test_top_n_jaccard_and_weighted_precision_by_hand() -> None:
+    from ptrag.eval.metrics import retrieval_precision_recall
+
+    # q in A and B; expected selection fractions over candidates x, y, z, u
+    log = pd.DataFrame({"cell_type": ["A"] * 4 + ["B"] * 4, "query": ["q"] * 8, "candidate": list("xyzu") * 2,
+                        "similarity": [0.9, 0.8, 0.7, 0.6] * 2,
+                        "selected_fraction": [0.4, 0.3, 0.2, 0.0, 0.1, 0.35, 0.3, 0.05]})
+    jac, _ = jaccard_matrix(log, top=2)  # A: {x, y}; B: {y, z}
+    assert jac.loc["A", "B"] == pytest.approx(1 / 3)
+    assert jaccard_matrix(log, min_fraction=0.5)[0].isna().all().all()  # nothing reaches half the cells
+    truth = pd.DataFrame({"cell_type": ["A", "A"], "query": ["q", "q"], "informative": ["x", "w"]})
+    pr = retrieval_precision_recall(log, truth).set_index("cell_type")
+    assert pr.loc["A", "n_selected"] == pytest.approx(0.9)
+    assert pr.loc["A", "precision_selected"] == pytest.approx(0.4 / 0.9)
+    assert pr.loc["A", "recall_selected"] == pytest.approx(0.4 / 2)
+    assert pr.loc["A", "precision_topk"] == pytest.approx(1 / 4)
+
+
+def test_identity_initialised_projection() -> None:
+    """At initialisation proj([h_ctrl; h_pert; h_k]) = h_ctrl + h_pert + W_k h_k (the STATE input plus a context term)."""
+    from ptrag.nn.retrieval import TripletSelector
+
+    torch.manual_seed(0)
+    sel = TripletSelector(6, identity_init=True)
+    h_c, h_p, h_k = torch.randn(2, 6), torch.randn(2, 6), torch.zeros(2, 6)
+    with torch.no_grad():
+        out = sel.proj(torch.cat([h_c, h_p, h_k], dim=-1))
+    torch.testing.assert_close(out, h_c + h_p)

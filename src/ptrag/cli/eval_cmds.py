@@ -113,7 +113,8 @@ def retrieval_cmd(
     log: Annotated[list[Path], typer.Option("--log", help="Retrieval log(s) of PT-RAG predictions (<prediction>.retrieval.csv); repeat.")],
     out: Annotated[Path, typer.Option("--out", help="Folder for top_contexts.csv, jaccard.csv, jaccard_queries.csv and jaccard.png.")],
     top: Annotated[int, typer.Option("--top", help="Contexts per (cell type, query) in top_contexts.csv.")] = 5,
-    min_fraction: Annotated[float, typer.Option("--min-fraction", help="A context is selected when at least this fraction of the query's cells selected it.")] = 0.5,
+    min_fraction: Annotated[float, typer.Option("--min-fraction", help="A context is selected when at least this fraction of the query's cells selected it (without --top).")] = 0.5,
+    jaccard_top: Annotated[Optional[int], typer.Option("--jaccard-top", help="Jaccard of the N contexts most often selected per query and cell type (the paper's rule: 10 of K = 32) instead of --min-fraction.")] = None,
 ) -> None:
     """PT-RAG retrieval analysis: most selected contexts per query and cell type, and the
     Jaccard overlap of the selections between cell types (table and heatmap)."""
@@ -124,7 +125,7 @@ def retrieval_cmd(
         raise PtragError(f"--top must be at least 1 (got {top}).")
     rlog = read_retrieval_logs(log)
     tops = top_contexts(rlog, top)
-    jac, cnt = jaccard_matrix(rlog, min_fraction)
+    jac, cnt = jaccard_matrix(rlog, min_fraction, jaccard_top)
     atomic_write_csv(out / "top_contexts.csv", tops)
     atomic_write_csv(out / "jaccard.csv", jac, index=True)
     atomic_write_csv(out / "jaccard_queries.csv", cnt, index=True)

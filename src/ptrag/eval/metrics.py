@@ -623,14 +623,19 @@ def group_metrics(
 def retrieval_precision_recall(
     retrieval_log: pd.DataFrame,
     ground_truth: pd.DataFrame,
-    min_fraction: float = 0.5,
+    min_fraction: float | None = None,
 ) -> pd.DataFrame:
     """Precision and recall of the selected contexts against the simulator's ground truth.
 
     For every (cell type, query) of the retrieval log, two selections are scored against the
     informative pairs of the ground truth:
 
-    * ``selected`` — PT-RAG's Stage 2: the candidates with ``selected_fraction >= min_fraction``;
+    * ``selected`` — PT-RAG's Stage 2. By default each candidate counts with its weight
+      ``f_k = selected_fraction`` (the fraction of the query's cells that select it, or their
+      expected selection): ``|S| = sum_k f_k`` (contexts per cell) and
+      ``|S ∩ I| = sum_{k in I} f_k``, the precision and recall of the contexts a cell
+      actually uses; with ``min_fraction`` the candidates with ``f_k >= min_fraction``, each
+      counted once (both agree when every ``f_k`` is 0 or 1);
     * ``topk`` — the unfiltered Stage-1 top-K (every candidate in the log), the baseline that
       shows what Stage 2 adds.
 
@@ -647,7 +652,8 @@ def retrieval_precision_recall(
     ground_truth
         Columns ``cell_type, query, informative`` (one row per informative pair).
     min_fraction
-        A candidate counts as selected when ``selected_fraction >= min_fraction``.
+        ``None`` (default): the weighted count above; else a candidate counts as selected when
+        ``selected_fraction >= min_fraction``.
 
     Returns
     -------
@@ -661,7 +667,7 @@ def retrieval_precision_recall(
         missing = [c for c in need if c not in df.columns]
         if missing:
             raise PtragError(f"{name} lacks column(s) {', '.join(missing)}; it needs {', '.join(need)}.")
-    if not 0 <= min_fraction <= 1:
+    if min_fraction is not None and not 0 <= min_fraction <= 1:
         raise PtragError(f"min_fraction must be in [0, 1], got {min_fraction}.")
     log = retrieval_log.assign(
         cell_type=retrieval_log["cell_type"].astype(str),
@@ -678,21 +684,25 @@ def retrieval_precision_recall(
     for (ct, q), g in log.groupby(["cell_type", "query"], sort=True):
         informative = truth.get((ct, q), set())
         topk = set(g["candidate"])
-        selected = set(g.loc[g["selected_fraction"].astype(float) >= min_fraction, "candidate"])
-        tp_k, tp_s = len(topk & informative), len(selected & informative)
+        frac = g["selected_fraction"].astype(float).clip(lower=0.0)
+        if min_fraction is not None:
+            frac = (frac >= min_fraction).astype(float)
+        n_sel = float(frac.sum())
+        tp_s = float(frac[g["candidate"].isin(informative)].sum())
+        tp_k = len(topk & informative)
         ni = len(informative)
         rows.append(
             {
                 "cell_type": ct,
                 "query": q,
                 "n_topk": len(topk),
-                "n_selected": len(selected),
+                "n_selected": n_sel,
                 "n_informative": ni,
                 "tp_topk": tp_k,
                 "tp_selected": tp_s,
                 "precision_topk": tp_k / len(topk) if topk else math.nan,
                 "recall_topk": tp_k / ni if ni else math.nan,
-                "precision_selected": tp_s / len(selected) if selected else math.nan,
+                "precision_selected": tp_s / n_sel if n_sel > 0 else math.nan,
                 "recall_selected": tp_s / ni if ni else math.nan,
             }
         )

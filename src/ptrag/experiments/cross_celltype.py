@@ -348,16 +348,25 @@ def validation_table(out: Path, seeds: Sequence[int], targets: Sequence[str], mo
     return pd.DataFrame(rows)
 
 
-def pooled_tables(eval_dirs: Mapping[tuple[int, str], Path], out_dir: Path) -> Path:
-    """Table 1 (and per-target tables) over every seed and target, plus the seed spread.
+def pooled_metrics(eval_dirs: Mapping[tuple[int, str], Path]) -> tuple[pd.DataFrame, pd.DataFrame, str]:
+    """The per-group metrics of every (seed, target) evaluation, pooled.
 
-    Each (seed, cell type, perturbation) is one sample: with several seeds a perturbation
-    tested under two seeds counts twice (its label gets `` [seed S]``). Writes ``out_dir``
-    (marks against each row's best model, paired Wilcoxon), ``out_dir/vs_control`` (marks
-    against the control baseline) and ``seeds.csv`` / ``seeds.md`` (per model and metric, mean
-    over seeds ± standard deviation of the seeds' means).
+    Parameters
+    ----------
+    eval_dirs
+        ``(seed, target) -> evaluation folder``.
+
+    Returns
+    -------
+    metrics : pandas.DataFrame
+        All rows with a ``seed`` column.
+    pooled : pandas.DataFrame
+        The same rows without it, each (seed, cell type, perturbation) one sample: with
+        several seeds the perturbation label gets `` [seed S]``.
+    mode : str
+        The metric definitions (``ptrag`` or ``gge``).
     """
-    from ptrag.eval.tables import _infos, _md_table, format_value, load_evaluations, write_comparison
+    from ptrag.eval.tables import load_evaluations
 
     by_seed: dict[int, list[Path]] = {}
     for (seed, _), d in eval_dirs.items():
@@ -370,7 +379,21 @@ def pooled_tables(eval_dirs: Mapping[tuple[int, str], Path], out_dir: Path) -> P
     pooled = metrics.copy()
     if len(by_seed) > 1:
         pooled["perturbation"] = pooled["perturbation"].astype(str) + " [seed " + pooled["seed"].astype(str) + "]"
-    pooled = pooled.drop(columns="seed")
+    return metrics, pooled.drop(columns="seed"), mode
+
+
+def pooled_tables(eval_dirs: Mapping[tuple[int, str], Path], out_dir: Path) -> Path:
+    """Table 1 (and per-target tables) over every seed and target, plus the seed spread.
+
+    Each (seed, cell type, perturbation) is one sample: with several seeds a perturbation
+    tested under two seeds counts twice (its label gets `` [seed S]``). Writes ``out_dir``
+    (marks against each row's best model, paired Wilcoxon), ``out_dir/vs_control`` (marks
+    against the control baseline) and ``seeds.csv`` / ``seeds.md`` (per model and metric, mean
+    over seeds ± standard deviation of the seeds' means).
+    """
+    from ptrag.eval.tables import _infos, _md_table, format_value, write_comparison
+
+    metrics, pooled, mode = pooled_metrics(eval_dirs)
     write_comparison(pooled, mode, out_dir, reference=None, test="wilcoxon")
     write_comparison(pooled, mode, out_dir / "vs_control", reference=BASELINE, test="wilcoxon")
 

@@ -19,18 +19,28 @@ from ptrag.errors import atomic_write_csv, atomic_write_text
 
 
 def retrieval_analysis(out: Path, seeds: Sequence[int], targets: Sequence[str], ground_truth: str | Path | None = None,
-                       min_fraction: float = 0.5) -> Path:
+                       top: int | None = None) -> Path:
     """The paper's retrieval analyses over the experiment's PT-RAG predictions.
 
     Writes ``out/retrieval/``: ``top_contexts.csv`` (top 10 per seed, cell type and query),
-    ``jaccard.csv`` (mean over seeds of each seed's cell-type x cell-type Jaccard matrix),
+    ``jaccard.csv`` (mean over seeds of each seed's cell-type x cell-type Jaccard matrix of
+    the ``top`` most selected contexts per query, by default the paper's 10 of 32 scaled to the
+    run's K; with the ground truth also ``jaccard_truth.csv`` of the informative sets),
     ``jaccard_queries.csv`` (queries behind each entry, summed over seeds), ``jaccard.png``,
     ``contexts.csv`` (mean contexts selected per cell, per seed and target), with the ground
     truth ``precision_recall.csv`` (RAG models' Stage-1 top-K and PT-RAG's selection), and
     ``summary.md`` for the report.
     """
     from ptrag.data.synthetic import load_ground_truth
-    from ptrag.eval.retrieval import jaccard_matrix, plot_jaccard, retrieval_against_truth, top_contexts, truth_selection
+    from ptrag.eval.retrieval import (
+        chance_jaccard,
+        jaccard_matrix,
+        paper_top,
+        plot_jaccard,
+        retrieval_against_truth,
+        top_contexts,
+        truth_selection,
+    )
     from ptrag.eval.tables import _md_table, format_value
     from ptrag.experiments.sweep import mean_selected_contexts
 
@@ -46,6 +56,8 @@ def retrieval_analysis(out: Path, seeds: Sequence[int], targets: Sequence[str], 
                             for (s, t), lg in logs.items()])
         atomic_write_csv(rdir / "contexts.csv", ctx)
         truth = load_ground_truth(ground_truth) if ground_truth else None
+        k = int(ctx["retrieved_k"].max())
+        n_top = top or paper_top(k)
         tops, jacs, cnts, truth_jacs = [], [], [], []
         for seed in seeds:
             sl = [lg for (s, _), lg in logs.items() if s == seed]
@@ -53,11 +65,11 @@ def retrieval_analysis(out: Path, seeds: Sequence[int], targets: Sequence[str], 
                 continue
             rlog = pd.concat(sl, ignore_index=True)
             tops.append(top_contexts(rlog, 10).assign(seed=seed))
-            j, c = jaccard_matrix(rlog, min_fraction)
+            j, c = jaccard_matrix(rlog, top=n_top)
             jacs.append(j)
             cnts.append(c)
             if truth is not None:
-                truth_jacs.append(jaccard_matrix(truth_selection(rlog, truth), min_fraction)[0])
+                truth_jacs.append(jaccard_matrix(truth_selection(rlog, truth))[0])
         top = pd.concat(tops, ignore_index=True)
         jac = _mean_matrix(jacs)
         cnt = sum(cnts)
@@ -69,10 +81,12 @@ def retrieval_analysis(out: Path, seeds: Sequence[int], targets: Sequence[str], 
         md.append(f"Contexts a predicted cell selects (of the K retrieved), mean over test queries: "
                   f"{format_value(ctx['contexts_per_cell'].mean())} of {ctx['retrieved_k'].max()} "
                   f"(per seed and target in `retrieval/contexts.csv`).\n")
-        md.append(f"Jaccard index between cell types of the contexts selected (by at least {min_fraction:.0%} of "
-                  "a query's cells) for the same query gene, mean over the queries tested in both cell types "
-                  f"(and over seeds); number of queries behind each entry in `retrieval/jaccard_queries.csv`. "
-                  f"Off-diagonal: {_range(off)} (the paper: 0.185–0.196).\n")
+        md.append(f"Jaccard index between cell types of the {n_top} contexts most often selected for the same "
+                  f"query gene (the paper's analysis: the 10 most selected of K = 32; here {n_top} of K = {k}), "
+                  "mean over the queries tested in both cell types (and over seeds); number of queries behind "
+                  f"each entry in `retrieval/jaccard_queries.csv`. Off-diagonal: {_range(off)}. Two random "
+                  f"{n_top}-subsets of {k} candidates would give {chance_jaccard(k, n_top):.3f} (the paper's "
+                  f"0.185–0.196 is that level for 10 of 32: {chance_jaccard(32, 10):.3f}).\n")
         md.append(_matrix_md(jac))
         if truth_jacs:
             tj = _mean_matrix(truth_jacs)

@@ -72,6 +72,12 @@ class ModelConfig:
         backbone). ``"null"``: ``z = proj([h_ctrl; h_pert; 0]) + sum_k w_k h'_k``.
         ``"paper"``: ``z = sum_k w_k h'_k`` (empty: ``z = 0``, the reference code).
         ``"keep"``: ``z = h_ctrl + h_pert + sum_k w_k h'_k`` (contexts optional).
+    aggregation
+        ``"sum"``: ``sum_k w_k h'_k`` (Eq. 7); ``"mean"``: ``sum_k w_k h'_k / sum_k w_k`` (the
+        scale of ``z`` does not grow with the number of selected contexts).
+    train_selection
+        Selection in training: ``"sample"`` (straight-through Gumbel-Softmax, the paper's) or
+        ``"threshold"`` (deterministic ``p_include > 0.5`` with the straight-through gradient).
     eval_selection
         Selection in eval mode: ``"expected"`` (the expectation of the training selection,
         ``E[w_k]``, noise-free and deterministic), ``"threshold"`` (include iff
@@ -90,6 +96,9 @@ class ModelConfig:
     topk: int = 32
     tau: float = 0.5
     empty_selection: Literal["best", "null", "paper", "keep"] = "best"
+    aggregation: Literal["sum", "mean"] = "sum"
+    train_selection: Literal["sample", "threshold", "expected"] = "sample"
+    identity_init: bool = True
     eval_selection: Literal["expected", "threshold", "sample"] = "expected"
     fused_triplets: bool = True
 
@@ -98,6 +107,8 @@ class ModelConfig:
         check_choice("conditioning", self.conditioning, CONDITIONINGS)
         check_choice("empty_selection", self.empty_selection, EMPTY_SELECTIONS)
         check_choice("eval_selection", self.eval_selection, EVAL_SELECTIONS)
+        check_choice("aggregation", self.aggregation, ("sum", "mean"))
+        check_choice("train_selection", self.train_selection, EVAL_SELECTIONS)
         for name in ("hidden", "n_layers", "n_heads", "ffn", "cell_encoder_layers", "topk"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
@@ -265,7 +276,7 @@ class PerturbationModel(nn.Module):
             if cfg.conditioning == "vanilla_rag":
                 self.cross_attn = nn.MultiheadAttention(h, cfg.n_heads, dropout=cfg.dropout, batch_first=True)
             else:
-                self.selector = TripletSelector(h, cfg.tau)
+                self.selector = TripletSelector(h, cfg.tau, identity_init=cfg.identity_init)
 
     # ------------------------------------------------------------------ helpers
     @property
@@ -370,12 +381,13 @@ class PerturbationModel(nn.Module):
                 fused = self.cfg.fused_triplets
                 logits = self.selector.scores(h_ctrl, h_pert, h_ctx, fused=fused)  # [B, S, K, 2]
                 if sample_selection is None:
-                    mode = "sample" if self.training else self.cfg.eval_selection
+                    mode = self.cfg.train_selection if self.training else self.cfg.eval_selection
                 else:
                     mode = "sample" if sample_selection else "threshold"
                 rule = self.cfg.empty_selection
                 w, p_include = self.selector.select(logits, mode, "best" if rule == "best" else "none")
-                z = self.selector.aggregate(w, h_ctrl, h_pert, h_ctx, fused=fused, null=rule == "null")
+                z = self.selector.aggregate(w, h_ctrl, h_pert, h_ctx, fused=fused, null=rule == "null",
+                                            mean=self.cfg.aggregation == "mean")
                 if rule == "keep":
                     z = z + h_ctrl + h_pert[:, None, :]
                 out.weights, out.p_include = w, p_include

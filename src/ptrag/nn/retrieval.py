@@ -286,7 +286,7 @@ class TripletSelector(nn.Module):
     Parameter count: ``6H`` (LayerNorm) ``+ (3H*H + H) + (2H + 2) + (3H*H + H)``.
     """
 
-    def __init__(self, hidden: int, tau: float = 0.5) -> None:
+    def __init__(self, hidden: int, tau: float = 0.5, identity_init: bool = False) -> None:
         super().__init__()
         if tau <= 0:
             raise PtragError(f"tau must be > 0 (got {tau}).")
@@ -297,6 +297,13 @@ class TripletSelector(nn.Module):
         self.act = nn.GELU()
         self.score_out = nn.Linear(hidden, 2)
         self.proj = nn.Linear(3 * hidden, hidden)
+        if identity_init:
+            # proj([h_ctrl; h_pert; h_k]) = h_ctrl + h_pert + (small) W_k h_k at initialisation
+            with torch.no_grad():
+                eye = torch.eye(hidden)
+                self.proj.weight[:, : 2 * hidden] = torch.cat([eye, eye], dim=1)
+                self.proj.weight[:, 2 * hidden :] *= 0.1
+                self.proj.bias.zero_()
 
     # ---------------------------------------------------------------- scoring
     def scores(
@@ -370,9 +377,11 @@ class TripletSelector(nn.Module):
         h_ctx: torch.Tensor,
         fused: bool = True,
         null: bool = False,
+        mean: bool = False,
     ) -> torch.Tensor:
         """``sum_k w[b,s,k] * proj(c[b,s,k])`` for every cell (``+ proj([h_ctrl; h_pert; 0])``
-        with ``null``: a null-context triplet that always enters the sum).
+        with ``null``: a null-context triplet that always enters the sum); divided by the
+        total weight (``sum_k w``, plus 1 for the null triplet) with ``mean``.
 
         Fused: ``proj(c) = A[b,s] + Bp[b] + C[b,k] + bias`` with per-part products, so the sum is
         ``(sum_k w) * (A + Bp + bias) + w @ C`` (a batched matmul; no ``[B, S, K, H]`` tensor).
@@ -387,6 +396,8 @@ class TripletSelector(nn.Module):
             Memory-light exact form (default) or the naive materialising form.
         null
             Add the null-context triplet ``proj([h_ctrl; h_pert; 0])``.
+        mean
+            Weighted mean instead of sum (a cell with zero total weight gets 0).
 
         Returns
         -------
@@ -398,6 +409,8 @@ class TripletSelector(nn.Module):
             z = (w[..., None] * self.proj(c)).sum(dim=2)
             if null:
                 z = z + self.proj(self._triplets(h_ctrl, h_pert, torch.zeros_like(h_ctx[:, :1])))[:, :, 0]
+            if mean:
+                z = z / (w.sum(dim=-1, keepdim=True) + (1.0 if null else 0.0)).clamp_min(1e-6)
             return z
         h = self.hidden
         wp = self.proj.weight
@@ -405,6 +418,8 @@ class TripletSelector(nn.Module):
         bp = h_pert @ wp[:, h : 2 * h].T + self.proj.bias  # [B, H]
         c = h_ctx @ wp[:, 2 * h :].T  # [B, K, H]
         n_sel = w.sum(dim=-1, keepdim=True) + (1.0 if null else 0.0)  # [B, S, 1]
+        if mean:  # (n (a + bp) + w @ c) / n, with n >= 1 under the best / null rules
+            return (a + bp[:, None, :]) * (n_sel > 0) + torch.bmm(w, c) / n_sel.clamp_min(1e-6)
         return n_sel * (a + bp[:, None, :]) + torch.bmm(w, c)
 
     # -------------------------------------------------------------- selection

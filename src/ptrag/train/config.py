@@ -64,6 +64,8 @@ class TrainConfig:
         :class:`ptrag.nn.generator.ModelConfig`): ``best`` (its best-scoring candidate),
         ``null`` (a null-context triplet always added), ``paper`` (z = 0) or ``keep``
         (h_ctrl + h_pert always added).
+    aggregation
+        PT-RAG's ``sum`` (Eq. 7) or ``mean`` of the selected projected triplets.
     eval_selection
         PT-RAG's selection at evaluation: ``expected`` (the expectation of the training
         selection), ``threshold`` (p_include > 0.5) or ``sample``.
@@ -125,6 +127,9 @@ class TrainConfig:
     sparsity_weight: float = 0.1
     sparsity_scale: Literal["control", "absolute"] = "control"
     empty_selection: Literal["best", "null", "paper", "keep"] = "best"
+    aggregation: Literal["sum", "mean"] = "sum"
+    train_selection: Literal["sample", "threshold", "expected"] = "sample"
+    identity_init: bool = True
     eval_selection: Literal["expected", "threshold", "sample"] = "expected"
     cell_set_size: int = 32
     batch_size: int = 16
@@ -179,6 +184,9 @@ class TrainConfig:
             topk=self.topk,
             tau=self.tau,
             empty_selection=self.empty_selection,
+            aggregation=self.aggregation,
+            train_selection=self.train_selection,
+            identity_init=self.identity_init,
             eval_selection=self.eval_selection,
         )
 
