@@ -11,6 +11,7 @@ from scipy import stats
 from ptrag.cli import main
 from ptrag.eval.stats import baseline_comparison
 from ptrag.experiments.demo import run_demo
+from ptrag.train.baselines import BASELINES
 
 
 def test_baseline_comparison_by_hand():
@@ -30,13 +31,14 @@ def test_demo_end_to_end_small(tmp_path):
     out = tmp_path / "demo"
     result = run_demo(out, max_steps=2, models=("state", "pt_rag"), cell_types=("cellA",), progress=False)
     for name in ("data/perturbseq.h5ad", "data/ground_truth.csv", "seed0/cellA/split.toml",
-                 "seed0/cellA/pred/state.h5ad", "seed0/cellA/pred/pt_rag.h5ad", "seed0/cellA/pred/control.h5ad",
+                 "seed0/cellA/pred/state.h5ad", "seed0/cellA/pred/pt_rag.h5ad",
+                 *(f"seed0/cellA/pred/{b}.h5ad" for b in BASELINES),
                  "seed0/cellA/pred/pt_rag.retrieval.csv", "tables/table_all.md", "retrieval/precision_recall.csv",
                  "cost.csv", "report.md", "report.html"):
         assert (out / name).is_file(), name
     assert result.report == out / "report.md"
     m = pd.read_parquet(out / "seed0" / "cellA" / "eval" / "metrics.parquet")
-    assert set(m["model"]) == {"state", "pt_rag", "control"}
+    assert set(m["model"]) == {"state", "pt_rag", *BASELINES}
     # the control baseline's predicted change is zero up to sampling: its Δ-correlation is near 0
     assert abs(m.loc[m["model"] == "control", "pearson_delta"].mean()) < 0.2
     # the retrieval precision/recall is scored against the simulator's truth: values are fractions

@@ -12,6 +12,7 @@ import pytest
 
 from _data import make_adata
 from ptrag.cli import main
+from ptrag.train.baselines import BASELINES
 from ptrag.train.config import PRESETS
 
 SMALL = ["--max-steps", "2", "--topk", "3"]
@@ -36,12 +37,12 @@ def test_cross_celltype_runs_every_target_and_resumes(tmp_path, monkeypatch):
     root = tmp_path / "exp" / "seed0"
     for ct in ("CT0", "CT1"):
         for f in ("split.toml", "runs/state/train_summary.json", "runs/pt_rag/train_summary.json",
-                  "pred/state.h5ad", "pred/pt_rag.h5ad", "pred/control.h5ad", "eval/metrics.parquet"):
+                  "pred/state.h5ad", "pred/pt_rag.h5ad", *(f"pred/{b}.h5ad" for b in BASELINES), "eval/metrics.parquet"):
             assert (root / ct / f).is_file(), (ct, f)
         m = pd.read_parquet(root / ct / "eval" / "metrics.parquet")
-        assert set(m["model"]) == {"state", "pt_rag", "control"} and set(m["cell_type"]) == {ct}
+        assert set(m["model"]) == {"state", "pt_rag", *BASELINES} and set(m["cell_type"]) == {ct}
     table = pd.read_csv(root / "tables" / "table_all.csv")
-    assert {"control", "state", "pt_rag"} <= set(table.columns)
+    assert {"state", "pt_rag", *BASELINES} <= set(table.columns)
     assert (root / "tables" / "table_CT0.md").is_file() and (root / "tables" / "table_CT1.md").is_file()
 
     # a second call trains nothing again
@@ -115,7 +116,9 @@ def test_sweep_command_grid_and_contexts(tmp_path, monkeypatch):
                  "--model", "vanilla_rag", "--genes", str(tmp_path / "g.pkl"), "--grid", "topk=1,3",
                  "--max-steps", "2", "--out", str(out)]) == 0
     table = pd.read_csv(out / "sweep.csv")
-    assert list(table["variant"]) == ["vanilla_rag_K1", "vanilla_rag_K3", "control"]
+    assert list(table["variant"]) == ["vanilla_rag_K1", "vanilla_rag_K3", *BASELINES]
+    # every baseline row but control's is tested against the control baseline
+    assert table.set_index("variant").loc[list(BASELINES[1:]), "better_than_control"].notna().all()
     # Vanilla RAG gives every cell all K retrieved contexts
     assert table["mean_contexts"].iloc[:2].tolist() == [1.0, 3.0]
     assert (out / "sweep.png").is_file() and "vanilla_rag_K3" in (out / "sweep.md").read_text()
@@ -158,7 +161,7 @@ def test_retrieval_analysis_averages_jaccard_over_seeds(tmp_path):
 
     write(0, "X", "AB"), write(0, "Y", "BC")  # J = 1/3
     write(1, "X", "AB"), write(1, "Y", "AB")  # J = 1
-    retrieval_analysis(tmp_path, [0, 1], ["X", "Y"])
+    retrieval_analysis(tmp_path, [0, 1], ["X", "Y"], top=2)  # the two selected of the K = 4
     jac = pd.read_csv(tmp_path / "retrieval" / "jaccard.csv", index_col=0)
     assert jac.loc["X", "Y"] == pytest.approx((1 / 3 + 1) / 2)
     assert jac.loc["X", "X"] == 1.0

@@ -115,15 +115,24 @@ def predict_cmd(
     genes: Annotated[Optional[list[Path]], typer.Option("--genes", help="Gene table(s) with vectors of new perturbations.")] = None,
     n_cells: Annotated[Optional[int], typer.Option("--n-cells", help="Cells per new perturbation. [default: the run's set size]", show_default=False)] = None,
     checkpoint: Annotated[str, typer.Option("--checkpoint", help="best | last | a checkpoint path.")] = "best",
-    control_baseline: Annotated[bool, typer.Option("--control-baseline", help="Write the predict-the-control baseline instead (each set's matched control cells, model name 'control').")] = False,
+    baseline: Annotated[Optional[str], typer.Option("--baseline", help="Write a baseline instead of the model's prediction, on the same cell sets: control | perturb_mean | context_mean | additive | linear (each set = relu(its matched control cells + the baseline's mean change, from training groups only); docs/metrics.md).")] = None,
+    control_baseline: Annotated[bool, typer.Option("--control-baseline", help="The same as --baseline control (each set's matched control cells).")] = False,
     backed: Backed = False,
 ) -> None:
     """Predict held-out perturbations (or new ones from their gene vectors) from a run."""
+    from ptrag.errors import PtragError, check_choice
+    from ptrag.train.baselines import BASELINES
     from ptrag.train.predict import predict, write_prediction
 
+    if baseline is not None:
+        check_choice("--baseline", baseline, BASELINES)
+    if control_baseline and baseline not in (None, "control"):
+        raise PtragError(f"--control-baseline means --baseline control; it contradicts --baseline {baseline}: give one.")
+    if out.suffix != ".h5ad":
+        raise PtragError(f"--out {out}: prediction files are AnnData; give a path ending in .h5ad.")
     perts = [p.strip() for p in perturbations.split(",") if p.strip()] if perturbations else None
     pred = predict(run, data, split, perts, cell_type, list(genes or []), n_cells, checkpoint, backed=backed,
-                   control_baseline=control_baseline)
+                   baseline="control" if control_baseline else baseline)
     paths = write_prediction(pred, out)
     n = int((~pred.adata.obs["is_control"]).sum())
     console.print(f"predicted {n} cells of {pred.adata.obs.loc[~pred.adata.obs['is_control'], 'perturbation'].nunique()} perturbations -> "

@@ -2,8 +2,9 @@
 
 For every seed and every target cell type: the few-shot split (``fewshot`` of the target's
 perturbations train, the rest split into validation and test; every other cell type trains),
-one run per model, predictions of the test perturbations, the predict-the-control baseline on
-the same sets, ``ptrag evaluate`` of all of them; ``ptrag compare`` over the targets of each
+one run per model, predictions of the test perturbations, the field's baselines on the same
+sets (:data:`~ptrag.train.baselines.BASELINES`: control, perturb_mean, context_mean, additive,
+linear), ``ptrag evaluate`` of all of them; ``ptrag compare`` over the targets of each
 seed; then, over all seeds and targets, Table 1 (pooled), per-target tables (Tables 3–6), the
 seed-to-seed spread, the retrieval analysis of PT-RAG, the cost table, optionally the paper's
 sweeps, and a Markdown + HTML report.
@@ -14,7 +15,7 @@ Layout of ``OUT``::
     experiment.json  commands.txt  splits.csv  validation.csv  cost.csv
     seed<S>/<target>/split.toml
     seed<S>/<target>/runs/<model>/           (ptrag train)
-    seed<S>/<target>/pred/<model>.h5ad       (ptrag predict; control.h5ad = baseline)
+    seed<S>/<target>/pred/<model>.h5ad       (ptrag predict; <baseline>.h5ad: ptrag predict --baseline)
     seed<S>/<target>/eval/                   (ptrag evaluate)
     seed<S>/tables/                          (ptrag compare over the seed's targets, vs control)
     tables/                                  (all seeds and targets: Table 1, per target, seeds.md)
@@ -42,10 +43,13 @@ from ptrag.data.io import ColumnSpec
 from ptrag.errors import PtragError, atomic_write_csv, atomic_write_text, check_choice
 from ptrag.experiments.curves import experiment_curves
 from ptrag.experiments.retrieval_analysis import retrieval_analysis
+from ptrag.train.baselines import BASELINES
 from ptrag.train.config import MODELS, TrainConfig, resolve_config
 
 log = logging.getLogger("ptrag")
 
+#: The reference of the vs-control tables (one of :data:`~ptrag.train.baselines.BASELINES`,
+#: all of which are predicted and evaluated beside the models).
 BASELINE = "control"
 
 
@@ -71,10 +75,11 @@ def run_target(
     pred_dir: str = "predictions",
     eval_dir: str = "evaluation",
 ) -> pd.DataFrame:
-    """Train each model on one split, predict its test groups, add the control baseline and
-    evaluate them all; steps already done in ``out_dir`` are reused (see the module docstring).
+    """Train each model on one split, predict its test groups, add the baselines and evaluate
+    them all; steps already done in ``out_dir`` are reused (see the module docstring).
 
-    Writes ``runs/<model>/``, ``<pred_dir>/<model>.h5ad`` (+ ``control.h5ad``) and
+    Writes ``runs/<model>/``, ``<pred_dir>/<model>.h5ad`` (+ ``<baseline>.h5ad`` for each of
+    :data:`~ptrag.train.baselines.BASELINES`, on the first run's sets and training groups) and
     ``<eval_dir>/`` under ``out_dir``.
 
     Parameters
@@ -101,11 +106,11 @@ def run_target(
     Returns
     -------
     pandas.DataFrame
-        The per-group metrics of every model and of ``control``.
+        The per-group metrics of every model and of every baseline.
     """
     from ptrag.eval.evaluate import evaluate
     from ptrag.train.fit import train
-    from ptrag.train.predict import predict, write_prediction
+    from ptrag.train.predict import iter_baselines, predict, write_prediction
 
     out = Path(out_dir)
     preds = []
@@ -120,13 +125,18 @@ def run_target(
             write_prediction(predict(run, data_path, "test"), path)
         preds.append(path)
     first_run = out / "runs" / next(iter(configs))
-    base = out / pred_dir / f"{BASELINE}.h5ad"
-    if not base.is_file():
-        write_prediction(predict(first_run, data_path, "test", control_baseline=True), base)
+    bases = {name: out / pred_dir / f"{name}.h5ad" for name in BASELINES}
+    missing = [name for name, path in bases.items() if not path.is_file()]
+    if missing:
+        for name, pred in iter_baselines(first_run, data_path, missing, "test"):
+            write_prediction(pred, bases[name])
     ev = out / eval_dir
     if (ev / "metrics.parquet").is_file():
-        return pd.read_parquet(ev / "metrics.parquet")
-    return evaluate([*preds, base], data_path, first_run, ev, spec=spec, names=[*configs, BASELINE])
+        done = pd.read_parquet(ev / "metrics.parquet")
+        if set(configs) | set(bases) <= set(done["model"].astype(str)):
+            return done
+        # an evaluation written before some baseline or model existed is redone with all of them
+    return evaluate([*preds, *bases.values()], data_path, first_run, ev, spec=spec, names=[*configs, *bases])
 
 
 def step_overrides(max_steps: int | None) -> dict[str, int]:
@@ -441,4 +451,4 @@ def run_paper_sweeps(
         lines.append(f"- {model}: " + " x ".join(f"{SHORT.get(k, k)} ∈ {{{', '.join(f'{v:g}' for v in vals)}}}"
                                                  for k, vals in grid.items()))
     atomic_write_text(out / "README.md", f"The paper's grids, on the split of seed {seed} of `{Path(split_path).parent.name}` "
-                      "(test perturbations of that target; control baseline as a dashed line):\n\n" + "\n".join(lines) + "\n")
+                      "(test perturbations of that target; the baselines as horizontal lines, control dashed grey):\n\n" + "\n".join(lines) + "\n")

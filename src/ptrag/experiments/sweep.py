@@ -3,8 +3,8 @@
 The paper's sweeps are λ_sparse ∈ {0, 0.01, 0.1, 1} x K ∈ {16, 32} for PT-RAG and
 K ∈ {2, 5, 10, 32} for Vanilla RAG (:data:`PAPER_SWEEPS`). Every grid point is one run
 (``runs/<variant>/``), its test predictions and the evaluation of all of them beside the
-predict-the-control baseline (:func:`ptrag.experiments.cross_celltype.run_target`, so a
-sweep resumes like the experiment). The summary gives, per variant, the mean of every test
+baselines (:data:`ptrag.train.baselines.BASELINES`;
+:func:`ptrag.experiments.cross_celltype.run_target`, so a sweep resumes like the experiment). The summary gives, per variant, the mean of every test
 metric, the best validation energy and, for RAG models, the mean number of contexts a cell
 selects (PT-RAG) or receives (Vanilla RAG: all K); one line plot per metric.
 
@@ -27,6 +27,7 @@ import pandas as pd
 
 from ptrag.data.io import ColumnSpec
 from ptrag.errors import PtragError, atomic_save_figure, atomic_write_csv, atomic_write_text, check_choice
+from ptrag.train.baselines import BASELINES
 from ptrag.train.config import MODELS, TrainConfig, resolve_config
 
 log = logging.getLogger("ptrag")
@@ -156,8 +157,8 @@ def sweep(
         ``mean_contexts`` (NaN for non-RAG models), the retrieval precision / recall (with
         ``ground_truth``), the mean of every test metric,
         ``better_than_control`` (fraction of test groups whose PCA-50 energy beats the
-        control baseline) and ``wilcoxon_p`` (paired test of that), and a last row for the
-        control baseline. Also written as ``sweep.csv`` / ``sweep.md``, with ``sweep.png``.
+        control baseline) and ``wilcoxon_p`` (paired test of that), and a last row for each
+        baseline of :data:`~ptrag.train.baselines.BASELINES` (``variant`` = its name). Also written as ``sweep.csv`` / ``sweep.md``, with ``sweep.png``.
     """
     from ptrag.experiments.cross_celltype import BASELINE, run_target
 
@@ -191,9 +192,12 @@ def sweep(
         row["better_than_control"] = vs.loc[name, "better_than_control"]
         row["wilcoxon_p"] = vs.loc[name, "wilcoxon_p"]
         rows.append(row)
-    ctrl = metrics[metrics["model"] == BASELINE]
-    rows.append({"variant": BASELINE, **{k: np.nan for k in grid}, "val_energy": np.nan, "mean_contexts": np.nan,
-                 **ctrl[metric_cols].mean().to_dict(), "better_than_control": np.nan, "wilcoxon_p": np.nan})
+    for name in BASELINES:
+        base = metrics[metrics["model"] == name]
+        versus = {"better_than_control": np.nan, "wilcoxon_p": np.nan} if name == BASELINE else \
+            {c: vs.loc[name, c] for c in ("better_than_control", "wilcoxon_p")}
+        rows.append({"variant": name, **{k: np.nan for k in grid}, "val_energy": np.nan, "mean_contexts": np.nan,
+                     **base[metric_cols].mean().to_dict(), **versus})
     table = pd.DataFrame(rows)
     atomic_write_csv(out / "sweep.csv", table)
     atomic_write_text(out / "sweep.md", sweep_markdown(table, model, list(grid)))
@@ -230,22 +234,27 @@ def sweep_markdown(table: pd.DataFrame, model: str, options: Sequence[str]) -> s
              **{c: lab for c, (lab, _) in PLOT_METRICS.items()}}
     rows = []
     for _, r in table.iterrows():
-        label = "control baseline" if r["variant"] == "control" else r["variant"]
+        label = f"{r['variant']} baseline" if r["variant"] in BASELINES else r["variant"]
         rows.append([label, *("" if pd.isna(r[c]) else (_value(r[c]) if c in options else format_value(float(r[c])))
                              for c in cols)])
     return f"### Sweep of {model}\n\n" + _md_table(["variant", *[names[c] for c in cols]], rows) + "\n"
 
 
+#: Line colour and style of each baseline in the sweep plots (control: grey dashed).
+BASELINE_STYLES = [("grey", "--"), ("tab:brown", ":"), ("tab:olive", ":"), ("tab:cyan", "-."), ("tab:pink", "-.")]
+
+
 def plot_sweep(table: pd.DataFrame, options: Sequence[str], path: str | Path, title: str = "sweep") -> Path:
     """Line plots of the key test metrics (and contexts per cell) against the first swept
-    option, one line per value of the second; the control baseline as a dashed line."""
+    option, one line per value of the second; the baselines as horizontal lines (control
+    dashed grey)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    runs = table[table["variant"] != "control"]
-    ctrl = table[table["variant"] == "control"]
+    runs = table[~table["variant"].isin(BASELINES)]
+    bases = table[table["variant"].isin(BASELINES)].set_index("variant")
     x = options[0]
     hue = options[1] if len(options) > 1 else None
     panels = [c for c in PLOT_METRICS if c in table] + (["mean_contexts"] if runs["mean_contexts"].notna().any() else [])
@@ -258,8 +267,9 @@ def plot_sweep(table: pd.DataFrame, options: Sequence[str], path: str | Path, ti
             g = g.sort_values(x)
             ax.plot([positions[v] for v in g[x]], g[col], marker="o",
                     label=f"{SHORT.get(hue, hue)} {_value(key)}" if hue else None)
-        if col in ctrl and len(ctrl) and pd.notna(ctrl[col].iloc[0]):
-            ax.axhline(float(ctrl[col].iloc[0]), color="grey", linestyle="--", label="control")
+        for name, style in zip(bases.index, BASELINE_STYLES):
+            if col in bases and pd.notna(bases.loc[name, col]):
+                ax.axhline(float(bases.loc[name, col]), color=style[0], linestyle=style[1], linewidth=1, label=name)
         ax.set_xticks(range(len(xs)), [_value(v) for v in xs])
         ax.set_xlabel(SHORT.get(x, x))
         ax.set_title(PLOT_METRICS[col][0] if col in PLOT_METRICS else "contexts per cell", fontsize=10)

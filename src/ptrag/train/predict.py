@@ -4,13 +4,15 @@ The output AnnData has the run's genes as ``var_names``; ``obs`` carries ``pertu
 ``cell_type``, ``is_control`` and ``split``; the observed control cells of every predicted
 cell type are included, so evaluators (``ptrag evaluate``, cell-eval) read it as it is. For the
 RAG models a retrieval log lists, per (cell type, query), each retrieved candidate with its
-similarity and the fraction of the query's predicted cells that selected it.
+similarity and the fraction of the query's predicted cells that selected it. The field's simple
+baselines (:mod:`ptrag.train.baselines`) predict the same sets from the matched control cells
+(:func:`predict` with ``baseline=``, :func:`predict_baselines`).
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,11 +21,11 @@ import numpy as np
 import pandas as pd
 import torch
 
-from ptrag.nn.generator import ModelOutput
 from ptrag.data.io import read_perturbseq
-from ptrag.data.sets import CellSet, SetDataset, SetSampler
+from ptrag.data.sets import CellSet, SetSampler
 from ptrag.data.splits import SPLITS, read_split_toml, resolve_split
 from ptrag.errors import PtragError, atomic_path, atomic_write_csv, check_choice
+from ptrag.train.baselines import BASELINES, baseline_shifts, group_mean_changes
 from ptrag.train.config import TrainConfig, read_run_config
 
 log = logging.getLogger("ptrag")
@@ -98,6 +100,7 @@ def predict(
     batch_size: int = 64,
     backed: bool = False,
     control_baseline: bool = False,
+    baseline: str | None = None,
 ) -> Prediction:
     """Predict the perturbed cells of a split, or of perturbations never seen in training.
 
@@ -112,7 +115,7 @@ def predict(
         were observed.
     perturbations
         Instead of a split: perturbation names to predict for ``cell_type`` from their gene
-        vectors (embedding models only).
+        vectors (embedding models only; any run for a baseline).
     cell_type
         Cell type of ``perturbations``.
     gene_tables
@@ -127,14 +130,25 @@ def predict(
     backed
         Stream expression from disk.
     control_baseline
-        Skip the network and "predict" each set as its matched control cells (the
-        predict-the-control baseline, model name ``control``): the same sets, controls and
-        output layout as the model's prediction, so the two are compared group by group.
+        The same as ``baseline="control"``.
+    baseline
+        Skip the network and predict a baseline of :data:`ptrag.train.baselines.BASELINES`:
+        each set is ``relu(its matched control cells + the baseline's shift)``, the shift
+        computed from the run's training groups only (``control``: no shift). The same sets,
+        controls and output layout as the model's prediction, so they are compared group by
+        group; the model name in ``uns['ptrag']`` is the baseline's; no retrieval log.
 
     Returns
     -------
     Prediction
     """
+    if control_baseline:
+        if baseline not in (None, "control"):
+            raise PtragError(f"--control-baseline and --baseline {baseline} disagree: give one of them.")
+        baseline = "control"
+    if baseline is not None:
+        return next(iter_baselines(run_dir, data_path, [baseline], split, perturbations, cell_type, n_cells,
+                                   checkpoint, backed))[1]
     cfg: TrainConfig = read_run_config(run_dir)
     run_dir = Path(run_dir)
     plan = load_plan(run_dir, checkpoint)
@@ -151,30 +165,163 @@ def predict(
     pert_index = {n: i for i, n in enumerate(plan.pert_names)}
     extra_vec: dict[str, torch.Tensor] = {}
     if perturbations:
-        if cell_type is None:
-            if len(data.cell_types) > 1:
-                raise PtragError(f"--perturbations needs --cell-type (one of: {', '.join(data.cell_types)}).")
-            cell_type = data.cell_types[0]
-        if cell_type not in data.cell_types:
-            raise PtragError(f"--cell-type {cell_type!r} does not occur in {data_path} (cell types: {', '.join(data.cell_types)}).")
-        new = [p for p in perturbations if p not in pert_index]
-        if new:
-            if not cfg.uses_gene_table:
-                raise PtragError(
-                    f"--model state has no representation for perturbations it never trained on ({', '.join(new[:5])}); "
-                    "use a gene-embedding model (state_genept, vanilla_rag, pt_rag)."
-                )
-            if not gene_tables:
-                raise PtragError(f"{', '.join(new[:5])} are new to this run: pass --genes with a table that has their vectors.")
-            from ptrag.data.embeddings import load_gene_tables, perturbation_vectors
+        cell_type = _new_cell_type(data, data_path, cell_type)
+        extra_vec = _new_vectors(cfg, plan, [p for p in perturbations if p not in pert_index], gene_tables)
+    sets, groups, split_name = _plan_sets(cfg, run_dir, data, pert_index, split, perturbations, cell_type, n_cells)
+    gene_idx = data.gene_index(genes)
+    outputs, retrieval = _run_network(plan, data, sets, gene_idx, features, pert_index, extra_vec, batch_size)
+    adata = _assemble(sets, outputs, groups, data, gene_idx, genes, split_name, cfg.model, run_dir)
+    return Prediction(adata, _aggregate_retrieval(retrieval) if retrieval else None)
 
-            vecs, _ = perturbation_vectors(new, load_gene_tables(list(gene_tables)), "error")
-            if vecs.shape[1] != plan.pert_table.shape[1]:
-                raise PtragError(
-                    f"the gene table has {vecs.shape[1]}-d vectors but the run was trained on {plan.pert_table.shape[1]}-d ones; "
-                    "pass the table(s) used for training."
-                )
-            extra_vec = {p: torch.from_numpy(v) for p, v in zip(new, vecs)}
+
+def _run_network(plan, data, sets: list[CellSet], gene_idx: np.ndarray, features, pert_index: dict[str, int],
+                 extra_vec: dict[str, torch.Tensor], batch_size: int) -> tuple[list[np.ndarray], list[dict]]:
+    """The network's predicted cells of every set (in order) and the retrieval rows."""
+    retrieval: list[dict] = []
+    device = plan.device
+    # Sets of one size go through the network together; order is restored afterwards.
+    by_size: dict[int, list[int]] = {}
+    for i, cs in enumerate(sets):
+        by_size.setdefault(len(cs.ctrl_rows), []).append(i)
+    outputs: dict[int, np.ndarray] = {}
+    with torch.no_grad():
+        for idxs in by_size.values():
+            for start in range(0, len(idxs), batch_size):
+                chunk = [sets[i] for i in idxs[start : start + batch_size]]
+                items = []
+                for cs in chunk:
+                    ctrl = data.expression(cs.ctrl_rows, gene_idx)
+                    feats = ctrl if features is None else features(cs.ctrl_rows, ctrl)
+                    items.append({"ctrl_expr": torch.from_numpy(ctrl), "cell_input": torch.from_numpy(np.ascontiguousarray(feats, np.float32))})
+                batch = {k: v.to(device) for k, v in _collate(items).items()}
+                names = [cs.perturbation for cs in chunk]
+                vec = torch.stack([extra_vec[n] if n in extra_vec else plan.pert_table[pert_index[n]] for n in names]).to(device)
+                qidx = torch.tensor([int(plan.pert_to_db[pert_index[n]]) if n in pert_index else -1 for n in names], device=device)
+                out = plan(batch, pert_vec=vec, query_index=qidx)
+                for cs_i, p in zip(idxs[start : start + batch_size], out.pred.cpu().numpy()):
+                    outputs[cs_i] = p
+                if out.candidates is not None:
+                    retrieval.extend(_retrieval_rows(plan, out, chunk))
+    return [outputs[i] for i in range(len(sets))], retrieval
+
+
+def predict_baselines(
+    run_dir: str | Path,
+    data_path: str | Path,
+    names: Sequence[str] = BASELINES,
+    split: str = "test",
+    perturbations: Sequence[str] | None = None,
+    cell_type: str | None = None,
+    n_cells: int | None = None,
+    checkpoint: str = "best",
+    backed: bool = False,
+) -> dict[str, Prediction]:
+    """Baseline predictions (:mod:`ptrag.train.baselines`) on the sets of :func:`predict`.
+
+    Parameters
+    ----------
+    run_dir, data_path, split, perturbations, cell_type, n_cells, checkpoint, backed
+        As for :func:`predict` (the checkpoint is read only for the perturbations the run
+        represents, so that the baselines predict exactly the model's groups).
+    names
+        Baselines to predict (default: all of :data:`~ptrag.train.baselines.BASELINES`).
+
+    Returns
+    -------
+    dict[str, Prediction]
+        Baseline name -> its prediction (``retrieval`` is ``None``); see :func:`iter_baselines`.
+    """
+    return dict(iter_baselines(run_dir, data_path, names, split, perturbations, cell_type, n_cells, checkpoint, backed))
+
+
+def iter_baselines(
+    run_dir: str | Path,
+    data_path: str | Path,
+    names: Sequence[str] = BASELINES,
+    split: str = "test",
+    perturbations: Sequence[str] | None = None,
+    cell_type: str | None = None,
+    n_cells: int | None = None,
+    checkpoint: str = "best",
+    backed: bool = False,
+) -> Iterator[tuple[str, Prediction]]:
+    """Yield ``(name, prediction)`` for each baseline of ``names``, one at a time (so that
+    only one is held in memory); arguments as for :func:`predict_baselines`.
+
+    The training groups' mean changes are computed once for all ``names``. Every set of the
+    model's prediction (same groups, same matched control cells, same order) is predicted as
+    ``relu(matched controls + shift)``.
+    """
+    for name in names:
+        check_choice("--baseline", name, BASELINES)
+    cfg: TrainConfig = read_run_config(run_dir)
+    run_dir = Path(run_dir)
+    plan = load_plan(run_dir, checkpoint)
+    genes = (run_dir / "genes.txt").read_text().split()
+    data = read_perturbseq(data_path, cfg.column_spec, backed=backed)
+    gene_idx = data.gene_index(genes)
+    pert_index = {n: i for i, n in enumerate(plan.pert_names)}
+    if perturbations:
+        cell_type = _new_cell_type(data, data_path, cell_type)
+    sets, groups, split_name = _plan_sets(cfg, run_dir, data, pert_index, split, perturbations, cell_type, n_cells)
+    changes = None
+    if any(n != "control" for n in names):
+        changes = group_mean_changes(data, _training_groups(run_dir, data, pert_index), genes)
+    targets = list(dict.fromkeys((cs.cell_type, cs.perturbation) for cs in sets))
+    for name in names:
+        shift = dict(zip(targets, baseline_shifts(name, changes, targets, len(genes)).astype(np.float32)))
+        outputs = [np.maximum(data.expression(cs.ctrl_rows, gene_idx) + shift[(cs.cell_type, cs.perturbation)], 0.0)
+                   for cs in sets]
+        yield name, Prediction(_assemble(sets, outputs, groups, data, gene_idx, genes, split_name, name, run_dir), None)
+
+
+def _training_groups(run_dir: Path, data, pert_index: dict[str, int]) -> pd.DataFrame:
+    """The groups the run trained on: the split's training groups whose perturbation the run
+    represents (a gene-table run may have dropped some with ``--missing-genes drop``)."""
+    split_obj = resolve_split(read_split_toml(run_dir / "split.toml"), data.groups(), source=str(run_dir / "split.toml"))
+    train = split_obj.groups("train")
+    return train[train["perturbation"].isin(pert_index)].reset_index(drop=True)
+
+
+def _new_cell_type(data, data_path: str | Path, cell_type: str | None) -> str:
+    """The cell type of ``--perturbations`` (the only one when not given), checked."""
+    if cell_type is None:
+        if len(data.cell_types) > 1:
+            raise PtragError(f"--perturbations needs --cell-type (one of: {', '.join(data.cell_types)}).")
+        cell_type = data.cell_types[0]
+    if cell_type not in data.cell_types:
+        raise PtragError(f"--cell-type {cell_type!r} does not occur in {data_path} (cell types: {', '.join(data.cell_types)}).")
+    return cell_type
+
+
+def _new_vectors(cfg: TrainConfig, plan, new: list[str], gene_tables: Sequence[str | Path]) -> dict[str, torch.Tensor]:
+    """Gene vectors of perturbations the run never saw (embedding models only)."""
+    if not new:
+        return {}
+    if not cfg.uses_gene_table:
+        raise PtragError(
+            f"--model state has no representation for perturbations it never trained on ({', '.join(new[:5])}); "
+            "use a gene-embedding model (state_genept, vanilla_rag, pt_rag)."
+        )
+    if not gene_tables:
+        raise PtragError(f"{', '.join(new[:5])} are new to this run: pass --genes with a table that has their vectors.")
+    from ptrag.data.embeddings import load_gene_tables, perturbation_vectors
+
+    vecs, _ = perturbation_vectors(new, load_gene_tables(list(gene_tables)), "error")
+    if vecs.shape[1] != plan.pert_table.shape[1]:
+        raise PtragError(
+            f"the gene table has {vecs.shape[1]}-d vectors but the run was trained on {plan.pert_table.shape[1]}-d ones; "
+            "pass the table(s) used for training."
+        )
+    return {p: torch.from_numpy(v) for p, v in zip(new, vecs)}
+
+
+def _plan_sets(cfg: TrainConfig, run_dir: Path, data, pert_index: dict[str, int], split: str,
+               perturbations: Sequence[str] | None, cell_type: str | None,
+               n_cells: int | None) -> tuple[list[CellSet], pd.DataFrame, str]:
+    """The sets to predict (a split's groups, or ``n_cells`` controls per new perturbation),
+    their groups and the split name written in ``obs``."""
+    if perturbations:
         n = n_cells or cfg.cell_set_size
         ctrl_pool = data.rows_of(cell_type, data.spec.control)
         rng = np.random.default_rng(cfg.seed)
@@ -183,56 +330,28 @@ def predict(
             for i, p in enumerate(perturbations)
         ]
         groups = pd.DataFrame({"cell_type": [cell_type] * len(perturbations), "perturbation": list(perturbations)})
-        split_name = "new"
-    else:
-        check_choice("--split", split, SPLITS)
-        split_obj = resolve_split(read_split_toml(run_dir / "split.toml"), data.groups(), source=str(run_dir / "split.toml"))
-        groups = split_obj.groups(split)
-        groups = groups[groups["perturbation"].isin(pert_index)].reset_index(drop=True)
-        if groups.empty:
-            raise PtragError(f"the {split} split of {run_dir} has no groups this model can predict.")
-        sampler = SetSampler(data.obs, groups, cfg.cell_set_size, mode="eval", seed=cfg.seed + 2, match_batch=cfg.match_batch)
-        sets = sampler.plan()
-        split_name = split
+        return sets, groups, "new"
+    check_choice("--split", split, SPLITS)
+    split_obj = resolve_split(read_split_toml(run_dir / "split.toml"), data.groups(), source=str(run_dir / "split.toml"))
+    groups = split_obj.groups(split)
+    groups = groups[groups["perturbation"].isin(pert_index)].reset_index(drop=True)
+    if groups.empty:
+        raise PtragError(f"the {split} split of {run_dir} has no groups this model can predict.")
+    sampler = SetSampler(data.obs, groups, cfg.cell_set_size, mode="eval", seed=cfg.seed + 2, match_batch=cfg.match_batch)
+    return sampler.plan(), groups, split
 
-    dataset = SetDataset(data, genes, pert_index, features)
-    preds, obs_rows, retrieval = [], [], []
-    device = plan.device
-    # Sets of one size go through the network together; order is restored afterwards.
-    by_size: dict[int, list[int]] = {}
-    for i, cs in enumerate(sets):
-        by_size.setdefault(len(cs.ctrl_rows), []).append(i)
-    outputs: dict[int, np.ndarray] = {}
-    with torch.no_grad():
-        for size, idxs in by_size.items():
-            for start in range(0, len(idxs), batch_size):
-                chunk = [sets[i] for i in idxs[start : start + batch_size]]
-                items = []
-                for cs in chunk:
-                    ctrl = data.expression(cs.ctrl_rows, dataset.gene_idx)
-                    feats = ctrl if features is None else features(cs.ctrl_rows, ctrl)
-                    items.append({"ctrl_expr": torch.from_numpy(ctrl), "cell_input": torch.from_numpy(np.ascontiguousarray(feats, np.float32))})
-                batch = {k: v.to(device) for k, v in _collate(items).items()}
-                names = [cs.perturbation for cs in chunk]
-                vec = torch.stack([extra_vec[n] if n in extra_vec else plan.pert_table[pert_index[n]] for n in names]).to(device)
-                qidx = torch.tensor([int(plan.pert_to_db[pert_index[n]]) if n in pert_index else -1 for n in names], device=device)
-                if control_baseline:
-                    out = ModelOutput(pred=batch["ctrl_expr"])
-                else:
-                    out = plan(batch, pert_vec=vec, query_index=qidx)
-                for cs_i, p in zip(idxs[start : start + batch_size], out.pred.cpu().numpy()):
-                    outputs[cs_i] = p
-                if out.candidates is not None:
-                    retrieval.extend(_retrieval_rows(plan, out, chunk))
-    for i, cs in enumerate(sets):
-        preds.append(outputs[i])
+
+def _assemble(sets: list[CellSet], outputs: list[np.ndarray], groups: pd.DataFrame, data, gene_idx: np.ndarray,
+              genes: list[str], split_name: str, model: str, run_dir: Path) -> ad.AnnData:
+    """The prediction AnnData: the predicted sets, then the observed controls of their cell types."""
+    preds, obs_rows = list(outputs), []
+    for cs in sets:
         obs_rows.append(
             pd.DataFrame({"perturbation": cs.perturbation, "cell_type": cs.cell_type, "is_control": False, "split": split_name}, index=range(len(cs.ctrl_rows)))
         )
-    # Observed control cells of the predicted cell types.
     for ct in groups["cell_type"].unique():
         rows = data.rows_of(ct, data.spec.control)
-        preds.append(data.expression(rows, dataset.gene_idx))
+        preds.append(data.expression(rows, gene_idx))
         obs_rows.append(pd.DataFrame({"perturbation": data.spec.control, "cell_type": ct, "is_control": True, "split": "control"}, index=range(len(rows))))
     obs = pd.concat(obs_rows, ignore_index=True)
     obs.index = [f"pred_{i}" for i in range(len(obs))]
@@ -240,14 +359,14 @@ def predict(
         obs[c] = obs[c].astype("category")
     adata = ad.AnnData(np.concatenate(preds).astype(np.float32), obs=obs, var=pd.DataFrame(index=genes))
     adata.uns["ptrag"] = {
-        "model": "control" if control_baseline else cfg.model,
+        "model": model,
         "control": data.spec.control,
         "pert_col": "perturbation",
         "cell_type_col": "cell_type",
         "run_dir": str(run_dir.resolve()),
         "split": split_name,
     }
-    return Prediction(adata, _aggregate_retrieval(retrieval) if retrieval else None)
+    return adata
 
 
 def write_prediction(pred: Prediction, out: str | Path) -> dict[str, Path]:

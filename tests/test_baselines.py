@@ -1,0 +1,258 @@
+"""The field's simple baselines (``ptrag predict --baseline``), checked by hand from the h5ad.
+
+Data: three cell types; CT1 is the few-shot target (P0-P3 train, P4 val, P5-P7 test); CT2
+holds a validation group too (P3). P7 occurs only in CT1 (it trains in no other cell type:
+perturb_mean falls back to context_mean) and P6 is absent from CT2 (its perturb_mean is its
+change in CT0 alone).
+"""
+
+from __future__ import annotations
+
+import pickle
+import shutil
+
+import anndata as ad
+import numpy as np
+import pandas as pd
+import pytest
+
+from _data import make_adata
+from ptrag.cli import main
+from ptrag.train.baselines import (BASELINES, LINEAR_K, LINEAR_LAMBDA, MeanChanges, additive, baseline_shifts,
+                                   context_mean, group_mean_changes, linear_fit, linear_shift, perturb_mean)
+from ptrag.train.predict import predict, predict_baselines
+
+CTRL = "non-targeting"
+SPLIT = """[datasets]
+data = "data"
+
+[training]
+data = "train"
+
+[fewshot."data.CT1"]
+val = ["P4"]
+test = ["P5", "P6", "P7"]
+
+[fewshot."data.CT2"]
+val = ["P3"]
+test = []
+"""
+TEST = [("CT1", "P5"), ("CT1", "P6"), ("CT1", "P7")]
+HELD = [("CT1", "P4"), ("CT2", "P3"), *TEST]
+FAST = ["--max-steps", "4", "--val-every", "2", "--batch-size", "4", "--cell-set-size", "8", "--hidden", "16",
+        "--n-heads", "2", "--ffn", "32", "--n-genes", "20", "--topk", "3"]
+
+
+def _dense(x) -> np.ndarray:
+    return np.asarray(x.todense() if hasattr(x, "todense") else x, dtype=np.float64)
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory):
+    d = tmp_path_factory.mktemp("baselines")
+    a = make_adata(n_cell_types=3, n_perts=8, cells=16, n_genes=30, seed=3)
+    drop = ((a.obs["gene"] == "P7") & (a.obs["cell_type"] != "CT1")) | ((a.obs["gene"] == "P6") & (a.obs["cell_type"] == "CT2"))
+    a[~drop.to_numpy()].copy().write_h5ad(d / "d.h5ad")
+    (d / "split.toml").write_text(SPLIT)
+    rng = np.random.default_rng(0)
+    with open(d / "g.pkl", "wb") as f:
+        pickle.dump({f"P{i}": rng.normal(size=12).tolist() for i in range(8)}, f)
+    run = d / "run"
+    assert main(["train", "--data", str(d / "d.h5ad"), "--out", str(run), "--model", "vanilla_rag",
+                 "--genes", str(d / "g.pkl"), "--split", str(d / "split.toml"), *FAST]) == 0
+    return d
+
+
+def _hand(files):
+    """Mean changes of every group straight from the h5ad (numpy / pandas), and the training
+    groups of the split written above."""
+    a = ad.read_h5ad(files / "d.h5ad")
+    genes = (files / "run" / "genes.txt").read_text().split()
+    x = _dense(a[:, genes].X)
+    obs = a.obs.reset_index(drop=True)
+    delta = {}
+    for (ct, p), g in obs[obs["gene"] != CTRL].groupby(["cell_type", "gene"], observed=True):
+        ctrl = x[((obs["gene"] == CTRL) & (obs["cell_type"] == ct)).to_numpy()].mean(0)
+        delta[(ct, p)] = x[g.index.to_numpy()].mean(0) - ctrl
+    train = [k for k in delta if k not in HELD]
+    return delta, train, genes
+
+
+def _hand_shifts(delta, train):
+    """Every baseline's shift for the test groups, from the definitions (docs/metrics.md)."""
+    d = {k: delta[k] for k in train}
+    ctx = np.mean([v for (c, _), v in d.items() if c == "CT1"], axis=0)
+    elsewhere = {p: np.mean([v for (c, q), v in d.items() if c != "CT1" and q == p], axis=0)
+                 for p in {q for c, q in d if c != "CT1"}}
+    other = np.mean([v for (c, _), v in d.items() if c != "CT1"], axis=0)
+    M = np.stack(list(d.values()), axis=1)  # genes x all training groups
+    E = np.linalg.svd(M, full_matrices=False)[0][:, : min(LINEAR_K, *M.shape)]
+    ct1 = [q for c, q in d if c == "CT1"]
+    Y = np.stack([d[("CT1", q)] for q in ct1], axis=1)
+    P = np.stack([E.T @ elsewhere[q] if q in elsewhere else np.zeros(E.shape[1]) for q in ct1])
+    I = np.eye(E.shape[1])
+    W = np.linalg.inv(E.T @ E + LINEAR_LAMBDA * I) @ E.T @ (Y - ctx[:, None]) @ P @ np.linalg.inv(P.T @ P + LINEAR_LAMBDA * I)
+    out = {name: {} for name in BASELINES}
+    for ct, p in TEST:
+        pm = elsewhere.get(p, ctx)
+        out["control"][p] = np.zeros_like(ctx)
+        out["context_mean"][p] = ctx
+        out["perturb_mean"][p] = pm
+        out["additive"][p] = ctx + (pm - other) if p in elsewhere else ctx
+        out["linear"][p] = ctx + E @ W @ (E.T @ elsewhere[p] if p in elsewhere else np.zeros(E.shape[1]))
+    return out
+
+
+def test_shifts_equal_a_hand_computation_from_the_h5ad(files):
+    from ptrag.data.io import ColumnSpec, read_perturbseq
+
+    delta, train, genes = _hand(files)
+    hand = _hand_shifts(delta, train)
+    # the cases the data was built for: P6 trains in CT0 only, P7 in no other cell type
+    assert ("CT0", "P6") in train and ("CT2", "P6") not in delta and ("CT0", "P7") not in delta
+    np.testing.assert_allclose(hand["perturb_mean"]["P6"], delta[("CT0", "P6")])
+    np.testing.assert_allclose(hand["perturb_mean"]["P5"], (delta[("CT0", "P5")] + delta[("CT2", "P5")]) / 2)
+    data = read_perturbseq(files / "d.h5ad", ColumnSpec())
+    groups = pd.DataFrame(train, columns=["cell_type", "perturbation"])
+    changes = group_mean_changes(data, groups, genes)
+    np.testing.assert_allclose(changes.delta, np.stack([delta[k] for k in train]), atol=1e-10)
+    for name in BASELINES:
+        got = baseline_shifts(name, changes, TEST)
+        want = np.stack([hand[name][p] for _, p in TEST])
+        np.testing.assert_allclose(got, want, atol=1e-9, err_msg=name)
+    assert not np.allclose(hand["linear"]["P5"], hand["context_mean"]["P5"])  # the linear fit does something
+
+
+def test_predictions_are_relu_of_the_models_matched_controls_plus_shift(files, monkeypatch):
+    from ptrag.nn.generator import ModelOutput
+    from ptrag.train.plan import PerturbationPlan
+
+    run, data = files / "run", files / "d.h5ad"
+    preds = predict_baselines(run, data)
+    assert list(preds) == list(BASELINES)
+    # the model's own sets: a network that returns its input shows which control cells it was given
+    monkeypatch.setattr(PerturbationPlan, "forward", lambda self, batch, pert_vec=None, query_index=None:
+                        ModelOutput(pred=batch["ctrl_expr"]))
+    identity = predict(run, data).adata
+    ctrl = preds["control"].adata
+    np.testing.assert_array_equal(ctrl.X, identity.X)
+    hand = _hand_shifts(*_hand(files)[:2])
+    is_pred = ~ctrl.obs["is_control"].to_numpy()
+    perts = ctrl.obs["perturbation"].astype(str).to_numpy()
+    for name, pred in preds.items():
+        a = pred.adata
+        assert a.uns["ptrag"]["model"] == name and pred.retrieval is None
+        pd.testing.assert_frame_equal(a.obs, identity.obs)
+        assert list(a.var_names) == list(identity.var_names)
+        shift = np.stack([hand[name][p] for p in perts[is_pred]])
+        np.testing.assert_allclose(a.X[is_pred], np.maximum(ctrl.X[is_pred] + shift, 0), atol=1e-5, err_msg=name)
+        np.testing.assert_array_equal(a.X[~is_pred], ctrl.X[~is_pred])  # observed controls, unchanged
+        assert (a.X >= 0).all()
+    assert set(perts[is_pred]) == {"P5", "P6", "P7"}
+    # predict(baseline=...) and the old control_baseline flag give the same files
+    np.testing.assert_array_equal(predict(run, data, baseline="linear").adata.X, preds["linear"].adata.X)
+    np.testing.assert_array_equal(predict(run, data, control_baseline=True).adata.X, ctrl.X)
+
+
+def _rewrite(files, groups, name, seed=1):
+    a = ad.read_h5ad(files / "d.h5ad")
+    x = _dense(a.X).astype(np.float32)
+    rng = np.random.default_rng(seed)
+    for ct, p in groups:
+        m = ((a.obs["cell_type"] == ct) & (a.obs["gene"] == p)).to_numpy()
+        x[m] = rng.gamma(1.0, 2.0, size=(m.sum(), x.shape[1])).astype(np.float32)
+    a.X = x
+    a.write_h5ad(files / name)
+    return files / name
+
+
+def test_no_validation_or_test_group_influences_a_baseline(files):
+    run = files / "run"
+    before = predict_baselines(run, files / "d.h5ad")
+    after = predict_baselines(run, _rewrite(files, HELD, "held_changed.h5ad"))
+    for name in BASELINES:
+        np.testing.assert_array_equal(after[name].adata.X, before[name].adata.X, err_msg=name)
+        pd.testing.assert_frame_equal(after[name].adata.obs, before[name].adata.obs)
+    # the check can fail: changing a training group of the target moves the mean baselines
+    moved = predict_baselines(run, _rewrite(files, [("CT1", "P0")], "train_changed.h5ad"))
+    for name in ("context_mean", "additive", "linear"):
+        assert not np.array_equal(moved[name].adata.X, before[name].adata.X), name
+
+
+def test_pure_functions_fall_back_as_documented():
+    # CT0: A, B train; CT1: A; CT2 (zero-shot): nothing
+    d = np.array([[1.0, 0.0], [3.0, 2.0], [5.0, 4.0]])
+    ch = MeanChanges(np.array(["CT0", "CT0", "CT1"], object), np.array(["A", "B", "A"], object), d)
+    np.testing.assert_allclose(context_mean(ch, "CT0"), [2.0, 1.0])
+    np.testing.assert_allclose(context_mean(ch, "CT2"), d.mean(0))  # no training group: all groups
+    np.testing.assert_allclose(perturb_mean(ch, "CT2", "A"), [3.0, 2.0])  # A in CT0 and CT1
+    np.testing.assert_allclose(perturb_mean(ch, "CT1", "B"), [3.0, 2.0])  # B in CT0 only
+    np.testing.assert_allclose(perturb_mean(ch, "CT1", "Z"), [5.0, 4.0])  # nowhere: context mean
+    # additive: context mean + (A elsewhere - mean of the other cell types' groups)
+    np.testing.assert_allclose(additive(ch, "CT1", "A"), np.array([5.0, 4.0]) + (np.array([1.0, 0.0]) - [2.0, 1.0]))
+    np.testing.assert_allclose(additive(ch, "CT1", "Z"), [5.0, 4.0])
+    fit = linear_fit(ch, "CT2")  # no training perturbation in the target: W = 0, shift = context mean
+    assert np.all(fit.W == 0)
+    np.testing.assert_allclose(linear_shift(fit, ch, "CT2", "A"), d.mean(0))
+    assert baseline_shifts("control", None, [("CT0", "A")], n_genes=2).tolist() == [[0.0, 0.0]]
+    from ptrag.errors import PtragError
+
+    with pytest.raises(PtragError, match="--baseline"):
+        baseline_shifts("nope", ch, [("CT0", "A")])
+
+
+def test_cli_baseline_choice_and_output(files, tmp_path, capsys):
+    base = ["predict", "--run", str(files / "run"), "--data", str(files / "d.h5ad")]
+    out = tmp_path / "nope.h5ad"
+    assert main([*base, "--out", str(out), "--baseline", "nope"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("--baseline") == 1 and "nope" in err and "linear" in err and "Traceback" not in err
+    assert not out.exists()
+    assert main([*base, "--out", str(out), "--baseline", "linear", "--control-baseline"]) == 2
+    assert not out.exists()
+    ok = tmp_path / "linear.h5ad"
+    assert main([*base, "--out", str(ok), "--baseline", "linear"]) == 0
+    a = ad.read_h5ad(ok)
+    assert a.uns["ptrag"]["model"] == "linear"
+    assert not ok.with_suffix(".retrieval.csv").exists()  # no retrieval log for a baseline, even of a RAG run
+    assert main([*base, "--out", str(tmp_path / "c.h5ad"), "--control-baseline"]) == 0
+    assert ad.read_h5ad(tmp_path / "c.h5ad").uns["ptrag"]["model"] == "control"
+
+
+def test_run_target_evaluates_every_baseline(files, tmp_path, monkeypatch):
+    import ptrag.eval.evaluate as evaluate_mod
+    from ptrag.experiments.cross_celltype import run_target
+    from ptrag.train.config import read_run_config
+
+    out = tmp_path / "target"
+    shutil.copytree(files / "run", out / "runs" / "vanilla_rag")
+    configs = {"vanilla_rag": read_run_config(out / "runs" / "vanilla_rag")}
+    args = (files / "d.h5ad", files / "split.toml", out, configs, [files / "g.pkl"])
+    m = run_target(*args, progress=False, pred_dir="pred", eval_dir="eval")
+    assert set(m["model"]) == {"vanilla_rag", *BASELINES}
+    for name in ("vanilla_rag", *BASELINES):
+        assert (out / "pred" / f"{name}.h5ad").is_file(), name
+        assert set(m.loc[m["model"] == name, "perturbation"]) == {"P5", "P6", "P7"}
+    assert not (out / "pred" / "linear.retrieval.csv").exists()
+    # the linear baseline's file is the one `ptrag predict --baseline linear` writes
+    np.testing.assert_array_equal(ad.read_h5ad(out / "pred" / "linear.h5ad").X,
+                                  predict(out / "runs" / "vanilla_rag", files / "d.h5ad", baseline="linear").adata.X)
+    # an evaluation from before the baselines existed (control only) is redone; a full one is reused
+    (out / "pred" / "linear.h5ad").unlink()
+    m[m["model"].isin(["vanilla_rag", "control"])].to_parquet(out / "eval" / "metrics.parquet")
+    again = run_target(*args, progress=False, pred_dir="pred", eval_dir="eval")
+    assert set(again["model"]) == {"vanilla_rag", *BASELINES} and (out / "pred" / "linear.h5ad").is_file()
+    monkeypatch.setattr(evaluate_mod, "evaluate", lambda *a, **k: pytest.fail("evaluated again"))
+    assert set(run_target(*args, progress=False, pred_dir="pred", eval_dir="eval")["model"]) == {"vanilla_rag", *BASELINES}
+
+
+def test_new_perturbations_need_no_gene_vector_for_a_baseline(files):
+    run, data = files / "run", files / "d.h5ad"
+    kw = dict(perturbations=["P5", "NEWGENE"], cell_type="CT1")
+    pm = predict(run, data, baseline="perturb_mean", **kw).adata
+    ctx = predict(run, data, baseline="context_mean", **kw).adata
+    new = (pm.obs["perturbation"] == "NEWGENE").to_numpy()
+    assert new.sum() == 8 and (pm.obs["split"].astype(str)[~pm.obs["is_control"]] == "new").all()
+    np.testing.assert_array_equal(pm.X[new], ctx.X[new])  # trains nowhere: perturb_mean = context_mean
+    p5 = (pm.obs["perturbation"] == "P5").to_numpy()
+    assert not np.array_equal(pm.X[p5], ctx.X[p5])
