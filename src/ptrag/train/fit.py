@@ -353,9 +353,19 @@ def train(
             filename="best",
             monitor="val/energy" if val_dl is not None else None,
             mode="min",
-            save_last=True,
             enable_version_counter=False,
-        )
+        ),
+        # last.ckpt at every validation interval, improved or not: Lightning's save_last writes
+        # it only when the monitored checkpoint is saved, so a killed run would resume from
+        # its last *improving* validation
+        ModelCheckpoint(
+            dirpath=run_dir / "checkpoints",
+            filename="last",
+            monitor=None,
+            every_n_train_steps=min(cfg.val_every, cfg.max_steps),
+            save_top_k=1,
+            enable_version_counter=False,
+        ),
     ]
     if cfg.early_stopping and val_dl is not None:
         callbacks.append(EarlyStopping("val/energy", patience=cfg.early_stopping, mode="min"))
