@@ -51,6 +51,8 @@ def train_cmd(
     sparsity_scale: Annotated[Optional[str], _o("--sparsity-scale", "sparsity_scale", "control (lambda relative to the batch's predict-the-control energy) | absolute (pt_rag).")] = None,
     empty_selection: Annotated[Optional[str], _o("--empty-selection", "empty_selection", "best (an empty selection takes its best candidate) | null (a null-context triplet always added) | paper (z = 0) | keep (z keeps h_ctrl + h_pert) (pt_rag).")] = None,
     aggregation: Annotated[Optional[str], _o("--aggregation", "aggregation", "sum (Eq. 7) | mean of the selected triplets (pt_rag).")] = None,
+    train_selection: Annotated[Optional[str], _o("--train-selection", "train_selection", "sample (straight-through Gumbel, the paper's) | threshold | expected (pt_rag).")] = None,
+    identity_init: Annotated[Optional[bool], typer.Option("--identity-init/--no-identity-init", help="Start the triplet projection as h_ctrl + h_pert (+ a small context term) (pt_rag). [default: yes]", show_default=False)] = None,
     eval_selection: Annotated[Optional[str], _o("--eval-selection", "eval_selection", "expected (the expectation of the training selection) | threshold | sample (pt_rag).")] = None,
     optimizer: Annotated[Optional[str], _o("--optimizer", "optimizer", "adamw (decoupled weight decay) | adam (L2 in the gradient).")] = None,
     lr: Annotated[Optional[float], _o("--lr", "lr", "Learning rate.")] = None,
