@@ -488,7 +488,7 @@ def test_model_checks_input_shapes_and_looks_names_up() -> None:
 
 
 def test_blocked_triplet_scorer_matches_autograd(monkeypatch) -> None:
-    import ptrag.nn.retrieval as retrieval
+    import ptrag.nn.selector as retrieval
 
     monkeypatch.setattr(retrieval, "_CHUNK_ELEMENTS", 120)  # blocks of 2 sets: 2 + 2 + 1
     torch.manual_seed(0)

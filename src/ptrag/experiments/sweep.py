@@ -185,9 +185,10 @@ def sweep(
         summary = json.loads((out / "runs" / name / "train_summary.json").read_text())
         row: dict[str, Any] = {"variant": name, **point, "val_energy": summary["val_energy"]}
         rlog = out / "pred" / f"{name}.retrieval.csv"
-        row["mean_contexts"] = mean_selected_contexts(pd.read_csv(rlog)) if rlog.is_file() else np.nan
-        if ground_truth and rlog.is_file():
-            row.update(_against_truth(pd.read_csv(rlog), ground_truth, name))
+        retrieval = pd.read_csv(rlog) if rlog.is_file() else None
+        row["mean_contexts"] = np.nan if retrieval is None else mean_selected_contexts(retrieval)
+        if ground_truth and retrieval is not None:
+            row.update(_against_truth(retrieval, ground_truth, name))
         row.update(m[metric_cols].mean().to_dict())
         row["better_than_control"] = vs.loc[name, "better_than_control"]
         row["wilcoxon_p"] = vs.loc[name, "wilcoxon_p"]

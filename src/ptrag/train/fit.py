@@ -1,6 +1,6 @@
 """Training runs: from an h5ad file and a configuration to a run folder.
 
-:func:`prepare_run` reads the data, makes or reads the split, builds the perturbation table
+:func:`~ptrag.train.prepare.prepare_run` (in :mod:`ptrag.train.prepare`) reads the data, makes or reads the split, builds the perturbation table
 (one-hot or gene embeddings) and the retrieval database (training perturbations only), picks
 the genes (HVGs on training cells) and fits the PCA-50 space on training cells.
 :func:`train` then fits the model with a Lightning Trainer and writes the run folder::
@@ -17,233 +17,25 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import torch
 
-from ptrag.data.embeddings import load_gene_tables, one_hot, perturbation_vectors
-from ptrag.data.io import PerturbData, read_perturbseq, select_hvg
-from ptrag.data.sets import SetDataset, SetSampler
-from ptrag.data.splits import Split, load_split
 from ptrag.errors import PtragError, atomic_path, atomic_write_text
 from ptrag.train.config import TrainConfig
 
+from ptrag.train.prepare import (  # noqa: F401  (re-exported: the run's inputs)
+    PreparedRun,
+    build_plan,
+    cell_feature_fn,
+    make_loader,
+    prepare_run,
+    training_rows,
+)
+
 log = logging.getLogger("ptrag")
-
-
-@dataclass
-class PreparedRun:
-    """Everything a training run needs besides the network.
-
-    Attributes
-    ----------
-    data
-        The data set.
-    split
-        The split (groups whose perturbation cannot be represented are removed).
-    genes
-        Output genes, in order.
-    pert_names, pert_vectors
-        Perturbation table: names and ``[P, D]`` vectors.
-    database_names
-        Training perturbations forming the retrieval database.
-    cell_features
-        ``(rows, expression) -> features`` for the cell encoder, ``None`` for expression.
-    cell_input_dim
-        Width of the cell encoder's input.
-    pca
-        The PCA-50 space fit on training cells.
-    """
-
-    data: PerturbData
-    split: Split
-    genes: list[str]
-    pert_names: list[str]
-    pert_vectors: np.ndarray
-    database_names: list[str]
-    cell_features: Callable[[np.ndarray, np.ndarray], np.ndarray] | None
-    cell_input_dim: int
-    pca: object
-
-
-def training_rows(data: PerturbData, split: Split) -> np.ndarray:
-    """Rows of control cells and of the cells of training groups."""
-    o = data.obs
-    train = split.groups("train")
-    key = o["cell_type"].astype(str) + "\x00" + o["perturbation"].astype(str)
-    train_keys = set(train["cell_type"] + "\x00" + train["perturbation"])
-    m = (o["is_control"] | key.isin(train_keys)) & o["keep"]
-    return np.flatnonzero(m.to_numpy())
-
-
-def cell_feature_fn(cfg: TrainConfig, data: PerturbData, pca) -> tuple[Callable | None, int | None]:
-    """What the cell encoder reads: expression (``None``), obsm embeddings, or PCA scores."""
-    if cfg.cell_encoder == "obsm":
-        emb = data.cell_embedding(cfg.cell_obsm_key)
-        return (lambda rows, x: emb[rows]), emb.shape[1]
-    if cfg.cell_encoder == "pca":
-        return (lambda rows, x: pca.transform(x).astype(np.float32)), pca.n_components
-    return None, None
-
-
-def prepare_run(
-    cfg: TrainConfig,
-    data_path: str | Path,
-    split_path: str | Path | None = None,
-    gene_tables: Sequence[str | Path] = (),
-    backed: bool = False,
-    gene_aliases: str | Path | None = None,
-) -> PreparedRun:
-    """Read and check the inputs of a run (see the module docstring).
-
-    Parameters
-    ----------
-    cfg
-        Resolved configuration.
-    data_path
-        The h5ad file.
-    split_path
-        A cell-load split TOML; made from ``cfg.task`` when ``None``.
-    gene_tables
-        Gene-embedding tables (required by the embedding models, refused by ``state``).
-    backed
-        Stream expression from disk.
-    gene_aliases
-        Optional alias map for gene symbols.
-
-    Returns
-    -------
-    PreparedRun
-    """
-    from ptrag.eval.pca import PCASpace
-
-    if cfg.uses_gene_table and not gene_tables:
-        raise PtragError(f"--model {cfg.model} needs gene embeddings: pass --genes TABLE (GenePT pickle, CSV, parquet or npz).")
-    if not cfg.uses_gene_table and gene_tables:
-        raise PtragError(
-            "--model state represents perturbations one-hot and takes no --genes; use --model state_genept "
-            "to condition on gene embeddings."
-        )
-    data = read_perturbseq(data_path, cfg.column_spec, backed=backed)
-    groups = data.groups()
-    if groups.empty:
-        raise PtragError(f"{data_path}: no perturbed cells besides controls ({cfg.column_spec.control!r}).")
-    table = None
-    if cfg.uses_gene_table:
-        table = load_gene_tables(list(gene_tables), normalize=True, aliases=gene_aliases)
-        perts = sorted(groups["perturbation"].unique())
-        counts = groups.groupby("perturbation")["n_cells"].sum().to_dict()
-        _, kept = perturbation_vectors(perts, table, cfg.missing_genes, counts)
-        groups = groups[groups["perturbation"].isin(kept)].reset_index(drop=True)
-    split = load_split(
-        groups,
-        split_path,
-        task=cfg.task,
-        target_cell_type=cfg.target_cell_type or None,
-        fraction=cfg.fewshot,
-        seed=cfg.seed,
-    )
-    train_perts = split.perturbations("train")
-    if cfg.uses_gene_table:
-        pert_names = sorted(split.table["perturbation"].unique())
-        pert_vectors, _ = perturbation_vectors(pert_names, table, "error")
-    else:
-        pert_names = train_perts
-        unseen = split.table[~split.table["perturbation"].isin(train_perts)]
-        if len(unseen):
-            log.warning(
-                "--model state cannot represent %d held-out groups whose perturbation never trains "
-                "(e.g. %s): they are left out. Use an embedding model to predict them.",
-                len(unseen),
-                unseen["perturbation"].iloc[0],
-            )
-            split = Split(split.table[split.table["perturbation"].isin(train_perts)].reset_index(drop=True), split.dataset)
-        pert_vectors = one_hot(pert_names, pert_names)
-    database_names = train_perts if cfg.conditioning != "none" else []
-    if cfg.conditioning != "none" and cfg.topk > len(database_names) - 1:
-        raise PtragError(
-            f"--topk {cfg.topk} is larger than the retrieval database allows: {len(database_names)} training "
-            f"perturbations minus the query. Use --topk {max(len(database_names) - 1, 1)} or less."
-        )
-    rows = training_rows(data, split)
-    genes = select_hvg(data, rows, cfg.n_genes, seed=cfg.seed)
-    rng = np.random.default_rng(cfg.seed)
-    fit_rows = np.sort(rng.choice(rows, min(len(rows), 50_000), replace=False))
-    pca = PCASpace.fit(data.expression(fit_rows, genes), n_components=50, seed=cfg.seed, gene_names=genes)
-    features, dim = cell_feature_fn(cfg, data, pca)
-    return PreparedRun(
-        data=data,
-        split=split,
-        genes=genes,
-        pert_names=list(pert_names),
-        pert_vectors=np.asarray(pert_vectors, dtype=np.float32),
-        database_names=list(database_names),
-        cell_features=features,
-        cell_input_dim=dim or len(genes),
-        pca=pca,
-    )
-
-
-def build_plan(cfg: TrainConfig, prep: PreparedRun):
-    """The :class:`~ptrag.train.plan.PerturbationPlan` of a prepared run."""
-    from ptrag.train.plan import PerturbationPlan
-
-    return PerturbationPlan(
-        model_cfg=cfg.model_config().to_dict(),
-        n_genes=len(prep.genes),
-        cell_input_dim=prep.cell_input_dim,
-        pert_names=prep.pert_names,
-        pert_dim=prep.pert_vectors.shape[1],
-        database_names=prep.database_names,
-        genes=prep.genes,
-        sparsity_weight=cfg.sparsity_weight,
-        sparsity_scale=cfg.sparsity_scale,
-        lr=cfg.lr,
-        weight_decay=cfg.weight_decay,
-        optimizer=cfg.optimizer,
-        pert_vectors=torch.from_numpy(prep.pert_vectors),
-    )
-
-
-def make_loader(
-    cfg: TrainConfig,
-    prep: PreparedRun,
-    which: str,
-    mode: str = "train",
-    freeze_epoch: bool = False,
-) -> torch.utils.data.DataLoader | None:
-    """A DataLoader of cell sets of one split (``None`` when the split is empty)."""
-    groups = prep.split.groups(which)
-    if groups.empty:
-        return None
-    sampler = SetSampler(
-        prep.data.obs,
-        groups,
-        cfg.cell_set_size,
-        mode=mode,
-        seed=cfg.seed + (0 if which == "train" else 1),
-        match_batch=cfg.match_batch,
-        shuffle=which == "train",
-        freeze_epoch=freeze_epoch,
-    )
-    dataset = SetDataset(prep.data, prep.genes, {n: i for i, n in enumerate(prep.pert_names)}, prep.cell_features)
-    cuda = torch.cuda.is_available() and cfg.accelerator in ("auto", "gpu", "cuda")
-    workers = 0 if prep.data.backed else cfg.num_workers
-    return torch.utils.data.DataLoader(
-        dataset,
-        sampler=sampler,
-        batch_size=cfg.batch_size,
-        num_workers=workers,
-        pin_memory=cuda,
-        persistent_workers=workers > 0,
-        prefetch_factor=4 if workers > 0 else None,
-        # its own generator: creating an iterator then draws no number from torch's global RNG,
-        # so the Gumbel noise stream is the same whether or not a run was resumed mid-epoch
-        generator=torch.Generator().manual_seed(cfg.seed),
-    )
 
 
 def atomic_checkpoint_io():

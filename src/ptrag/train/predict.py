@@ -206,32 +206,26 @@ def _run_network(plan, data, sets: list[CellSet], gene_idx: np.ndarray, features
 
 
 def predict_baselines(
-    run_dir: str | Path,
-    data_path: str | Path,
-    names: Sequence[str] = BASELINES,
-    split: str = "test",
-    perturbations: Sequence[str] | None = None,
-    cell_type: str | None = None,
-    n_cells: int | None = None,
-    checkpoint: str = "best",
-    backed: bool = False,
+    run_dir: str | Path, data_path: str | Path, names: Sequence[str] = BASELINES, **options
 ) -> dict[str, Prediction]:
     """Baseline predictions (:mod:`ptrag.train.baselines`) on the sets of :func:`predict`.
 
     Parameters
     ----------
-    run_dir, data_path, split, perturbations, cell_type, n_cells, checkpoint, backed
-        As for :func:`predict` (the checkpoint is read only for the perturbations the run
-        represents, so that the baselines predict exactly the model's groups).
+    run_dir, data_path
+        As for :func:`predict`.
     names
         Baselines to predict (default: all of :data:`~ptrag.train.baselines.BASELINES`).
+    **options
+        ``split``, ``perturbations``, ``cell_type``, ``n_cells``, ``checkpoint``, ``backed``
+        as for :func:`iter_baselines`.
 
     Returns
     -------
     dict[str, Prediction]
         Baseline name -> its prediction (``retrieval`` is ``None``); see :func:`iter_baselines`.
     """
-    return dict(iter_baselines(run_dir, data_path, names, split, perturbations, cell_type, n_cells, checkpoint, backed))
+    return dict(iter_baselines(run_dir, data_path, names, **options))
 
 
 def iter_baselines(
@@ -246,7 +240,9 @@ def iter_baselines(
     backed: bool = False,
 ) -> Iterator[tuple[str, Prediction]]:
     """Yield ``(name, prediction)`` for each baseline of ``names``, one at a time (so that
-    only one is held in memory); arguments as for :func:`predict_baselines`.
+    only one is held in memory); ``split`` ... ``backed`` as for :func:`predict` (the
+    checkpoint is read only for the perturbations the run represents, so that the baselines
+    predict exactly the model's groups).
 
     The training groups' mean changes are computed once for all ``names``. Every set of the
     model's prediction (same groups, same matched control cells, same order) is predicted as
