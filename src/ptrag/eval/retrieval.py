@@ -114,7 +114,7 @@ def selected_sets(log: pd.DataFrame, min_fraction: float = 0.5, top: int | None 
         sel = log[frac >= min_fraction]
     else:
         if top < 1:
-            raise PtragError(f"--top must be at least 1 (got {top}).")
+            raise PtragError(f"--jaccard-top (contexts per query in the Jaccard index) must be at least 1 (got {top}).")
         ranked = log[frac > 0].sort_values(["cell_type", "query", "selected_fraction", "similarity"],
                                            ascending=[True, True, False, False])
         sel = ranked.groupby(["cell_type", "query"], sort=False).head(top)
