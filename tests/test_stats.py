@@ -125,3 +125,23 @@ def test_summary_table_and_markdown():
 def test_format_value_paper_style():
     assert [format_value(v) for v in (646.123, 35.704, 8.4312, 0.6331, 0.01423)] == ["646.1", "35.70", "8.43", "0.633", "0.0142"]
     assert format_value(float("nan")) == "nan"
+
+
+def test_exact_signed_rank_with_ties_equals_enumerating_every_sign_pattern():
+    import itertools
+
+    from ptrag.eval.stats import wilcoxon_paired
+
+    a = np.array([0.3, 0.1, 0.4, 0.4, 0.2, 0.9, 0.3, 0.0, 0.5, 0.1])
+    b = np.array([0.1, 0.3, 0.1, 0.1, 0.2, 0.1, 0.0, 0.2, 0.1, 0.4])  # tied |d| and one zero
+    d = (a - b)[a != b]
+    r = stats.rankdata(np.abs(d))
+    t = r[d > 0].sum()
+    sums = np.array([r[np.array(s, bool)].sum() for s in itertools.product([0, 1], repeat=d.size)])
+    p = min(1.0, 2 * min(np.mean(sums <= t + 1e-9), np.mean(sums >= t - 1e-9)))
+    w, pw, n = wilcoxon_paired(a, b)
+    assert n == 10 and w == min(t, r.sum() - t) and pw == pytest.approx(p, rel=1e-12)
+    # without ties it is scipy's exact test
+    rng = np.random.default_rng(4)
+    x, y = rng.normal(size=23), rng.normal(size=23) + 0.4
+    assert wilcoxon_paired(x, y)[1] == pytest.approx(stats.wilcoxon(x, y, method="exact").pvalue, rel=1e-12)
