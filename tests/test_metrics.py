@@ -13,6 +13,7 @@ from scipy import stats
 from ptrag.errors import PtragError
 from ptrag.eval import gge as G
 from ptrag.eval.metrics import (
+    ControlSet,
     GroupStats,
     MetricOptions,
     benjamini_hochberg,
@@ -178,13 +179,16 @@ def test_group_metrics_on_constructed_sets():
     pca = PCASpace.fit(np.concatenate([ctrl_cells, real]), n_components=5)
     perfect = real.copy()  # the observed cells themselves
     scaled = ctrl.mean + 2 * (real - ctrl.mean)  # doubled changes: same correlation, larger error
-    out = group_metrics({"perfect": perfect, "scaled": scaled}, real, ctrl, pca)
+    out = group_metrics({"perfect": perfect, "scaled": scaled}, real, ControlSet.of(ctrl_cells), pca)
     p, s = out["perfect"], out["scaled"]
+    # cell-eval's metrics of the observed cells themselves: perfect agreement
+    assert p["mae_delta"] == 0 and p["mse_delta"] == 0 and p["overlap_at_N"] == 1 and p["precision_at_N"] == 1
+    assert p["de_direction_match"] == 1 and p["de_spearman_lfc_sig"] == pytest.approx(1.0)
+    assert s["mae_delta"] == pytest.approx(np.mean(np.abs(d := real.mean(0) - ctrl.mean)))
     assert p["pearson_deg"] == pytest.approx(1.0) and p["spearman_deg"] == pytest.approx(1.0)
     assert s["pearson_deg"] == pytest.approx(1.0)
     assert p["mse"] == pytest.approx(0.0, abs=1e-20) and p["w1"] == pytest.approx(0.0, abs=1e-9)
     assert p["energy"] == pytest.approx(0.0, abs=1e-9) and p["w2_sq"] == pytest.approx(0.0, abs=1e-9)
-    d = real.mean(0) - ctrl.mean
     assert s["mse"] == pytest.approx(np.mean(d**2)) and s["mae"] == pytest.approx(np.mean(np.abs(d)))
     assert s["rmse"] == pytest.approx(math.sqrt(s["mse"]))
     dz = pca.transform(scaled).mean(0) - pca.transform(real).mean(0)

@@ -51,6 +51,7 @@ def evaluate_cmd(
     deg_pval: Annotated[float, typer.Option("--deg-pval", help="ptrag mode: DEG when the Welch p-value is below this.")] = 0.05,
     deg_correction: Annotated[str, typer.Option("--deg-correction", help="ptrag mode: none (raw p, as in the paper) or bh (Benjamini–Hochberg per group).")] = "none",
     deg_min_lfc: Annotated[float, typer.Option("--deg-min-lfc", help="ptrag mode: also require |mean change| >= this (log-normalised units).")] = 0.0,
+    cell_eval: Annotated[bool, typer.Option("--cell-eval/--no-cell-eval", help="ptrag mode: also compute cell-eval's metrics (PDS, DE overlap, ...; they hold each cell type's control cells in memory).")] = True,
     gge_deg_lfc: Annotated[float, typer.Option("--gge-deg-lfc", help="gge mode: minimum |log2 fold change| of a DEG (authors' script: 0.05).")] = 0.05,
     gge_deg_pval: Annotated[float, typer.Option("--gge-deg-pval", help="gge mode: maximum p-value of a DEG (authors' script: 0.1).")] = 0.1,
     model_names: Annotated[
@@ -85,7 +86,7 @@ def evaluate_cmd(
             # optional here as it was for training (e.g. no gem_group column in the file)
             defaults.append(field)
     spec = ColumnSpec(**fields)
-    options = MetricOptions(deg_pval=deg_pval, deg_correction=deg_correction, deg_min_lfc=deg_min_lfc)
+    options = MetricOptions(deg_pval=deg_pval, deg_correction=deg_correction, deg_min_lfc=deg_min_lfc, cell_eval=cell_eval)
     gge_options = GGEOptions(deg_lfc=gge_deg_lfc, deg_pval=gge_deg_pval)
     metrics = evaluate(pred, real, run, out, mode, spec, defaults, backed, options, gge_options, model_names)
     console.print(Markdown(summary_markdown(summary_table(metrics, mode), mode)))

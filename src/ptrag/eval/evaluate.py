@@ -27,18 +27,29 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
-from ptrag.errors import PtragError, atomic_path, atomic_write_csv, atomic_write_text, check_choice
-from ptrag.eval.gge import GGEOptions, GGEReference, condition_key, first_condition, gge_group_metrics
+from ptrag.errors import (
+    PtragError,
+    atomic_path,
+    atomic_write_csv,
+    atomic_write_text,
+    check_choice,
+)
+from ptrag.eval.gge import (
+    GGEOptions,
+    GGEReference,
+    condition_key,
+    first_condition,
+    gge_group_metrics,
+)
 from ptrag.eval.metrics import (
     COUNT_COLUMNS,
     ID_COLUMNS,
     GroupStats,
     MetricOptions,
-    group_metrics,
     metric_columns,
-    welch_degs,
 )
 from ptrag.eval.pca import PCASpace
+from ptrag.eval.scoring import ControlSet, score_cell_type
 from ptrag.eval.tables import summary_markdown, summary_table
 
 if sys.version_info >= (3, 11):
@@ -333,17 +344,14 @@ def evaluate_predictions(
         if pca is None:
             raise PtragError("ptrag mode needs the run's PCA space (RUN_DIR/pca.npz).")
         for ct in sorted(ctrl_rows):
-            ctrl = GroupStats.of_chunks(
-                data.expression(ctrl_rows[ct][i : i + 20_000], gidx) for i in range(0, len(ctrl_rows[ct]), 20_000)
-            )
+            control = _control_set(data, ctrl_rows[ct], gidx, options.cell_eval)
             keys = [k for k in sorted(plan) if k[0] == ct]
-            log.info("Evaluating %d perturbations of cell type %s (%d control cells).", len(keys), ct, ctrl.n)
-            for key in keys:
-                real = data.expression(real_rows[key], gidx)
-                degs = welch_degs(GroupStats.of(real), ctrl, options)
-                sets = {m: by_model[m].cells(r) for m, r in plan[key].items()}
-                for m, row in group_metrics(sets, real, ctrl, pca, options, degs).items():
-                    results.append({"model": m, "cell_type": ct, "perturbation": key[1], **row})
+            log.info("Evaluating %d perturbations of cell type %s (%d control cells).", len(keys), ct, control.stats.n)
+            groups = (
+                (key[1], data.expression(real_rows[key], gidx), {m: by_model[m].cells(r) for m, r in plan[key].items()})
+                for key in keys
+            )
+            results.extend(score_cell_type(ct, control, genes, pca, groups, options))
     else:
         results = _evaluate_gge(preds, data, gidx, plan, real_rows, ctrl_rows, gge_options, info)
     info["seconds"] = round(time.perf_counter() - t0, 2)
@@ -353,6 +361,14 @@ def evaluate_predictions(
     df["mode"] = mode
     log.info("Evaluated %d rows in %.1f s.", len(df), info["seconds"])
     return df, info
+
+
+def _control_set(data, rows: np.ndarray, gidx, cell_eval: bool) -> ControlSet:
+    """The control cells of a cell type: all of them for cell-eval's metrics, else only their
+    statistics, read in blocks (a control set larger than memory still evaluates)."""
+    if cell_eval:
+        return ControlSet.of(data.expression(rows, gidx))
+    return ControlSet(GroupStats.of_chunks(data.expression(rows[i : i + 20_000], gidx) for i in range(0, len(rows), 20_000)))
 
 
 def _evaluate_gge(preds, data, gidx, plan, real_rows, ctrl_rows, gge_options, info) -> list[dict]:

@@ -28,100 +28,25 @@ from __future__ import annotations
 
 import math
 import warnings
-from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Literal
 
 import numpy as np
 from scipy import stats
-from scipy.spatial.distance import cdist
 
 from ptrag.errors import PtragError, check_choice
-from ptrag.eval.pca import PCASpace
 
-# ----------------------------------------------------------------------- registry
-
-
-@dataclass(frozen=True)
-class MetricInfo:
-    """How a metric column is shown in tables.
-
-    Attributes
-    ----------
-    column
-        Column name in ``metrics.parquet``.
-    label
-        Display name.
-    higher_is_better
-        Direction (↑ when true, ↓ otherwise).
-    group
-        Row group of the comparison table.
-    """
-
-    column: str
-    label: str
-    higher_is_better: bool
-    group: str
-
-    @property
-    def arrow(self) -> str:
-        """``↑`` or ``↓``."""
-        return "↑" if self.higher_is_better else "↓"
-
-
-_CORR = "Correlation on DEGs"
-_ERR = "Expression error (on means)"
-_DIST = "Distribution distance (PCA-50)"
-
-#: Metrics of each evaluation mode, in table order.
-METRICS: dict[str, tuple[MetricInfo, ...]] = {
-    "ptrag": (
-        MetricInfo("pearson_deg", "Pearson DEG", True, _CORR),
-        MetricInfo("spearman_deg", "Spearman DEG", True, _CORR),
-        MetricInfo("pearson_delta", "Pearson Δ (all genes)", True, _CORR),
-        MetricInfo("mse", "MSE", False, _ERR),
-        MetricInfo("rmse", "RMSE", False, _ERR),
-        MetricInfo("mae", "MAE", False, _ERR),
-        MetricInfo("mse_pca50", "MSE PCA50", False, _ERR),
-        MetricInfo("w1", "W1", False, _DIST),
-        MetricInfo("w2_sq", "W2²", False, _DIST),
-        MetricInfo("energy", "Energy", False, _DIST),
-        MetricInfo("mmd", "MMD²", False, _DIST),
-    ),
-    "gge": (
-        MetricInfo("pearson_deg", "Pearson DEG", True, _CORR),
-        MetricInfo("spearman_deg", "Spearman DEG", True, _CORR),
-        MetricInfo("mse", "MSE", False, _ERR),
-        MetricInfo("rmse", "RMSE", False, _ERR),
-        MetricInfo("mae", "MAE", False, _ERR),
-        MetricInfo("mse_pca50", "MSE PCA50", False, _ERR),
-        MetricInfo("w1", "W1", False, "Per-PC distance, averaged (gge)"),
-        MetricInfo("w2", "W2", False, "Per-PC distance, averaged (gge)"),
-        MetricInfo("energy", "Energy", False, "Per-PC distance, averaged (gge)"),
-        MetricInfo("mmd", "MMD", False, "Per-PC distance, averaged (gge)"),
-    ),
-}
-
-#: Columns of ``metrics.parquet`` besides the metrics.
-ID_COLUMNS = ("model", "cell_type", "perturbation")
-COUNT_COLUMNS = ("n_pred", "n_real", "n_deg", "reason")
-
-
-def metric_columns(mode: Literal["ptrag", "gge"] = "ptrag") -> list[str]:
-    """Metric column names of a mode, in table order.
-
-    Parameters
-    ----------
-    mode
-        ``"ptrag"`` or ``"gge"``.
-
-    Returns
-    -------
-    list of str
-    """
-    check_choice("--mode", mode, tuple(METRICS))
-    return [m.column for m in METRICS[mode]]
-
+# the registry lives in ptrag.eval.registry; re-exported here for existing imports
+from ptrag.eval.registry import (  # noqa: E402,F401
+    CELL_EVAL_COLUMNS,
+    COUNT_COLUMNS,
+    ID_COLUMNS,
+    METRICS,
+    OVERLAP_KS,
+    MetricInfo,
+    metric_columns,
+    metric_info,
+)
 
 # ------------------------------------------------------------------------- options
 
@@ -141,12 +66,16 @@ class MetricOptions:
         Also require ``|mean(real) - mean(ctrl)| >= deg_min_lfc`` (log-normalised units).
     min_degs
         Fewer DEGs than this give NaN DEG correlations (with a reason).
+    cell_eval
+        Also compute cell-eval's metrics (they need every control cell, not only their
+        statistics; ``--no-cell-eval`` skips them).
     """
 
     deg_pval: float = 0.05
     deg_correction: Literal["none", "bh"] = "none"
     deg_min_lfc: float = 0.0
     min_degs: int = 3
+    cell_eval: bool = True
 
     def __post_init__(self) -> None:
         check_choice("--deg-correction", self.deg_correction, ("none", "bh"))
@@ -362,9 +291,15 @@ def delta_correlations(
         return math.nan, math.nan, "predicted change is constant over the genes"
     if np.ptp(y) == 0:
         return math.nan, math.nan, "observed change is constant over the genes"
-    r = float(stats.pearsonr(x, y)[0])
-    rho = float(stats.spearmanr(x, y)[0])
-    return r, rho, ""
+    return _pearson(x, y), _pearson(stats.rankdata(x), stats.rankdata(y)), ""
+
+
+def _pearson(x: np.ndarray, y: np.ndarray) -> float:
+    """Pearson correlation of two non-constant vectors (Spearman's on their average ranks,
+    as ``scipy.stats.spearmanr``); centred dot products, without scipy's per-call checks."""
+    a = x - x.mean()
+    b = y - y.mean()
+    return float(np.clip(a @ b / math.sqrt((a @ a) * (b @ b)), -1.0, 1.0))
 
 
 # -------------------------------------------------------------- mean-profile errors
@@ -388,236 +323,26 @@ def mean_errors(pred_mean: np.ndarray, real_mean: np.ndarray) -> dict[str, float
     return {"mse": mse, "rmse": math.sqrt(mse), "mae": float(np.mean(np.abs(d)))}
 
 
-# ------------------------------------------------------------ set-to-set distances
-
-
-def _as_2d(x: np.ndarray) -> np.ndarray:
-    x = np.asarray(x, dtype=np.float64)
-    if x.ndim == 1:
-        x = x[:, None]
-    if x.ndim != 2 or x.shape[0] == 0:
-        raise PtragError(f"a cell set must be a non-empty [cells, features] array, got shape {x.shape}.")
-    return x
-
-
-def _emd(cost: np.ndarray) -> float:
-    import ot
-
-    n, m = cost.shape
-    a = np.full(n, 1.0 / n)
-    b = np.full(m, 1.0 / m)
-    return float(ot.emd2(a, b, np.ascontiguousarray(cost), numItermax=max(100_000, 50 * n * m)))
-
-
-def wasserstein_1(x: np.ndarray, y: np.ndarray) -> float:
-    """Exact W1 between two point clouds with uniform weights (Euclidean cost, ``ot.emd2``).
-
-    Parameters
-    ----------
-    x, y
-        ``[n, d]`` and ``[m, d]`` samples (1-D arrays are one feature).
-
-    Returns
-    -------
-    float
-        ``min_P sum_ij P_ij |x_i - y_j|``.
-    """
-    x, y = _as_2d(x), _as_2d(y)
-    return _emd(cdist(x, y, "euclidean"))
-
-
-def wasserstein_2_squared(x: np.ndarray, y: np.ndarray) -> float:
-    """Exact squared W2 (optimal transport on the squared Euclidean cost, ``ot.emd2``).
-
-    Parameters
-    ----------
-    x, y
-        ``[n, d]`` and ``[m, d]`` samples.
-
-    Returns
-    -------
-    float
-        ``W2² = min_P sum_ij P_ij |x_i - y_j|²`` (not its square root).
-    """
-    x, y = _as_2d(x), _as_2d(y)
-    return _emd(cdist(x, y, "sqeuclidean"))
-
-
-def energy_distance(x: np.ndarray, y: np.ndarray) -> float:
-    """Energy distance, V-statistic: ``2 E|X-Y| - E|X-X'| - E|Y-Y'|``.
-
-    All expectations are plain means over all pairs, including the zero self-pairs in the
-    within-set terms (V-statistic). The V-statistic is never negative, is exactly 0 for
-    identical sets, and equals twice ``geomloss.SamplesLoss("energy")`` (STATE's training loss).
-
-    Parameters
-    ----------
-    x, y
-        ``[n, d]`` and ``[m, d]`` samples.
-
-    Returns
-    -------
-    float
-    """
-    x, y = _as_2d(x), _as_2d(y)
-    return float(2 * cdist(x, y).mean() - cdist(x, x).mean() - cdist(y, y).mean())
-
-
-def mmd_rbf(x: np.ndarray, y: np.ndarray, bandwidth: float | None = None) -> float:
-    """Squared MMD with an RBF kernel, unbiased estimator.
-
-    ``k(a, b) = exp(-|a-b|² / (2 σ²))``; ``σ`` is the median of the pairwise Euclidean
-    distances of the pooled sample ``[x; y]`` (distinct pairs) unless given (1 when that median
-    is 0). Unbiased: the within-set means leave out the diagonal, so the estimate may be
-    slightly negative when the sets come from the same distribution.
-
-    Parameters
-    ----------
-    x, y
-        ``[n, d]`` and ``[m, d]`` samples with ``n, m >= 2``.
-    bandwidth
-        ``σ``; median heuristic when ``None``.
-
-    Returns
-    -------
-    float
-        ``MMD²_u`` (NaN when a set has fewer than 2 cells).
-    """
-    x, y = _as_2d(x), _as_2d(y)
-    return _distances_from_pooled(x, y, bandwidth, want=("mmd",))["mmd"]
-
-
-def set_distances(x: np.ndarray, y: np.ndarray) -> dict[str, float]:
-    """W1, W2², energy distance and MMD² between two sets, sharing one distance matrix.
-
-    Parameters
-    ----------
-    x, y
-        ``[n, d]`` and ``[m, d]`` samples (predicted and observed cells in PCA space).
-
-    Returns
-    -------
-    dict
-        ``{"w1", "w2_sq", "energy", "mmd"}``, each as in its own function.
-    """
-    x, y = _as_2d(x), _as_2d(y)
-    return _distances_from_pooled(x, y, None, want=("w1", "w2_sq", "energy", "mmd"))
-
-
-def _distances_from_pooled(x, y, bandwidth, want) -> dict[str, float]:
-    n, m = len(x), len(y)
-    z = np.concatenate([x, y])
-    d2 = cdist(z, z, "sqeuclidean")
-    d = np.sqrt(d2)
-    out: dict[str, float] = {}
-    if "w1" in want:
-        out["w1"] = _emd(d[:n, n:])
-    if "w2_sq" in want:
-        out["w2_sq"] = _emd(d2[:n, n:])
-    if "energy" in want:
-        out["energy"] = float(2 * d[:n, n:].mean() - d[:n, :n].mean() - d[n:, n:].mean())
-    if "mmd" in want:
-        if n < 2 or m < 2:
-            out["mmd"] = math.nan
-        else:
-            if bandwidth is None:
-                iu = np.triu_indices(n + m, k=1)
-                sigma = float(np.median(d[iu]))
-                if sigma == 0:
-                    sigma = 1.0
-            else:
-                sigma = float(bandwidth)
-            k = np.exp(-d2 / (2 * sigma * sigma))
-            kxx, kyy, kxy = k[:n, :n], k[n:, n:], k[:n, n:]
-            out["mmd"] = float(
-                (kxx.sum() - np.trace(kxx)) / (n * (n - 1))
-                + (kyy.sum() - np.trace(kyy)) / (m * (m - 1))
-                - 2 * kxy.mean()
-            )
-    return out
-
-
-# --------------------------------------------------------------- one group, all models
-
-
-def group_metrics(
-    preds: Mapping[str, np.ndarray],
-    real: np.ndarray,
-    control: GroupStats,
-    pca: PCASpace | None,
-    options: MetricOptions = MetricOptions(),
-    degs: DEGResult | None = None,
-) -> dict[str, dict[str, object]]:
-    """All ptrag metrics of one (cell type, perturbation) group, for every model.
-
-    The DEGs, the observed means and the observed PCA scores are computed once and shared by
-    all models; the predicted cells of all models are projected in one batch.
-
-    Parameters
-    ----------
-    preds
-        ``{model: [n_pred, n_genes] predicted cells}``.
-    real
-        ``[n_real, n_genes]`` observed perturbed cells of the group.
-    control
-        Statistics of the observed control cells of the group's cell type.
-    pca
-        The run's PCA space; ``None`` leaves the PCA metrics NaN.
-    options
-        DEG options.
-    degs
-        Precomputed DEGs (computed here when ``None``).
-
-    Returns
-    -------
-    dict
-        ``{model: {metric: value, "n_pred", "n_real", "n_deg", "reason"}}``.
-    """
-    real = np.asarray(real)
-    if degs is None:
-        degs = welch_degs(GroupStats.of(real), control, options)
-    real_mean = real.astype(np.float64).mean(axis=0)
-    real_delta = real_mean - control.mean
-    models = list(preds)
-    pred_arrays = [np.asarray(preds[mo]) for mo in models]
-    for mo, p in zip(models, pred_arrays):
-        if p.ndim != 2 or p.shape[1] != real.shape[1] or p.shape[0] == 0:
-            raise PtragError(
-                f"model {mo!r}: predicted cells have shape {p.shape}, expected [cells, {real.shape[1]}]."
-            )
-    if pca is not None:
-        real_z = pca.transform(real)
-        pred_z_all = pca.transform(np.concatenate(pred_arrays))
-        bounds = np.cumsum([0] + [len(p) for p in pred_arrays])
-    out: dict[str, dict[str, object]] = {}
-    for i, (mo, p) in enumerate(zip(models, pred_arrays)):
-        reasons = []
-        pred_mean = p.astype(np.float64).mean(axis=0)
-        pred_delta = pred_mean - control.mean
-        r, rho, why = delta_correlations(pred_delta, real_delta, degs.mask, options.min_degs)
-        if why:
-            reasons.append(why)
-        r_all, _, why_all = delta_correlations(pred_delta, real_delta, None, 2)
-        if why_all and why_all != why:
-            reasons.append(f"pearson_delta: {why_all}")
-        row: dict[str, object] = {"pearson_deg": r, "spearman_deg": rho, "pearson_delta": r_all}
-        row.update(mean_errors(pred_mean, real_mean))
-        if pca is not None:
-            pz = pred_z_all[bounds[i] : bounds[i + 1]]
-            row["mse_pca50"] = mean_errors(pz.mean(axis=0), real_z.mean(axis=0))["mse"]
-            row.update(set_distances(pz, real_z))
-            if len(p) < 2 or len(real) < 2:
-                reasons.append("MMD needs at least 2 cells per set")
-        else:
-            row.update({k: math.nan for k in ("mse_pca50", "w1", "w2_sq", "energy", "mmd")})
-            reasons.append("no PCA space")
-        row.update({"n_pred": len(p), "n_real": len(real), "n_deg": degs.n, "reason": "; ".join(reasons)})
-        out[mo] = row
-    return out
-
+# set distances live in ptrag.eval.distances, one group's scoring in ptrag.eval.scoring;
+# re-exported here for existing imports
+from ptrag.eval.distances import (  # noqa: E402,F401
+    energy_distance,
+    mmd_rbf,
+    set_distances,
+    wasserstein_1,
+    wasserstein_2_squared,
+)
 
 # ------------------------------------------------------------- retrieval (synthetic)
-
-
 # retrieval scores live with the retrieval analysis; re-exported for existing imports
 from ptrag.eval.retrieval import retrieval_precision_recall, retrieval_summary  # noqa: E402,F401
+
+
+def __getattr__(name: str):
+    """``group_metrics`` and the scorers moved to :mod:`ptrag.eval.scoring` (imported lazily:
+    scoring builds on this module)."""
+    if name in ("group_metrics", "ControlSet", "CellTypeScorer"):
+        from ptrag.eval import scoring
+
+        return getattr(scoring, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
