@@ -171,17 +171,6 @@ def test_retrieval_analysis_averages_jaccard_over_seeds(tmp_path):
     assert (tmp_path / "retrieval" / "jaccard.png").is_file()
 
 
-def test_winners_reads_the_table_tests(tmp_path):
-    from ptrag.experiments.report import winners
-
-    pd.DataFrame([{"metric_label": "MSE", "direction": "↓", "best_model": "a", "a_q": np.nan, "a_mark": "",
-                   "b_q": 0.01, "b_mark": "†", "c_q": 0.4, "c_mark": "", "control_q": 0.001, "control_mark": "†"}]
-                 ).to_csv(tmp_path / "t.csv", index=False)
-    text = winners(tmp_path / "t.csv")
-    assert "**MSE ↓**: a" in text and "c (q = 0.4)" in text and "significantly better than b" in text
-    assert "control" not in text
-
-
 def test_record_command_appends_once(tmp_path):
     from ptrag.experiments.report import record_command
 

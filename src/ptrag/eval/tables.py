@@ -31,6 +31,7 @@ import pandas as pd
 from ptrag.errors import PtragError, atomic_write_csv, atomic_write_text, check_choice
 from ptrag.eval.metrics import METRICS, MetricInfo
 from ptrag.eval.stats import KEYS, lookup_test, pairwise_tests
+from ptrag.eval.vcc import VCC_BASELINE, VCC_COLUMN, vcc_info, vcc_of_models
 
 log = logging.getLogger("ptrag")
 
@@ -183,6 +184,8 @@ class ComparisonTable:
         Which test gives the marks.
     reference
         The fixed reference model, or ``None`` (each row's best model).
+    vcc_baseline
+        The baseline of the VCC score row (the last row), or ``None`` when there is none.
     """
 
     title: str
@@ -191,13 +194,20 @@ class ComparisonTable:
     tests: pd.DataFrame
     test: str
     reference: str | None
+    vcc_baseline: str | None = None
 
     def _legend(self) -> str:
-        ref = f"model {self.reference}" if self.reference else "the best model of the row"
+        ref = ("the best baseline of the row (no mark)" if self.reference == BEST_BASELINE
+               else f"model {self.reference}" if self.reference else "the best model of the row")
         name = "Mann–Whitney U" if self.test == "mannwhitney" else "paired Wilcoxon signed-rank"
         return (
             f"Best mean in bold. Marks: {name} test against {ref}, Benjamini–Hochberg adjusted "
             "over all tests of the table: † q < 0.01, †† q < 0.05, ††† q < 0.1."
+        ) + "".join(
+            f" {r.info.label}: cell-eval's Virtual Cell Challenge score, each metric's mean normalised "
+            f"against {self.vcc_baseline} (0 = that baseline, 1 = perfect; a metric worse than the baseline "
+            "counts 0) and averaged; not tested."
+            for r in self.rows if r.info.column == VCC_COLUMN
         )
 
     def to_markdown(self) -> str:
@@ -282,6 +292,38 @@ class ComparisonTable:
 _RESERVED = {"metric_group", "metric", "metric_label", "direction", "best_model", "reference_model"}
 
 
+#: ``reference`` of a table whose marks test each model against the row's best baseline.
+BEST_BASELINE = "best-baseline"
+
+
+def _check_reference(reference: str | None, models: Sequence[str], baselines: Sequence[str]) -> None:
+    if reference == BEST_BASELINE:
+        if not any(b in models for b in baselines):
+            raise PtragError(f"--reference {BEST_BASELINE} needs a baseline among the models ({', '.join(models)}).")
+    elif reference is not None and reference not in models:
+        raise PtragError(f"--reference {reference!r} is not one of the models: {', '.join(models)}.")
+
+
+def _best_models(mean: dict[str, float], higher_is_better: bool) -> list[str]:
+    finite = {mo: x for mo, x in mean.items() if np.isfinite(x)}
+    if not finite:
+        return []
+    target = max(finite.values()) if higher_is_better else min(finite.values())
+    return [mo for mo, x in finite.items() if x == target]
+
+
+def _vcc_row(metrics: pd.DataFrame, models: list[str], baseline: str) -> ComparisonRow | None:
+    """The VCC score row (no test), or ``None`` when no VCC metric or no baseline value."""
+    scores, used = vcc_of_models(metrics[metrics["model"].isin(models)], baseline)
+    if not scores:
+        return None
+    counts = metrics["model"].value_counts()
+    mean = {mo: scores.get(mo, math.nan) for mo in models}
+    n = {mo: int(counts.get(mo, 0)) for mo in models}
+    return ComparisonRow(vcc_info(baseline, used), mean, {mo: math.nan for mo in models}, n,
+                         _best_models(mean, True), None)
+
+
 def comparison_table(
     metrics: pd.DataFrame,
     mode: Literal["ptrag", "gge"] = "ptrag",
@@ -289,6 +331,8 @@ def comparison_table(
     test: Literal["mannwhitney", "wilcoxon"] = "mannwhitney",
     models: Sequence[str] | None = None,
     title: str = "All cell types",
+    vcc_baseline: str | None = VCC_BASELINE,
+    baselines: Sequence[str] = (),
 ) -> ComparisonTable:
     """Build a comparison table of several models.
 
@@ -301,13 +345,20 @@ def comparison_table(
         The metric set (``ptrag`` or ``gge``).
     reference
         Compare every model with this one (``--reference``); by default each metric row's
-        best model.
+        best model; :data:`BEST_BASELINE`: each row's best baseline (best mean among
+        ``baselines``).
     test
         ``"mannwhitney"`` (the paper's) or ``"wilcoxon"`` (paired on cell type + perturbation).
     models
         Column order (all models, sorted, when ``None``).
     title
         Caption.
+    baselines
+        Which models are baselines (for ``reference=BEST_BASELINE``).
+    vcc_baseline
+        Add the Virtual Cell Challenge score against this baseline as the last row
+        (:func:`ptrag.eval.vcc.vcc_scores`; ``ptrag`` mode, only when the baseline is one of
+        ``models`` and a VCC metric is present); ``None``: no such row.
 
     Returns
     -------
@@ -318,10 +369,11 @@ def comparison_table(
     clash = [mo for mo in models if mo in _RESERVED]
     if clash:
         raise PtragError(f"model name {clash[0]!r} is reserved in the comparison tables; rename the model.")
-    if reference is not None and reference not in models:
-        raise PtragError(f"--reference {reference!r} is not one of the models: {', '.join(models)}.")
+    _check_reference(reference, models, baselines)
     infos = _infos(mode, metrics.columns)
-    tests = pairwise_tests(metrics, [m.column for m in infos], models) if len(models) > 1 else pd.DataFrame()
+    # a cell-type-scope metric repeats one value over the groups of a cell type: no per-group test
+    tested = [m.column for m in infos if m.scope == "group"]
+    tests = pairwise_tests(metrics, tested, models) if len(models) > 1 else pd.DataFrame()
     fam = "mwu" if test == "mannwhitney" else "wilcoxon"
     rows = []
     for m in infos:
@@ -331,13 +383,11 @@ def comparison_table(
             mean[mo] = float(v.mean())
             std[mo] = float(v.std(ddof=1)) if v.notna().sum() > 1 else math.nan
             n[mo] = int(v.notna().sum())
-        finite = {mo: x for mo, x in mean.items() if np.isfinite(x)}
-        if finite:
-            target = max(finite.values()) if m.higher_is_better else min(finite.values())
-            best = [mo for mo, x in finite.items() if x == target]
+        best = _best_models(mean, m.higher_is_better)
+        if reference == BEST_BASELINE:
+            ref = next(iter(_best_models({b: mean[b] for b in baselines if b in mean}, m.higher_is_better)), None)
         else:
-            best = []
-        ref = reference if reference is not None else (best[0] if best else None)
+            ref = reference if reference is not None else (best[0] if best else None)
         row = ComparisonRow(m, mean, std, n, best, ref)
         if ref is not None and len(models) > 1:
             for mo in models:
@@ -348,7 +398,9 @@ def comparison_table(
                     row.q[mo] = float(t[f"{fam}_q"])
                     row.mark[mo] = str(t[f"{fam}_mark"])
         rows.append(row)
-    return ComparisonTable(title, models, rows, tests, test, reference)
+    vcc = _vcc_row(metrics, models, vcc_baseline) if mode == "ptrag" and vcc_baseline in models else None
+    return ComparisonTable(title, models, rows + ([vcc] if vcc else []), tests, test, reference,
+                           vcc_baseline if vcc else None)
 
 
 # ------------------------------------------------------------------ ptrag compare
@@ -464,6 +516,7 @@ def write_comparison(
     out_dir: str | Path,
     reference: str | None = None,
     test: Literal["mannwhitney", "wilcoxon"] = "mannwhitney",
+    baselines: Sequence[str] = (),
 ) -> dict[str, ComparisonTable]:
     """Write the comparison tables of per-group metrics (see :func:`compare_evaluations`).
 
@@ -475,6 +528,8 @@ def write_comparison(
         Metric definitions of ``metrics`` (``ptrag`` or ``gge``).
     out_dir, reference, test
         As in :func:`compare_evaluations`.
+    baselines
+        Which models are baselines (``reference=BEST_BASELINE``).
 
     Returns
     -------
@@ -484,12 +539,11 @@ def write_comparison(
     check_choice("--test", test, ("mannwhitney", "wilcoxon"))
     metrics = common_groups(metrics)
     models = sorted(metrics["model"].unique())
-    if reference is not None and reference not in models:
-        raise PtragError(f"--reference {reference!r} is not one of the models: {', '.join(models)}.")
-    tables = {ALL: comparison_table(metrics, mode, reference, test, models, "All cell types")}
+    _check_reference(reference, models, baselines)
+    tables = {ALL: comparison_table(metrics, mode, reference, test, models, "All cell types", baselines=baselines)}
     for ct in sorted(metrics["cell_type"].unique()):
         sub = metrics[metrics["cell_type"] == ct]
-        tables[ct] = comparison_table(sub, mode, reference, test, models, f"Cell type {ct}")
+        tables[ct] = comparison_table(sub, mode, reference, test, models, f"Cell type {ct}", baselines=baselines)
     out_dir = Path(out_dir)
     tests = []
     used: set[str] = set()

@@ -18,7 +18,7 @@ Layout of ``OUT``::
     seed<S>/<target>/pred/<model>.h5ad       (ptrag predict; <baseline>.h5ad: ptrag predict --baseline)
     seed<S>/<target>/eval/                   (ptrag evaluate)
     seed<S>/tables/                          (ptrag compare over the seed's targets, vs control)
-    tables/                                  (all seeds and targets: Table 1, per target, seeds.md)
+    tables/                                  (all seeds and targets: Table 1, per target, seeds.md, figures vs the baselines)
     retrieval/                               (Jaccard heatmap, top contexts, precision/recall)
     sweeps/<model>/                          (--sweeps)
     report.md  report.html
@@ -398,14 +398,20 @@ def pooled_tables(eval_dirs: Mapping[tuple[int, str], Path], out_dir: Path) -> P
     Each (seed, cell type, perturbation) is one sample: with several seeds a perturbation
     tested under two seeds counts twice (its label gets `` [seed S]``). Writes ``out_dir``
     (marks against each row's best model, paired Wilcoxon), ``out_dir/vs_control`` (marks
-    against the control baseline) and ``seeds.csv`` / ``seeds.md`` (per model and metric, mean
-    over seeds ± standard deviation of the seeds' means).
+    against the control baseline), ``out_dir/vs_baseline`` (marks against each row's best
+    baseline), ``seeds.csv`` / ``seeds.md`` (per model and metric, mean
+    over seeds ± standard deviation of the seeds' means) and the figures against the baselines
+    (:func:`ptrag.experiments.plots_baselines.write_baseline_figures`: ``baseline_scatter.png``,
+    ``vcc_score.png``).
     """
-    from ptrag.eval.tables import _infos, _md_table, format_value, write_comparison
+    from ptrag.eval.tables import BEST_BASELINE, _infos, _md_table, format_value, write_comparison
+    from ptrag.experiments.plots_baselines import write_baseline_figures
 
     metrics, pooled, mode = pooled_metrics(eval_dirs)
     write_comparison(pooled, mode, out_dir, reference=None, test="wilcoxon")
     write_comparison(pooled, mode, out_dir / "vs_control", reference=BASELINE, test="wilcoxon")
+    write_comparison(pooled, mode, out_dir / "vs_baseline", reference=BEST_BASELINE, test="wilcoxon", baselines=BASELINES)
+    write_baseline_figures(metrics, out_dir)
 
     infos = _infos(mode, metrics.columns)
     per_seed = metrics.groupby(["model", "seed"])[[i.column for i in infos]].mean()

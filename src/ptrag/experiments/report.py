@@ -14,11 +14,15 @@ import datetime as _dt
 import json
 import math
 import re
+from collections.abc import Sequence
 from pathlib import Path
 
 import pandas as pd
 
 from ptrag.errors import PtragError, atomic_write_text
+from ptrag.eval.tables import format_value
+from ptrag.experiments.plots_baselines import BASELINE_FIGURES
+from ptrag.train.baselines import BASELINES
 
 COMMANDS_FILE = "commands.txt"
 
@@ -52,7 +56,7 @@ def record_command(out_dir: str | Path, argv: list[str]) -> None:
 def _table(df: pd.DataFrame, index: bool = False) -> str:
     """A DataFrame as a Markdown table: whole-number columns as integers with thousands
     separators, other numbers with about 3 significant digits, NaN as an empty cell."""
-    from ptrag.eval.tables import _md_table, format_value
+    from ptrag.eval.tables import _md_table
 
     df = df.reset_index() if index else df
     whole = {c for c in df.columns if pd.api.types.is_numeric_dtype(df[c]) and not pd.api.types.is_bool_dtype(df[c])
@@ -82,23 +86,67 @@ def _demote(md: str) -> str:
     return re.sub(r"^### ", "#### ", md, flags=re.M)
 
 
-def winners(table_csv: Path, baseline: str = "control") -> str:
-    """A sentence per metric: which model has the best mean, and whether it is significantly
-    better than each other model (the q-values of Table 1's tests against the row's best)."""
+def _versus(r: pd.Series, model: str, base: str, higher: bool, alpha: float) -> str:
+    """``"<model> <mean> beats it | ties | is worse (q = …)"`` against the best baseline ``base``.
+
+    The q of the pair is read when the row's tests are against one of the two (the row's
+    reference); otherwise the verdict is on the means."""
+    v, vb = float(r[model]), float(r[base])
+    ref = r.get("reference_model")
+    ref = str(ref) if pd.notna(ref) and str(ref) else str(r["best_model"]).split(";")[0]
+    q = r.get(f"{base}_q") if ref == model else r.get(f"{model}_q") if ref == base else math.nan
+    better = v > vb if higher else v < vb
+    if pd.notna(q):
+        verdict = "ties" if q >= alpha else "beats it" if better else "is worse"
+        return f"{model} {format_value(v)} {verdict} (q = {float(q):.2g})"
+    verdict = "beats it" if better else "ties" if v == vb else "is worse"
+    return f"{model} {format_value(v)} {verdict} (no test)"
+
+
+def winners(table_csv: Path, baselines: Sequence[str] = BASELINES, alpha: float = 0.05) -> str:
+    """A sentence per metric row: the best baseline, and each trained model against it.
+
+    Parameters
+    ----------
+    table_csv
+        A comparison table's CSV (``table_all.csv``; :meth:`ComparisonTable.to_frame`).
+    baselines
+        The names that are baselines; every other model of the table is a trained model.
+    alpha
+        Significance level of the q-values.
+
+    Returns
+    -------
+    str
+        Markdown bullets, ``""`` without the file. Per row: which baseline has the best mean
+        (``"baseline B wins"`` when it is the row's best mean, else ``"model M wins"``) and,
+        for each trained model (best first), whether it beats that baseline, ties or is worse:
+        by the q of their test where the table has one (tests are against the row's
+        reference, by default its best mean; q ≥ ``alpha`` is a tie), otherwise by the means
+        (``no test``).
+    """
     if not table_csv.is_file():
         return ""
     t = pd.read_csv(table_csv)
     models = [c[:-5] for c in t.columns if c.endswith("_mark")]
     lines = []
     for _, r in t.iterrows():
-        best = str(r["best_model"]).split(";")
-        others = [m for m in models if m not in best and m != baseline]
-        sig = [m for m in others if pd.notna(r.get(f"{m}_q")) and r[f"{m}_q"] < 0.05]
-        nonsig = [f"{m} (q = {r[f'{m}_q']:.2g})" for m in others if m not in sig]
-        verdict = ("significantly better than every other model" if not nonsig
-                   else "not significantly better than " + ", ".join(nonsig)
-                   + (f"; significantly better than {', '.join(sig)}" if sig else ""))
-        lines.append(f"- **{r['metric_label']} {r['direction']}**: {' = '.join(best)} — {verdict}.")
+        higher = r["direction"] == "↑"
+        mean = {m: float(r[m]) for m in models if pd.notna(r[m])}
+        order = sorted(mean, key=lambda m: -mean[m] if higher else mean[m])
+        bases = [m for m in order if m in baselines]
+        trained = [m for m in order if m not in baselines]
+        head = f"- **{r['metric_label']} {r['direction']}**: "
+        if not bases or not trained:
+            best = f"{order[0]} ({format_value(mean[order[0]])})" if order else "no values"
+            lines.append(head + f"best mean {best}; no {'baseline' if not bases else 'trained model'} to compare with.")
+            continue
+        b = bases[0]
+        versus = ", ".join(_versus(r, m, b, higher, alpha) for m in trained)
+        if order[0] == b or mean[order[0]] == mean[b]:
+            lines.append(head + f"baseline {b} wins ({format_value(mean[b])}); {versus}.")
+        else:
+            lines.append(head + f"model {order[0]} wins; best baseline {b} ({format_value(mean[b])}): {versus}.")
     return "\n".join(lines)
 
 
@@ -155,9 +203,18 @@ def write_report(out_dir: str | Path, title: str = "ptrag cross-cell-type experi
         f"Test perturbations of every target cell type{' and every seed, pooled' if len(man['seeds']) > 1 else ''} "
         "(one sample per (seed, cell type, perturbation)); the control baseline predicts the control cells.\n\n")
     parts.append(_demote(_read(tables / "table_all.md")) + "\n")
-    win = winners(tables / "table_all.csv")
+    vsb = tables / "vs_baseline"
+    win = winners(vsb / "table_all.csv" if (vsb / "table_all.csv").is_file() else tables / "table_all.csv")
     if win:
-        parts.append("Which model wins (best mean; paired Wilcoxon against it, BH-adjusted, q < 0.05):\n\n" + win + "\n")
+        parts.append("### Against the baselines\n\nDoes any model beat the simple baselines? Per metric, the best "
+                     f"baseline (best mean of {', '.join(BASELINES)}) and each trained model against it: `beats it` / "
+                     "`ties` / `is worse` by the paired Wilcoxon test against that baseline (BH-adjusted over the "
+                     "table; q ≥ 0.05 is a tie), or by the means where no test applies (`no test`):\n\n" + win + "\n")
+    if (vsb / "table_all.md").is_file():
+        parts.append("Table 1 with each model tested against the row's best baseline:\n\n" + _demote(_read(vsb / "table_all.md")) + "\n")
+    for png, alt in BASELINE_FIGURES.items():
+        if (tables / png).is_file():
+            parts.append(f"![{alt}](tables/{png})\n")
     vs = tables / "vs_control" / "table_all.md"
     if vs.is_file():
         parts.append("\nThe same, each model tested against the control baseline:\n\n" + _demote(_read(vs)) + "\n")
