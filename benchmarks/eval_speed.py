@@ -22,14 +22,16 @@ import time
 import numpy as np
 
 from ptrag.eval.gge import GGEReference, gge_group_metrics
-from ptrag.eval.metrics import GroupStats, group_metrics, welch_degs
+from ptrag.eval.metrics import GroupStats, MetricOptions
 from ptrag.eval.pca import PCASpace
+from ptrag.eval.scoring import ControlSet, score_cell_type
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--perturbations", type=int, default=1635)
-    ap.add_argument("--models", type=int, default=4)
+    ap.add_argument("--models", type=int, default=9, help="predictors (4 models + 5 baselines)")
+    ap.add_argument("--no-cell-eval", action="store_true", help="ptrag's metrics only (no cell-eval metrics)")
     ap.add_argument("--cells", type=int, default=64, help="cells per predicted and per observed set")
     ap.add_argument("--genes", type=int, default=2000)
     ap.add_argument("--cell-types", type=int, default=4)
@@ -67,9 +69,7 @@ def main() -> None:
     t0 = time.perf_counter()
     pca = PCASpace.fit(train, n_components=50) if args.mode == "ptrag" else None
     t_pca = time.perf_counter() - t0
-    t = time.perf_counter()
-    ctrl_stats = [GroupStats.of(c) for c in controls]
-    t_metrics = time.perf_counter() - t
+    t_metrics = 0.0
     ref = None
     if args.mode == "gge":
         t = time.perf_counter()
@@ -79,24 +79,44 @@ def main() -> None:
         t_metrics += time.perf_counter() - t
 
     models = [f"model{i}" for i in range(args.models)]
+    genes = [f"g{i}" for i in range(G)]
     n_rows = 0
-    for k in range(args.perturbations):
-        ct = k % args.cell_types
+    if args.mode == "ptrag":
         t = time.perf_counter()
-        eff = effect()
-        real = draw(ct, eff, S)
-        preds = {m: draw(ct, eff * (1 - 0.2 * j), S, noise=1 + 0.1 * j) for j, m in enumerate(models)}
-        t_gen += time.perf_counter() - t
-        t = time.perf_counter()
-        if args.mode == "ptrag":
-            degs = welch_degs(GroupStats.of(real), ctrl_stats[ct])
-            out = group_metrics(preds, real, ctrl_stats[ct], pca, degs=degs)
-        else:
-            out = gge_group_metrics(preds, real, ref)
+        controls_set = [ControlSet.of(c, cell_eval=not args.no_cell_eval) for c in controls]
         t_metrics += time.perf_counter() - t
-        n_rows += len(out)
-        if (k + 1) % 200 == 0:
-            print(f"  {k + 1}/{args.perturbations} perturbations, metrics {t_metrics:.1f} s", flush=True)
+        gen = {"t": 0.0}
+
+        def groups(ct: int):
+            for k in range(ct, args.perturbations, args.cell_types):
+                t = time.perf_counter()
+                eff = effect()
+                real = draw(ct, eff, S)
+                preds = {m: draw(ct, eff * (1 - 0.2 * j), S, noise=1 + 0.1 * j) for j, m in enumerate(models)}
+                gen["t"] += time.perf_counter() - t
+                yield genes[k % G], real, preds
+
+        options = MetricOptions(cell_eval=not args.no_cell_eval)
+        for ct in range(args.cell_types):
+            t = time.perf_counter()
+            g0 = gen["t"]
+            rows = score_cell_type(f"ct{ct}", controls_set[ct], genes, pca, groups(ct), options)
+            t_metrics += time.perf_counter() - t - (gen["t"] - g0)
+            n_rows += len(rows)
+            print(f"  cell type {ct + 1}/{args.cell_types}: {n_rows} rows, metrics {t_metrics:.1f} s", flush=True)
+        t_gen += gen["t"]
+    else:
+        for k in range(args.perturbations):
+            ct = k % args.cell_types
+            t = time.perf_counter()
+            eff = effect()
+            real = draw(ct, eff, S)
+            preds = {m: draw(ct, eff * (1 - 0.2 * j), S, noise=1 + 0.1 * j) for j, m in enumerate(models)}
+            t_gen += time.perf_counter() - t
+            t = time.perf_counter()
+            out = gge_group_metrics(preds, real, ref)
+            t_metrics += time.perf_counter() - t
+            n_rows += len(out)
 
     total = t_pca + t_metrics
     print(
