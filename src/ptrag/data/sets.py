@@ -12,7 +12,6 @@ a function of ``(seed, epoch)``, so the same seed gives the same sets.
 from __future__ import annotations
 
 import logging
-
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Literal
@@ -24,9 +23,8 @@ import torch
 from ptrag.data.io import PerturbData
 from ptrag.errors import PtragError, check_choice
 
-
-
 log = logging.getLogger("ptrag")
+
 
 @dataclass(frozen=True)
 class CellSet:
@@ -126,13 +124,22 @@ class SetSampler(torch.utils.data.Sampler):
                 for b in np.unique(batch[rows]):
                     self._ctrl_batch[(c, b)] = rows[batch[rows] == b]
         self._batch = batch
-        small = [(c, p, len(r)) for (c, p), r in zip(self.groups.itertuples(index=False), self._rows) if len(r) < self.set_size]
+        small = [
+            (c, p, len(r))
+            for (c, p), r in zip(self.groups.itertuples(index=False), self._rows, strict=True)
+            if len(r) < self.set_size
+        ]
         if small and mode == "train":
             c, p, n = min(small, key=lambda t: t[2])
             log.warning(
                 "%d of %d training groups have fewer than --cell-set-size %d cells (smallest: %s in %s, %d cells); "
                 "their sets are filled by drawing cells again. Lower --cell-set-size to avoid repeats.",
-                len(small), len(self._rows), self.set_size, p, c, n,
+                len(small),
+                len(self._rows),
+                self.set_size,
+                p,
+                c,
+                n,
             )
 
     # -------------------------------------------------------------- planning
@@ -173,7 +180,7 @@ class SetSampler(torch.utils.data.Sampler):
         rng = np.random.default_rng([self.seed, epoch if self.mode == "train" else 0])
         S = self.set_size
         sets: list[CellSet] = []
-        for g, ((c, p), rows) in enumerate(zip(self.groups.itertuples(index=False), self._rows)):
+        for g, ((c, p), rows) in enumerate(zip(self.groups.itertuples(index=False), self._rows, strict=True)):
             rows = rng.permutation(rows) if self.mode == "train" else rows
             for start in range(0, len(rows), S):
                 chunk = rows[start : start + S]
@@ -208,6 +215,8 @@ class SetDataset(torch.utils.data.Dataset):
     cell_features
         Optional function ``(rows, expression) -> features`` giving what the cell encoder
         reads (precomputed embeddings, PCA scores); the expression itself when ``None``.
+    cell_type_index
+        Cell type name -> row of the model's per-cell-type table (``ct_id``; -1 when absent).
     """
 
     def __init__(
@@ -216,12 +225,14 @@ class SetDataset(torch.utils.data.Dataset):
         genes: list[str],
         pert_index: dict[str, int],
         cell_features: Callable[[np.ndarray, np.ndarray], np.ndarray] | None = None,
+        cell_type_index: dict[str, int] | None = None,
     ) -> None:
         self.data = data
         self.genes = list(genes)
         self.gene_idx = data.gene_index(self.genes)
         self.pert_index = pert_index
         self.cell_features = cell_features
+        self.cell_type_index = cell_type_index or {}
 
     def __len__(self) -> int:  # map-style dataset indexed by CellSet, length unused
         return 0
@@ -233,7 +244,7 @@ class SetDataset(torch.utils.data.Dataset):
         rows = np.concatenate([np.concatenate([cs.pert_rows, cs.ctrl_rows]) for cs in sets])
         x = self.data.expression(rows, self.gene_idx)
         out, start = [], 0
-        for cs, n in zip(sets, sizes):
+        for cs, n in zip(sets, sizes, strict=True):
             out.append(self._item(cs, x[start : start + n]))
             start += n
         return out
@@ -251,4 +262,5 @@ class SetDataset(torch.utils.data.Dataset):
             "cell_input": torch.from_numpy(np.ascontiguousarray(feats, dtype=np.float32)),
             "pert_id": torch.tensor(self.pert_index[cs.perturbation], dtype=torch.long),
             "group": torch.tensor(cs.group, dtype=torch.long),
+            "ct_id": torch.tensor(self.cell_type_index.get(cs.cell_type, -1), dtype=torch.long),
         }

@@ -118,8 +118,12 @@ def group_mean_changes(data: PerturbData, groups: pd.DataFrame, genes: Sequence[
         if len(rows) == 0:
             raise PtragError(f"cell type {ct!r} has no control cells; every cell type needs controls.")
         ctrl[ct] = _mean_expression(data, rows, gidx)
-    delta = np.stack([_mean_expression(data, rows, gidx) - ctrl[ct]
-                      for rows, ct in zip(_group_rows(data.obs, groups), groups["cell_type"])])
+    delta = np.stack(
+        [
+            _mean_expression(data, rows, gidx) - ctrl[ct]
+            for rows, ct in zip(_group_rows(data.obs, groups), groups["cell_type"], strict=True)
+        ]
+    )
     return MeanChanges(groups["cell_type"].to_numpy(dtype=object), groups["perturbation"].to_numpy(dtype=object), delta)
 
 
@@ -241,7 +245,9 @@ def linear_fit(changes: MeanChanges, cell_type: str, k: int = LINEAR_K, lam: flo
     E = gene_embedding(changes, k)
     m = changes.cell_type == cell_type
     y = changes.delta[m].T - b[:, None]
-    P = np.array([perturbation_embedding(changes, E, cell_type, p) for p in changes.perturbation[m]]).reshape(-1, E.shape[1])
+    P = np.array([perturbation_embedding(changes, E, cell_type, p) for p in changes.perturbation[m]]).reshape(
+        -1, E.shape[1]
+    )
     eye = np.eye(E.shape[1])
     left = np.linalg.solve(E.T @ E + lam * eye, E.T @ y @ P)
     W = np.linalg.solve(P.T @ P + lam * eye, left.T).T  # left @ (P'P + lam I)^-1, the matrix being symmetric
@@ -253,8 +259,9 @@ def linear_shift(fit: LinearFit, changes: MeanChanges, cell_type: str, perturbat
     return fit.b + fit.E @ (fit.W @ perturbation_embedding(changes, fit.E, cell_type, perturbation))
 
 
-def baseline_shifts(name: str, changes: MeanChanges | None, targets: Sequence[tuple[str, str]],
-                    n_genes: int | None = None) -> np.ndarray:
+def baseline_shifts(
+    name: str, changes: MeanChanges | None, targets: Sequence[tuple[str, str]], n_genes: int | None = None
+) -> np.ndarray:
     """The shifts of one baseline for ``targets``.
 
     Parameters

@@ -55,6 +55,11 @@ class TrainConfig:
         Gumbel-Softmax temperature (PT-RAG).
     sparsity_weight
         lambda_sparse, weight of the mean selected fraction in the PT-RAG loss.
+    residual_base
+        What the generator's change is added to: ``none`` (the control cells, the paper's
+        residual) or ``context_mean`` (the control cells shifted by the mean change of their
+        cell type's training groups, arc-state's ContextMean baseline; the network learns the
+        residual on top of it).
     sparsity_scale
         ``control`` (the sparsity term is lambda x the batch's predict-the-control energy x
         mean(w): lambda is relative to the data's energy scale) or ``absolute`` (lambda x
@@ -126,6 +131,7 @@ class TrainConfig:
     tau: float = 0.5
     sparsity_weight: float = 0.1
     sparsity_scale: Literal["control", "absolute"] = "control"
+    residual_base: Literal["none", "context_mean"] = "none"
     empty_selection: Literal["best", "null", "paper", "keep"] = "best"
     aggregation: Literal["sum", "mean"] = "sum"
     train_selection: Literal["sample", "threshold", "expected"] = "sample"
@@ -195,7 +201,10 @@ class TrainConfig:
         checks = [
             (self.hidden >= 1, "--hidden must be at least 1"),
             (self.n_layers >= 1, "--n-layers must be at least 1"),
-            (self.n_heads >= 1 and self.hidden % self.n_heads == 0, f"--n-heads ({self.n_heads}) must divide --hidden ({self.hidden})"),
+            (
+                self.n_heads >= 1 and self.hidden % self.n_heads == 0,
+                f"--n-heads ({self.n_heads}) must divide --hidden ({self.hidden})",
+            ),
             (self.ffn >= 1, "--ffn must be at least 1"),
             (self.topk >= 1, "--topk must be at least 1"),
             (self.tau > 0, f"--tau must be > 0 (got {self.tau})"),
@@ -229,12 +238,29 @@ class TrainConfig:
 #: Preset values (applied over the dataclass defaults).
 PRESETS: dict[str, dict[str, Any]] = {
     "cpu": dict(
-        hidden=64, n_layers=2, n_heads=4, ffn=256, topk=16, cell_set_size=32, batch_size=16,
-        max_steps=1500, val_every=250,
+        hidden=64,
+        n_layers=2,
+        n_heads=4,
+        ffn=256,
+        topk=16,
+        cell_set_size=32,
+        batch_size=16,
+        max_steps=1500,
+        val_every=250,
     ),
     "paper": dict(
-        hidden=128, n_layers=4, n_heads=8, ffn=512, topk=32, cell_set_size=64, batch_size=64,
-        max_steps=50_000, val_every=2_000, lr=1e-3, weight_decay=5e-4, n_genes=2000,
+        hidden=128,
+        n_layers=4,
+        n_heads=8,
+        ffn=512,
+        topk=32,
+        cell_set_size=64,
+        batch_size=64,
+        max_steps=50_000,
+        val_every=2_000,
+        lr=1e-3,
+        weight_decay=5e-4,
+        n_genes=2000,
     ),
 }
 
@@ -260,7 +286,8 @@ def _coerce(name: str, value: Any, source: str) -> Any:
         unknown = set(value) - set(ColumnSpec.__dataclass_fields__)
         if unknown:
             raise PtragError(
-                f"{source}: unknown key(s) {sorted(unknown)} in [data]; known: {', '.join(ColumnSpec.__dataclass_fields__)}."
+                f"{source}: unknown key(s) {sorted(unknown)} in [data]; "
+                f"known: {', '.join(ColumnSpec.__dataclass_fields__)}."
             )
         return {**ColumnSpec().to_dict(), **{k: ("" if v is None else str(v)) for k, v in value.items()}}
     if base is bool:
@@ -272,9 +299,8 @@ def _coerce(name: str, value: Any, source: str) -> Any:
     elif base is float:
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             return float(value)
-    elif base is str:
-        if isinstance(value, (str, int)) and not isinstance(value, bool):
-            return str(value)
+    elif base is str and isinstance(value, (str, int)) and not isinstance(value, bool):
+        return str(value)
     raise PtragError(f"{source}: {name} = {value!r} has the wrong type; expected {base.__name__}.")
 
 
@@ -311,9 +337,7 @@ def resolve_config(
             raise PtragError(f"{path} is not valid TOML: {exc}") from exc
         unknown = set(raw) - known
         if unknown:
-            raise PtragError(
-                f"{path}: unknown key(s) {sorted(unknown)}; known keys: {', '.join(sorted(known))}."
-            )
+            raise PtragError(f"{path}: unknown key(s) {sorted(unknown)}; known keys: {', '.join(sorted(known))}.")
         file_values = {k: _coerce(k, v, str(path)) for k, v in raw.items()}
     overrides = {k: v for k, v in (overrides or {}).items() if v is not None}
     unknown = set(overrides) - known
@@ -337,5 +361,7 @@ def read_run_config(run_dir: str | Path) -> TrainConfig:
     """Read ``RUN_DIR/config.toml``."""
     path = Path(run_dir) / "config.toml"
     if not path.is_file():
-        raise PtragError(f"{run_dir} is not a ptrag run folder (no config.toml); pass the --out folder of `ptrag train`.")
+        raise PtragError(
+            f"{run_dir} is not a ptrag run folder (no config.toml); pass the --out folder of `ptrag train`."
+        )
     return resolve_config(config_file=path)

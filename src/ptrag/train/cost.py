@@ -22,8 +22,16 @@ import pandas as pd
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-__all__ = ["count_flops", "cost_table", "interleaved_times", "matmul_peak", "paired_ratio", "run_step", "sync",
-           "time_interleaved"]
+__all__ = [
+    "cost_table",
+    "count_flops",
+    "interleaved_times",
+    "matmul_peak",
+    "paired_ratio",
+    "run_step",
+    "sync",
+    "time_interleaved",
+]
 
 
 def sync(device: torch.device) -> None:
@@ -68,7 +76,9 @@ def count_flops(fn: Callable[[], object]) -> int:
     return int(fc.get_total_flops())
 
 
-def interleaved_times(fns: list[Callable[[], object]], steps: int, warmup: int, device: torch.device) -> list[list[float]]:
+def interleaved_times(
+    fns: list[Callable[[], object]], steps: int, warmup: int, device: torch.device
+) -> list[list[float]]:
     """Seconds of every call of each function, timed one call of each per round.
 
     Parameters
@@ -109,7 +119,7 @@ def time_interleaved(fns: list[Callable[[], object]], steps: int, warmup: int, d
 def paired_ratio(times: list[float], base: list[float]) -> float:
     """Median over rounds of ``times[j] / base[j]``: a ratio of two functions timed in the
     same rounds, robust to drifts of a shared machine that hit both calls of a round."""
-    return statistics.median(t / b for t, b in zip(times, base))
+    return statistics.median(t / b for t, b in zip(times, base, strict=False))
 
 
 def run_step(run_dir: str | Path, device: str | torch.device = "cpu", seed: int = 0) -> tuple[Callable[[], None], dict]:
@@ -157,8 +167,14 @@ def run_step(run_dir: str | Path, device: str | torch.device = "cpu", seed: int 
         loss.backward()
         opt.step()
 
-    shape = dict(model=cfg.model, parameters=count_parameters(plan.model), batch_size=b, cell_set_size=s,
-                 n_genes=int(hp.n_genes), topk=cfg.topk if plan.rag else None)
+    shape = dict(
+        model=cfg.model,
+        parameters=count_parameters(plan.model),
+        batch_size=b,
+        cell_set_size=s,
+        n_genes=int(hp.n_genes),
+        topk=cfg.topk if plan.rag else None,
+    )
     return step, shape
 
 
@@ -186,10 +202,16 @@ def cost_table(runs: Mapping[str, str | Path], steps: int = 5, warmup: int = 2, 
     rows = []
     for name, step, shape in built:
         flops = count_flops(step)
-        rows.append({"name": name, **shape, "gflop_per_batch": flops / 1e9,
-                     "mflop_per_cell": flops / (shape["batch_size"] * shape["cell_set_size"]) / 1e6})
+        rows.append(
+            {
+                "name": name,
+                **shape,
+                "gflop_per_batch": flops / 1e9,
+                "mflop_per_cell": flops / (shape["batch_size"] * shape["cell_set_size"]) / 1e6,
+            }
+        )
     times = interleaved_times([b[1] for b in built], steps, warmup, dev)
-    for row, t in zip(rows, times):
+    for row, t in zip(rows, times, strict=True):
         sec = statistics.median(t)
         row["ms_per_step"] = sec * 1e3
         row["gflop_per_s"] = row["gflop_per_batch"] / sec

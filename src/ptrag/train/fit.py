@@ -1,8 +1,9 @@
 """Training runs: from an h5ad file and a configuration to a run folder.
 
-:func:`~ptrag.train.prepare.prepare_run` (in :mod:`ptrag.train.prepare`) reads the data, makes or reads the split, builds the perturbation table
-(one-hot or gene embeddings) and the retrieval database (training perturbations only), picks
-the genes (HVGs on training cells) and fits the PCA-50 space on training cells.
+:func:`~ptrag.train.prepare.prepare_run` (in :mod:`ptrag.train.prepare`) reads the data,
+makes or reads the split, builds the perturbation table (one-hot or gene embeddings) and the
+retrieval database (training perturbations only), picks the genes (HVGs on training cells)
+and fits the PCA-50 space on training cells.
 :func:`train` then fits the model with a Lightning Trainer and writes the run folder::
 
     RUN_DIR/config.toml   resolved configuration
@@ -25,7 +26,6 @@ import torch
 
 from ptrag.errors import PtragError, atomic_path, atomic_write_text
 from ptrag.train.config import TrainConfig
-
 from ptrag.train.prepare import (  # noqa: F401  (re-exported: the run's inputs)
     PreparedRun,
     build_plan,

@@ -57,6 +57,12 @@ class PerturbationPlan(L.LightningModule):
         Optimiser settings.
     optimizer
         ``adamw`` (decoupled weight decay) or ``adam`` (L2 added to the gradient).
+    cell_types
+        The run's cell types (rows of ``base_shift``).
+    base_shift
+        ``[n_cell_types, n_genes]`` shift added to the control cells before the network's
+        change (``--residual-base context_mean``: each cell type's mean training change);
+        ``None``: no shift. A cell type outside ``cell_types`` gets none.
     """
 
     def __init__(
@@ -74,10 +80,13 @@ class PerturbationPlan(L.LightningModule):
         pert_vectors: torch.Tensor | None = None,
         optimizer: str = "adamw",
         sparsity_scale: str = "control",
+        cell_types: Sequence[str] = (),
+        base_shift: torch.Tensor | None = None,
+        residual_base: str = "none",
     ) -> None:
         super().__init__()
         # The vectors live in buffers (state_dict), not in the hyper-parameters.
-        self.save_hyperparameters(ignore=["pert_vectors"])
+        self.save_hyperparameters(ignore=["pert_vectors", "base_shift"])
         cfg = ModelConfig(**model_cfg)
         self.rag = cfg.conditioning != "none"
         if pert_vectors is None:  # rebuilt from a checkpoint: load_state_dict fills the buffers
@@ -96,13 +105,22 @@ class PerturbationPlan(L.LightningModule):
         )
         self.pert_names = list(pert_names)
         self.register_buffer("pert_table", pert_vectors.clone())
-        self.register_buffer(
-            "pert_to_db", torch.tensor([db_pos.get(n, -1) for n in pert_names], dtype=torch.long)
-        )
+        self.register_buffer("pert_to_db", torch.tensor([db_pos.get(n, -1) for n in pert_names], dtype=torch.long))
         self.energy = SamplesLoss("energy")
+        self.cell_types = list(cell_types)
+        self.ct_pos = {c: i for i, c in enumerate(self.cell_types)}
+        if residual_base != "none":  # one extra zero row: the shift of a cell type the run never saw
+            shift = torch.zeros(len(self.cell_types) + 1, n_genes)
+            if base_shift is not None:
+                shift[: len(self.cell_types)] = torch.as_tensor(base_shift, dtype=torch.float32)
+            self.register_buffer("base_shift", shift)
+        else:
+            self.base_shift = None
 
     # --------------------------------------------------------------- forward
-    def forward(self, batch: dict, pert_vec: torch.Tensor | None = None, query_index: torch.Tensor | None = None) -> ModelOutput:
+    def forward(
+        self, batch: dict, pert_vec: torch.Tensor | None = None, query_index: torch.Tensor | None = None
+    ) -> ModelOutput:
         """Predict the perturbed sets of a batch.
 
         ``pert_vec`` / ``query_index`` override the table lookup (unseen perturbations).
@@ -110,7 +128,23 @@ class PerturbationPlan(L.LightningModule):
         if pert_vec is None:
             pert_vec = self.pert_table[batch["pert_id"]]
             query_index = self.pert_to_db[batch["pert_id"]]
-        return self.model(batch["ctrl_expr"], batch["cell_input"], pert_vec, query_index)
+        return self.model(self.residual_base(batch), batch["cell_input"], pert_vec, query_index)
+
+    def residual_base(self, batch: dict) -> torch.Tensor:
+        """What the network's change is added to: the control cells, shifted by their cell
+        type's ``base_shift`` row when the run has one (``batch["ct_id"]``; -1 or no ``ct_id``,
+        as in the cost table's synthetic batches: no shift)."""
+        if self.base_shift is None:
+            return batch["ctrl_expr"]
+        ctrl = batch["ctrl_expr"]
+        ct = batch.get("ct_id")
+        ct = torch.full((ctrl.shape[0],), -1, dtype=torch.long, device=ctrl.device) if ct is None else ct.clone()
+        ct[ct < 0] = self.base_shift.shape[0] - 1
+        return batch["ctrl_expr"] + self.base_shift[ct][:, None, :]
+
+    def cell_type_id(self, cell_type: str) -> int:
+        """Row of a cell type in ``base_shift`` (-1: unknown)."""
+        return self.ct_pos.get(cell_type, -1)
 
     def objective(self, batch: dict, out: ModelOutput) -> dict[str, torch.Tensor]:
         """The training objective of one batch and its parts.

@@ -44,7 +44,9 @@ def load_plan(run_dir: str | Path, checkpoint: str = "best"):
     try:
         plan = PerturbationPlan.load_from_checkpoint(path, map_location="cpu", weights_only=False)
     except Exception as exc:  # noqa: BLE001 -- any unreadable checkpoint is a user-level problem
-        raise PtragError(f"{path} is not a readable ptrag checkpoint ({type(exc).__name__}: {exc}); retrain or resume the run.") from exc
+        raise PtragError(
+            f"{path} is not a readable ptrag checkpoint ({type(exc).__name__}: {exc}); retrain or resume the run."
+        ) from exc
     plan.eval()
     return plan
 
@@ -68,10 +70,16 @@ def _retrieval_rows(plan, out, sets: list[CellSet]) -> list[dict]:
         cand = out.candidates[b].tolist()
         sim = out.similarity[b].tolist()
         frac = out.weights[b].float().mean(0).tolist() if out.weights is not None else [float("nan")] * len(cand)
-        for c, s, f in zip(cand, sim, frac):
+        for c, s, f in zip(cand, sim, frac, strict=True):
             rows.append(
-                dict(cell_type=cs.cell_type, query=cs.perturbation, candidate=names[c], similarity=s,
-                     selected_fraction=f, n_cells=len(cs.pert_rows))
+                dict(
+                    cell_type=cs.cell_type,
+                    query=cs.perturbation,
+                    candidate=names[c],
+                    similarity=s,
+                    selected_fraction=f,
+                    n_cells=len(cs.pert_rows),
+                )
             )
     return rows
 
@@ -147,8 +155,9 @@ def predict(
             raise PtragError(f"--control-baseline and --baseline {baseline} disagree: give one of them.")
         baseline = "control"
     if baseline is not None:
-        return next(iter_baselines(run_dir, data_path, [baseline], split, perturbations, cell_type, n_cells,
-                                   checkpoint, backed))[1]
+        return next(
+            iter_baselines(run_dir, data_path, [baseline], split, perturbations, cell_type, n_cells, checkpoint, backed)
+        )[1]
     cfg: TrainConfig = read_run_config(run_dir)
     run_dir = Path(run_dir)
     plan = load_plan(run_dir, checkpoint)
@@ -174,8 +183,16 @@ def predict(
     return Prediction(adata, _aggregate_retrieval(retrieval) if retrieval else None)
 
 
-def _run_network(plan, data, sets: list[CellSet], gene_idx: np.ndarray, features, pert_index: dict[str, int],
-                 extra_vec: dict[str, torch.Tensor], batch_size: int) -> tuple[list[np.ndarray], list[dict]]:
+def _run_network(
+    plan,
+    data,
+    sets: list[CellSet],
+    gene_idx: np.ndarray,
+    features,
+    pert_index: dict[str, int],
+    extra_vec: dict[str, torch.Tensor],
+    batch_size: int,
+) -> tuple[list[np.ndarray], list[dict]]:
     """The network's predicted cells of every set (in order) and the retrieval rows."""
     retrieval: list[dict] = []
     device = plan.device
@@ -192,13 +209,23 @@ def _run_network(plan, data, sets: list[CellSet], gene_idx: np.ndarray, features
                 for cs in chunk:
                     ctrl = data.expression(cs.ctrl_rows, gene_idx)
                     feats = ctrl if features is None else features(cs.ctrl_rows, ctrl)
-                    items.append({"ctrl_expr": torch.from_numpy(ctrl), "cell_input": torch.from_numpy(np.ascontiguousarray(feats, np.float32))})
+                    items.append(
+                        {
+                            "ctrl_expr": torch.from_numpy(ctrl),
+                            "cell_input": torch.from_numpy(np.ascontiguousarray(feats, np.float32)),
+                            "ct_id": torch.tensor(plan.cell_type_id(cs.cell_type)),
+                        }
+                    )
                 batch = {k: v.to(device) for k, v in _collate(items).items()}
                 names = [cs.perturbation for cs in chunk]
-                vec = torch.stack([extra_vec[n] if n in extra_vec else plan.pert_table[pert_index[n]] for n in names]).to(device)
-                qidx = torch.tensor([int(plan.pert_to_db[pert_index[n]]) if n in pert_index else -1 for n in names], device=device)
+                vec = torch.stack(
+                    [extra_vec[n] if n in extra_vec else plan.pert_table[pert_index[n]] for n in names]
+                ).to(device)
+                qidx = torch.tensor(
+                    [int(plan.pert_to_db[pert_index[n]]) if n in pert_index else -1 for n in names], device=device
+                )
                 out = plan(batch, pert_vec=vec, query_index=qidx)
-                for cs_i, p in zip(idxs[start : start + batch_size], out.pred.cpu().numpy()):
+                for cs_i, p in zip(idxs[start : start + batch_size], out.pred.cpu().numpy(), strict=True):
                     outputs[cs_i] = p
                 if out.candidates is not None:
                     retrieval.extend(_retrieval_rows(plan, out, chunk))
@@ -265,16 +292,20 @@ def iter_baselines(
         changes = group_mean_changes(data, _training_groups(run_dir, data, pert_index), genes)
     targets = list(dict.fromkeys((cs.cell_type, cs.perturbation) for cs in sets))
     for name in names:
-        shift = dict(zip(targets, baseline_shifts(name, changes, targets, len(genes)).astype(np.float32)))
-        outputs = [np.maximum(data.expression(cs.ctrl_rows, gene_idx) + shift[(cs.cell_type, cs.perturbation)], 0.0)
-                   for cs in sets]
+        shift = dict(zip(targets, baseline_shifts(name, changes, targets, len(genes)).astype(np.float32), strict=True))
+        outputs = [
+            np.maximum(data.expression(cs.ctrl_rows, gene_idx) + shift[(cs.cell_type, cs.perturbation)], 0.0)
+            for cs in sets
+        ]
         yield name, Prediction(_assemble(sets, outputs, groups, data, gene_idx, genes, split_name, name, run_dir), None)
 
 
 def _training_groups(run_dir: Path, data, pert_index: dict[str, int]) -> pd.DataFrame:
     """The groups the run trained on: the split's training groups whose perturbation the run
     represents (a gene-table run may have dropped some with ``--missing-genes drop``)."""
-    split_obj = resolve_split(read_split_toml(run_dir / "split.toml"), data.groups(), source=str(run_dir / "split.toml"))
+    split_obj = resolve_split(
+        read_split_toml(run_dir / "split.toml"), data.groups(), source=str(run_dir / "split.toml")
+    )
     train = split_obj.groups("train")
     return train[train["perturbation"].isin(pert_index)].reset_index(drop=True)
 
@@ -286,7 +317,9 @@ def _new_cell_type(data, data_path: str | Path, cell_type: str | None) -> str:
             raise PtragError(f"--perturbations needs --cell-type (one of: {', '.join(data.cell_types)}).")
         cell_type = data.cell_types[0]
     if cell_type not in data.cell_types:
-        raise PtragError(f"--cell-type {cell_type!r} does not occur in {data_path} (cell types: {', '.join(data.cell_types)}).")
+        raise PtragError(
+            f"--cell-type {cell_type!r} does not occur in {data_path} (cell types: {', '.join(data.cell_types)})."
+        )
     return cell_type
 
 
@@ -306,15 +339,23 @@ def _new_vectors(cfg: TrainConfig, plan, new: list[str], gene_tables: Sequence[s
     vecs, _ = perturbation_vectors(new, load_gene_tables(list(gene_tables)), "error")
     if vecs.shape[1] != plan.pert_table.shape[1]:
         raise PtragError(
-            f"the gene table has {vecs.shape[1]}-d vectors but the run was trained on {plan.pert_table.shape[1]}-d ones; "
+            f"the gene table has {vecs.shape[1]}-d vectors but the run was trained on "
+            f"{plan.pert_table.shape[1]}-d ones; "
             "pass the table(s) used for training."
         )
-    return {p: torch.from_numpy(v) for p, v in zip(new, vecs)}
+    return {p: torch.from_numpy(v) for p, v in zip(new, vecs, strict=True)}
 
 
-def _plan_sets(cfg: TrainConfig, run_dir: Path, data, pert_index: dict[str, int], split: str,
-               perturbations: Sequence[str] | None, cell_type: str | None,
-               n_cells: int | None) -> tuple[list[CellSet], pd.DataFrame, str]:
+def _plan_sets(
+    cfg: TrainConfig,
+    run_dir: Path,
+    data,
+    pert_index: dict[str, int],
+    split: str,
+    perturbations: Sequence[str] | None,
+    cell_type: str | None,
+    n_cells: int | None,
+) -> tuple[list[CellSet], pd.DataFrame, str]:
     """The sets to predict (a split's groups, or ``n_cells`` controls per new perturbation),
     their groups and the split name written in ``obs``."""
     if perturbations:
@@ -328,27 +369,48 @@ def _plan_sets(cfg: TrainConfig, run_dir: Path, data, pert_index: dict[str, int]
         groups = pd.DataFrame({"cell_type": [cell_type] * len(perturbations), "perturbation": list(perturbations)})
         return sets, groups, "new"
     check_choice("--split", split, SPLITS)
-    split_obj = resolve_split(read_split_toml(run_dir / "split.toml"), data.groups(), source=str(run_dir / "split.toml"))
+    split_obj = resolve_split(
+        read_split_toml(run_dir / "split.toml"), data.groups(), source=str(run_dir / "split.toml")
+    )
     groups = split_obj.groups(split)
     groups = groups[groups["perturbation"].isin(pert_index)].reset_index(drop=True)
     if groups.empty:
         raise PtragError(f"the {split} split of {run_dir} has no groups this model can predict.")
-    sampler = SetSampler(data.obs, groups, cfg.cell_set_size, mode="eval", seed=cfg.seed + 2, match_batch=cfg.match_batch)
+    sampler = SetSampler(
+        data.obs, groups, cfg.cell_set_size, mode="eval", seed=cfg.seed + 2, match_batch=cfg.match_batch
+    )
     return sampler.plan(), groups, split
 
 
-def _assemble(sets: list[CellSet], outputs: list[np.ndarray], groups: pd.DataFrame, data, gene_idx: np.ndarray,
-              genes: list[str], split_name: str, model: str, run_dir: Path) -> ad.AnnData:
+def _assemble(
+    sets: list[CellSet],
+    outputs: list[np.ndarray],
+    groups: pd.DataFrame,
+    data,
+    gene_idx: np.ndarray,
+    genes: list[str],
+    split_name: str,
+    model: str,
+    run_dir: Path,
+) -> ad.AnnData:
     """The prediction AnnData: the predicted sets, then the observed controls of their cell types."""
     preds, obs_rows = list(outputs), []
     for cs in sets:
         obs_rows.append(
-            pd.DataFrame({"perturbation": cs.perturbation, "cell_type": cs.cell_type, "is_control": False, "split": split_name}, index=range(len(cs.ctrl_rows)))
+            pd.DataFrame(
+                {"perturbation": cs.perturbation, "cell_type": cs.cell_type, "is_control": False, "split": split_name},
+                index=range(len(cs.ctrl_rows)),
+            )
         )
     for ct in groups["cell_type"].unique():
         rows = data.rows_of(ct, data.spec.control)
         preds.append(data.expression(rows, gene_idx))
-        obs_rows.append(pd.DataFrame({"perturbation": data.spec.control, "cell_type": ct, "is_control": True, "split": "control"}, index=range(len(rows))))
+        obs_rows.append(
+            pd.DataFrame(
+                {"perturbation": data.spec.control, "cell_type": ct, "is_control": True, "split": "control"},
+                index=range(len(rows)),
+            )
+        )
     obs = pd.concat(obs_rows, ignore_index=True)
     obs.index = [f"pred_{i}" for i in range(len(obs))]
     for c in ("perturbation", "cell_type", "split"):

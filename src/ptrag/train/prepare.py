@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -49,6 +49,10 @@ class PreparedRun:
         Width of the cell encoder's input.
     pca
         The PCA-50 space fit on training cells.
+    cell_types
+        The data's cell types (rows of the plan's per-cell-type table).
+    base_shift
+        ``[n_cell_types, n_genes]`` residual base shift (``--residual-base``), or ``None``.
     """
 
     data: PerturbData
@@ -60,6 +64,8 @@ class PreparedRun:
     cell_features: Callable[[np.ndarray, np.ndarray], np.ndarray] | None
     cell_input_dim: int
     pca: object
+    cell_types: list[str] = field(default_factory=list)
+    base_shift: np.ndarray | None = None
 
 
 def training_rows(data: PerturbData, split: Split) -> np.ndarray:
@@ -114,7 +120,9 @@ def prepare_run(
     from ptrag.eval.pca import PCASpace
 
     if cfg.uses_gene_table and not gene_tables:
-        raise PtragError(f"--model {cfg.model} needs gene embeddings: pass --genes TABLE (GenePT pickle, CSV, parquet or npz).")
+        raise PtragError(
+            f"--model {cfg.model} needs gene embeddings: pass --genes TABLE (GenePT pickle, CSV, parquet or npz)."
+        )
     if not cfg.uses_gene_table and gene_tables:
         raise PtragError(
             "--model state represents perturbations one-hot and takes no --genes; use --model state_genept "
@@ -153,7 +161,9 @@ def prepare_run(
                 len(unseen),
                 unseen["perturbation"].iloc[0],
             )
-            split = Split(split.table[split.table["perturbation"].isin(train_perts)].reset_index(drop=True), split.dataset)
+            split = Split(
+                split.table[split.table["perturbation"].isin(train_perts)].reset_index(drop=True), split.dataset
+            )
         pert_vectors = one_hot(pert_names, pert_names)
     database_names = train_perts if cfg.conditioning != "none" else []
     if cfg.conditioning != "none" and cfg.topk > len(database_names) - 1:
@@ -167,6 +177,7 @@ def prepare_run(
     fit_rows = np.sort(rng.choice(rows, min(len(rows), 50_000), replace=False))
     pca = PCASpace.fit(data.expression(fit_rows, genes), n_components=50, seed=cfg.seed, gene_names=genes)
     features, dim = cell_feature_fn(cfg, data, pca)
+    cell_types = list(data.cell_types)
     return PreparedRun(
         data=data,
         split=split,
@@ -177,7 +188,21 @@ def prepare_run(
         cell_features=features,
         cell_input_dim=dim or len(genes),
         pca=pca,
+        cell_types=cell_types,
+        base_shift=_base_shift(cfg, data, split, genes, pert_names, cell_types),
     )
+
+
+def _base_shift(cfg: TrainConfig, data, split, genes, pert_names, cell_types) -> np.ndarray | None:
+    """``--residual-base context_mean``: each cell type's mean change over its training groups
+    (training cells only; a cell type without training groups: the mean over all of them)."""
+    if cfg.residual_base == "none":
+        return None
+    from ptrag.train.baselines import context_mean, group_mean_changes
+
+    train = split.groups("train")
+    changes = group_mean_changes(data, train[train["perturbation"].isin(set(pert_names))].reset_index(drop=True), genes)
+    return np.stack([context_mean(changes, c) for c in cell_types]).astype(np.float32)
 
 
 def build_plan(cfg: TrainConfig, prep: PreparedRun):
@@ -198,6 +223,9 @@ def build_plan(cfg: TrainConfig, prep: PreparedRun):
         weight_decay=cfg.weight_decay,
         optimizer=cfg.optimizer,
         pert_vectors=torch.from_numpy(prep.pert_vectors),
+        cell_types=prep.cell_types,
+        base_shift=None if prep.base_shift is None else torch.from_numpy(prep.base_shift),
+        residual_base=cfg.residual_base,
     )
 
 
@@ -222,7 +250,13 @@ def make_loader(
         shuffle=which == "train",
         freeze_epoch=freeze_epoch,
     )
-    dataset = SetDataset(prep.data, prep.genes, {n: i for i, n in enumerate(prep.pert_names)}, prep.cell_features)
+    dataset = SetDataset(
+        prep.data,
+        prep.genes,
+        {n: i for i, n in enumerate(prep.pert_names)},
+        prep.cell_features,
+        {c: i for i, c in enumerate(prep.cell_types)},
+    )
     cuda = torch.cuda.is_available() and cfg.accelerator in ("auto", "gpu", "cuda")
     workers = 0 if prep.data.backed else cfg.num_workers
     return torch.utils.data.DataLoader(
