@@ -29,7 +29,9 @@ def main() -> None:
     ap.add_argument("--genes", type=int, default=2000)
     ap.add_argument("--sets", type=int, default=400, help="training sets to read")
     ap.add_argument("--set-size", type=int, default=64)
-    ap.add_argument("--hvg", type=int, default=0, help="also select this many HVGs on 20k training cells (0: all genes)")
+    ap.add_argument(
+        "--hvg", type=int, default=0, help="also select this many HVGs on 20k training cells (0: all genes)"
+    )
     ap.add_argument("--dir", type=Path, default=Path("/tmp/ptrag_bench"))
     args = ap.parse_args()
 
@@ -43,7 +45,9 @@ def main() -> None:
         import multiprocessing as mp
 
         t = time.perf_counter()
-        proc = mp.get_context("spawn").Process(target=write_large_h5ad, args=(path, args.cells, args.genes), kwargs={"seed": 0})
+        proc = mp.get_context("spawn").Process(
+            target=write_large_h5ad, args=(path, args.cells, args.genes), kwargs={"seed": 0}
+        )
         proc.start()
         proc.join()
         if proc.exitcode != 0:
@@ -73,11 +77,15 @@ def main() -> None:
     for cs in plan:
         ds[cs]
     dt = time.perf_counter() - t
-    print(f"file: {args.cells:,} cells x {args.genes:,} genes, {file_mib:,.0f} MiB on disk; "
-          f"CSR in memory would be {csr_mib:,.0f} MiB, dense float32 {dense_mib:,.0f} MiB")
+    print(
+        f"file: {args.cells:,} cells x {args.genes:,} genes, {file_mib:,.0f} MiB on disk; "
+        f"CSR in memory would be {csr_mib:,.0f} MiB, dense float32 {dense_mib:,.0f} MiB"
+    )
     print(f"open + validate (backed, one streaming pass): {t_open:.1f} s")
-    print(f"read {len(plan)} training sets of {args.set_size}+{args.set_size} cells: "
-          f"{len(plan) / dt:.1f} sets/s ({dt / len(plan) * 1e3:.1f} ms/set)")
+    print(
+        f"read {len(plan)} training sets of {args.set_size}+{args.set_size} cells: "
+        f"{len(plan) / dt:.1f} sets/s ({dt / len(plan) * 1e3:.1f} ms/set)"
+    )
     print(f"peak RSS: {peak_rss_mib():,.0f} MiB (before opening: {rss0:,.0f} MiB)")
 
 

@@ -32,8 +32,8 @@ from geomloss import SamplesLoss
 
 from ptrag.nn.generator import PRESETS, PerturbationModel, count_parameters
 from ptrag.train.config import MODEL_KINDS
-from ptrag.train.cost import count_flops, interleaved_times, matmul_peak, paired_ratio, time_interleaved
 from ptrag.train.config import PRESETS as TRAIN_PRESETS
+from ptrag.train.cost import count_flops, interleaved_times, matmul_peak, paired_ratio, time_interleaved
 
 MODELS = ("state", "state_genept", "vanilla_rag", "pt_rag")
 
@@ -123,16 +123,23 @@ def main() -> None:
     torch.manual_seed(0)
     energy = SamplesLoss("energy")
     peak = matmul_peak(device, torch.bfloat16 if args.bf16 else torch.float32)
-    print(f"device {device}, torch {torch.__version__}, threads {torch.get_num_threads()}, "
-          f"matmul peak {peak / 1e9:.1f} GFLOP/s ({'bf16' if args.bf16 else 'fp32'})")
+    print(
+        f"device {device}, torch {torch.__version__}, threads {torch.get_num_threads()}, "
+        f"matmul peak {peak / 1e9:.1f} GFLOP/s ({'bf16' if args.bf16 else 'fp32'})"
+    )
     presets = ("cpu", "paper") if args.preset == "both" else (args.preset,)
     demand = {}
     for preset in presets:
         tp = TRAIN_PRESETS[preset]
         b, s = tp["batch_size"], tp["cell_set_size"]
-        print(f"\n## preset {preset}: batch {b} x S {s} cells x G {args.genes} genes, K {PRESETS[preset].topk}, "
-              f"hidden {PRESETS[preset].hidden}, {PRESETS[preset].n_layers} blocks")
-        print(f"{'model':<20}{'params':>12}{'ms/step':>10}{'x state':>9}{'GFLOP/step':>12}{'MFLOP/cell':>12}{'GFLOP/s':>9}")
+        print(
+            f"\n## preset {preset}: batch {b} x S {s} cells x G {args.genes} genes, K {PRESETS[preset].topk}, "
+            f"hidden {PRESETS[preset].hidden}, {PRESETS[preset].n_layers} blocks"
+        )
+        print(
+            f"{'model':<20}{'params':>12}{'ms/step':>10}{'x state':>9}"
+            f"{'GFLOP/step':>12}{'MFLOP/cell':>12}{'GFLOP/s':>9}"
+        )
         rows = [(m, True) for m in MODELS] + ([] if args.no_naive else [("pt_rag", False)])
         built = []
         for model, fused in rows:
@@ -149,8 +156,11 @@ def main() -> None:
             sec = secs[i]
             fl = count_flops(fn)
             name = model if fused else "pt_rag (naive)"
-            print(f"{name:<20}{count_parameters(m):>12,}{sec * 1e3:>10.1f}{paired_ratio(times[i], times[0]):>9.2f}{fl / 1e9:>12.2f}"
-                  f"{fl / (b * s) / 1e6:>12.2f}{fl / sec / 1e9:>9.1f}")
+            print(
+                f"{name:<20}{count_parameters(m):>12,}{sec * 1e3:>10.1f}"
+                f"{paired_ratio(times[i], times[0]):>9.2f}{fl / 1e9:>12.2f}"
+                f"{fl / (b * s) / 1e6:>12.2f}{fl / sec / 1e9:>9.1f}"
+            )
             if fused:  # the most demanding consumer: the fastest model
                 demand[preset] = max(demand.get(preset, 0.0), b / sec)
         del built
@@ -158,21 +168,25 @@ def main() -> None:
         m, cfg, _ = build("state", preset, args.genes, args.database, args.emb_dim, True, device)
         z = torch.randn(b, s, cfg.hidden, device=device, requires_grad=True)
 
-        def backbone_step():
+        def backbone_step(m=m, z=z):  # bound now: `m` and `z` are rebound on every preset
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=args.bf16):
                 m.backbone(z).float().sum().backward()
 
         sec = time_interleaved([backbone_step], args.steps, args.warmup, device)[0]
         fl = count_flops(backbone_step)
-        print(f"backbone (fwd+bwd): {sec * 1e3:.1f} ms, {fl / 1e9:.2f} GFLOP, {fl / sec / 1e9:.1f} GFLOP/s = "
-              f"{100 * fl / sec / peak:.0f}% of the matmul peak")
+        print(
+            f"backbone (fwd+bwd): {sec * 1e3:.1f} ms, {fl / 1e9:.2f} GFLOP, {fl / sec / 1e9:.1f} GFLOP/s = "
+            f"{100 * fl / sec / peak:.0f}% of the matmul peak"
+        )
     print("\n## data loader (SetDataset, in memory, 2,000 genes)")
     for preset in presets:
         s = TRAIN_PRESETS[preset]["cell_set_size"]
         rate = loader_rate(16 * TRAIN_PRESETS[preset]["batch_size"], s, args.genes, TRAIN_PRESETS[preset]["batch_size"])
         need = demand[preset]
-        print(f"preset {preset}: {rate:.0f} sets/s read (one process); the fastest model consumes {need:.1f} sets/s "
-              f"-> {rate / need:.1f}x")
+        print(
+            f"preset {preset}: {rate:.0f} sets/s read (one process); the fastest model consumes {need:.1f} sets/s "
+            f"-> {rate / need:.1f}x"
+        )
 
 
 if __name__ == "__main__":

@@ -40,8 +40,10 @@ def main() -> None:
         if len(rows) < 2 * s:
             continue
         ctrl = rng.choice(data.rows_of(ct, a.control), s, replace=False)
-        x = {k: torch.from_numpy(data.expression(r))[None] for k, r in
-             (("a", rows[:s]), ("b", rows[s:2 * s]), ("c", ctrl))}
+        x = {
+            k: torch.from_numpy(data.expression(r))[None]
+            for k, r in (("a", rows[:s]), ("b", rows[s : 2 * s]), ("c", ctrl))
+        }
         floor.append(energy(x["b"], x["a"]).item())
         control.append(energy(x["c"], x["a"]).item())
     print(f"{len(floor)} {a.which} groups with >= {2 * s} cells; sets of {s} cells")

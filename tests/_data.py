@@ -7,6 +7,11 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
+#: ``ptrag train`` options of a tiny, seconds-long training (the tests add the target and seed).
+#: The network and set sizes of those trainings.
+TINY_MODEL = "--batch-size 4 --cell-set-size 8 --hidden 16 --n-heads 2 --ffn 32 --n-genes 20 --topk 3".split()  # noqa: SIM905
+TINY_TRAIN = ["--max-steps", "4", "--val-every", "2", *TINY_MODEL]
+
 
 def make_adata(
     n_cell_types: int = 2,

@@ -7,12 +7,19 @@ import pickle
 
 import numpy as np
 import pytest
+from _data import TINY_MODEL, make_adata
 
-from _data import make_adata
 from ptrag.cli import main
 
-TINY = ["--max-steps", "2", "--val-every", "1", "--batch-size", "4", "--cell-set-size", "8", "--hidden", "16",
-        "--n-heads", "2", "--ffn", "32", "--n-genes", "20", "--topk", "3", "--target-cell-type", "CT1"]
+TINY = [
+    "--max-steps",
+    "2",
+    "--val-every",
+    "1",
+    *TINY_MODEL,
+    "--target-cell-type",
+    "CT1",
+]
 
 
 @pytest.fixture(scope="module")
@@ -45,17 +52,38 @@ def w(tmp_path_factory):
     with open(d / "partial.pkl", "wb") as f:
         pickle.dump({f"P{i}": rng.normal(size=12).tolist() for i in range(7)}, f)  # no P7
     # splits
-    (d / "unknown.toml").write_text('[datasets]\nd = "d"\n[training]\nd = "train"\n[fewshot."d.CT1"]\nval = ["NOPE"]\ntest = ["P1"]\n')
-    (d / "overlap.toml").write_text('[datasets]\nd = "d"\n[training]\nd = "train"\n[fewshot."d.CT1"]\nval = ["P1"]\ntest = ["P1", "P2"]\n')
+    (d / "unknown.toml").write_text(
+        '[datasets]\nd = "d"\n[training]\nd = "train"\n[fewshot."d.CT1"]\nval = ["NOPE"]\ntest = ["P1"]\n'
+    )
+    (d / "overlap.toml").write_text(
+        '[datasets]\nd = "d"\n[training]\nd = "train"\n[fewshot."d.CT1"]\nval = ["P1"]\ntest = ["P1", "P2"]\n'
+    )
     (d / "empty.toml").write_text("")
-    (d / "badct.toml").write_text('[datasets]\nd = "d"\n[training]\nd = "train"\n[fewshot."d.CT9"]\nval = ["P1"]\ntest = ["P2"]\n')
+    (d / "badct.toml").write_text(
+        '[datasets]\nd = "d"\n[training]\nd = "train"\n[fewshot."d.CT9"]\nval = ["P1"]\ntest = ["P2"]\n'
+    )
     # configs
     (d / "unknown_key.toml").write_text('model = "state"\nhiden = 64\n')
     (d / "wrong_type.toml").write_text('model = "state"\nhidden = "big"\n')
     # a trained run, then a truncated copy of its checkpoint
     run = d / "run"
-    assert main(["train", "--data", str(d / "d.h5ad"), "--out", str(run), "--model", "pt_rag",
-                 "--genes", str(d / "genes.pkl"), *TINY]) == 0
+    assert (
+        main(
+            [
+                "train",
+                "--data",
+                str(d / "d.h5ad"),
+                "--out",
+                str(run),
+                "--model",
+                "pt_rag",
+                "--genes",
+                str(d / "genes.pkl"),
+                *TINY,
+            ]
+        )
+        == 0
+    )
     trunc = d / "run_trunc"
     trunc.mkdir()
     for f in ("config.toml", "split.toml", "genes.txt", "pca.npz"):
@@ -75,17 +103,45 @@ CASES = [
     ("describe-missing-file", lambda w, o: ["describe", "--data", str(w / "nope.h5ad")], ["nope.h5ad"]),
     ("describe-not-h5ad", lambda w, o: ["describe", "--data", str(w / "text.h5ad")], ["text.h5ad"]),
     ("describe-truncated", lambda w, o: ["describe", "--data", str(w / "trunc.h5ad")], ["trunc.h5ad"]),
-    ("describe-missing-column", lambda w, o: ["describe", "--data", str(w / "d.h5ad"), "--pert-col", "guide"], ["guide"]),
+    (
+        "describe-missing-column",
+        lambda w, o: ["describe", "--data", str(w / "d.h5ad"), "--pert-col", "guide"],
+        ["guide"],
+    ),
     ("describe-absent-control", lambda w, o: ["describe", "--data", str(w / "d.h5ad"), "--control", "NTC"], ["NTC"]),
-    ("split-unknown-cell-type", lambda w, o: ["split", "--data", str(w / "d.h5ad"), "--target-cell-type", "CT9", "--out", str(o)], ["CT9"]),
-    ("train-split-unknown-perturbation", lambda w, o: [*_train(w), "--split", str(w / "unknown.toml"), "--out", str(o)], ["NOPE"]),
+    (
+        "split-unknown-cell-type",
+        lambda w, o: ["split", "--data", str(w / "d.h5ad"), "--target-cell-type", "CT9", "--out", str(o)],
+        ["CT9"],
+    ),
+    (
+        "train-split-unknown-perturbation",
+        lambda w, o: [*_train(w), "--split", str(w / "unknown.toml"), "--out", str(o)],
+        ["NOPE"],
+    ),
     ("train-split-overlap", lambda w, o: [*_train(w), "--split", str(w / "overlap.toml"), "--out", str(o)], ["P1"]),
     ("train-split-empty", lambda w, o: [*_train(w), "--split", str(w / "empty.toml"), "--out", str(o)], ["empty.toml"]),
-    ("train-split-unknown-cell-type", lambda w, o: [*_train(w), "--split", str(w / "badct.toml"), "--out", str(o)], ["CT9"]),
-    ("train-config-unknown-key", lambda w, o: [*_train(w), "--config", str(w / "unknown_key.toml"), "--out", str(o)], ["hiden"]),
-    ("train-config-wrong-type", lambda w, o: [*_train(w), "--config", str(w / "wrong_type.toml"), "--out", str(o)], ["hidden"]),
+    (
+        "train-split-unknown-cell-type",
+        lambda w, o: [*_train(w), "--split", str(w / "badct.toml"), "--out", str(o)],
+        ["CT9"],
+    ),
+    (
+        "train-config-unknown-key",
+        lambda w, o: [*_train(w), "--config", str(w / "unknown_key.toml"), "--out", str(o)],
+        ["hiden"],
+    ),
+    (
+        "train-config-wrong-type",
+        lambda w, o: [*_train(w), "--config", str(w / "wrong_type.toml"), "--out", str(o)],
+        ["hidden"],
+    ),
     ("train-topk-above-database", lambda w, o: [*_train(w), "--topk", "50", "--out", str(o)], ["topk"]),
-    ("train-negative-sparsity", lambda w, o: [*_train(w), "--sparsity-weight", "-1", "--out", str(o)], ["sparsity-weight"]),
+    (
+        "train-negative-sparsity",
+        lambda w, o: [*_train(w), "--sparsity-weight", "-1", "--out", str(o)],
+        ["sparsity-weight"],
+    ),
     ("train-tau-zero", lambda w, o: [*_train(w), "--tau", "0", "--out", str(o)], ["tau"]),
     ("train-set-size-one", lambda w, o: [*_train(w), "--cell-set-size", "1", "--out", str(o)], ["cell-set-size"]),
     ("train-unknown-model", lambda w, o: [*_train(w, model="gpt"), "--out", str(o)], ["gpt"]),
@@ -96,14 +152,70 @@ CASES = [
     ("train-expression-nan", lambda w, o: [*_train(w, data="nan.h5ad"), "--out", str(o)], ["nan.h5ad"]),
     ("train-expression-negative", lambda w, o: [*_train(w, data="neg.h5ad"), "--out", str(o)], ["neg.h5ad"]),
     ("train-missing-table-file", lambda w, o: [*_train(w, genes="none.pkl"), "--out", str(o)], ["none.pkl"]),
-    ("predict-not-a-run", lambda w, o: ["predict", "--run", str(w), "--data", str(w / "d.h5ad"), "--out", str(o) + ".h5ad"], ["config.toml"]),
-    ("predict-truncated-checkpoint", lambda w, o: ["predict", "--run", str(w / "run_trunc"), "--data", str(w / "d.h5ad"), "--out", str(o) + ".h5ad"], ["last.ckpt"]),
-    ("predict-other-gene-set", lambda w, o: ["predict", "--run", str(w / "run"), "--data", str(w / "othergenes.h5ad"), "--out", str(o) + ".h5ad"], ["othergenes.h5ad"]),
-    ("predict-unknown-split", lambda w, o: ["predict", "--run", str(w / "run"), "--data", str(w / "d.h5ad"), "--split", "holdout", "--out", str(o) + ".h5ad"], ["holdout"]),
-    ("predict-not-h5ad-output", lambda w, o: ["predict", "--run", str(w / "run"), "--data", str(w / "d.h5ad"), "--out", str(o) + ".csv"], [".h5ad"]),
-    ("evaluate-missing-prediction", lambda w, o: ["evaluate", "--pred", str(w / "nope_pred.h5ad"), "--real", str(w / "d.h5ad"), "--run", str(w / "run"), "--out", str(o)], ["nope_pred.h5ad"]),
+    (
+        "predict-not-a-run",
+        lambda w, o: ["predict", "--run", str(w), "--data", str(w / "d.h5ad"), "--out", str(o) + ".h5ad"],
+        ["config.toml"],
+    ),
+    (
+        "predict-truncated-checkpoint",
+        lambda w, o: ["predict", "--run", str(w / "run_trunc"), "--data", str(w / "d.h5ad"), "--out", str(o) + ".h5ad"],
+        ["last.ckpt"],
+    ),
+    (
+        "predict-other-gene-set",
+        lambda w, o: [
+            "predict",
+            "--run",
+            str(w / "run"),
+            "--data",
+            str(w / "othergenes.h5ad"),
+            "--out",
+            str(o) + ".h5ad",
+        ],
+        ["othergenes.h5ad"],
+    ),
+    (
+        "predict-unknown-split",
+        lambda w, o: [
+            "predict",
+            "--run",
+            str(w / "run"),
+            "--data",
+            str(w / "d.h5ad"),
+            "--split",
+            "holdout",
+            "--out",
+            str(o) + ".h5ad",
+        ],
+        ["holdout"],
+    ),
+    (
+        "predict-not-h5ad-output",
+        lambda w, o: ["predict", "--run", str(w / "run"), "--data", str(w / "d.h5ad"), "--out", str(o) + ".csv"],
+        [".h5ad"],
+    ),
+    (
+        "evaluate-missing-prediction",
+        lambda w, o: [
+            "evaluate",
+            "--pred",
+            str(w / "nope_pred.h5ad"),
+            "--real",
+            str(w / "d.h5ad"),
+            "--run",
+            str(w / "run"),
+            "--out",
+            str(o),
+        ],
+        ["nope_pred.h5ad"],
+    ),
     ("simulate-bad-option", lambda w, o: ["simulate", "--out", str(o), "--n-cell-types", "0"], ["--n-cell-types"]),
-    ("genes-coverage-missing-table", lambda w, o: ["genes", "coverage", "--data", str(w / "d.h5ad"), "--genes", str(w / "none.pkl")], ["none.pkl"]),
+    (
+        "genes-coverage-missing-table",
+        lambda w, o: ["genes", "coverage", "--data", str(w / "d.h5ad"), "--genes", str(w / "none.pkl")],
+        ["none.pkl"],
+    ),
 ]
 
 
@@ -141,7 +253,9 @@ def test_with_data_columns_gives_every_command_the_same_flags():
     app = typer.Typer()
     app.command()(cmd)
     app.command("other")(lambda: None)  # two commands: Typer keeps the command name
-    res = CliRunner().invoke(app, ["cmd", "--n", "3", "--pert-col", "perturbation", "--cell-type-col", "", "--control", "ctl"])
+    res = CliRunner().invoke(
+        app, ["cmd", "--n", "3", "--pert-col", "perturbation", "--cell-type-col", "", "--control", "ctl"]
+    )
     assert res.exit_code == 0, res.output
     spec = seen["spec"]
     assert seen["n"] == 3 and spec.pert_col == "perturbation" and spec.cell_type_col is None and spec.control == "ctl"

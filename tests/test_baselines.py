@@ -15,11 +15,22 @@ import anndata as ad
 import numpy as np
 import pandas as pd
 import pytest
+from _data import TINY_TRAIN, make_adata
 
-from _data import make_adata
 from ptrag.cli import main
-from ptrag.train.baselines import (BASELINES, LINEAR_K, LINEAR_LAMBDA, MeanChanges, additive, baseline_shifts,
-                                   context_mean, group_mean_changes, linear_fit, linear_shift, perturb_mean)
+from ptrag.train.baselines import (
+    BASELINES,
+    LINEAR_K,
+    LINEAR_LAMBDA,
+    MeanChanges,
+    additive,
+    baseline_shifts,
+    context_mean,
+    group_mean_changes,
+    linear_fit,
+    linear_shift,
+    perturb_mean,
+)
 from ptrag.train.predict import predict, predict_baselines
 
 CTRL = "non-targeting"
@@ -39,8 +50,7 @@ test = []
 """
 TEST = [("CT1", "P5"), ("CT1", "P6"), ("CT1", "P7")]
 HELD = [("CT1", "P4"), ("CT2", "P3"), *TEST]
-FAST = ["--max-steps", "4", "--val-every", "2", "--batch-size", "4", "--cell-set-size", "8", "--hidden", "16",
-        "--n-heads", "2", "--ffn", "32", "--n-genes", "20", "--topk", "3"]
+FAST = [*TINY_TRAIN]
 
 
 def _dense(x) -> np.ndarray:
@@ -51,15 +61,34 @@ def _dense(x) -> np.ndarray:
 def files(tmp_path_factory):
     d = tmp_path_factory.mktemp("baselines")
     a = make_adata(n_cell_types=3, n_perts=8, cells=16, n_genes=30, seed=3)
-    drop = ((a.obs["gene"] == "P7") & (a.obs["cell_type"] != "CT1")) | ((a.obs["gene"] == "P6") & (a.obs["cell_type"] == "CT2"))
+    drop = ((a.obs["gene"] == "P7") & (a.obs["cell_type"] != "CT1")) | (
+        (a.obs["gene"] == "P6") & (a.obs["cell_type"] == "CT2")
+    )
     a[~drop.to_numpy()].copy().write_h5ad(d / "d.h5ad")
     (d / "split.toml").write_text(SPLIT)
     rng = np.random.default_rng(0)
     with open(d / "g.pkl", "wb") as f:
         pickle.dump({f"P{i}": rng.normal(size=12).tolist() for i in range(8)}, f)
     run = d / "run"
-    assert main(["train", "--data", str(d / "d.h5ad"), "--out", str(run), "--model", "vanilla_rag",
-                 "--genes", str(d / "g.pkl"), "--split", str(d / "split.toml"), *FAST]) == 0
+    assert (
+        main(
+            [
+                "train",
+                "--data",
+                str(d / "d.h5ad"),
+                "--out",
+                str(run),
+                "--model",
+                "vanilla_rag",
+                "--genes",
+                str(d / "g.pkl"),
+                "--split",
+                str(d / "split.toml"),
+                *FAST,
+            ]
+        )
+        == 0
+    )
     return d
 
 
@@ -82,18 +111,26 @@ def _hand_shifts(delta, train):
     """Every baseline's shift for the test groups, from the definitions (docs/metrics.md)."""
     d = {k: delta[k] for k in train}
     ctx = np.mean([v for (c, _), v in d.items() if c == "CT1"], axis=0)
-    elsewhere = {p: np.mean([v for (c, q), v in d.items() if c != "CT1" and q == p], axis=0)
-                 for p in {q for c, q in d if c != "CT1"}}
+    elsewhere = {
+        p: np.mean([v for (c, q), v in d.items() if c != "CT1" and q == p], axis=0)
+        for p in {q for c, q in d if c != "CT1"}
+    }
     other = np.mean([v for (c, _), v in d.items() if c != "CT1"], axis=0)
     M = np.stack(list(d.values()), axis=1)  # genes x all training groups
     E = np.linalg.svd(M, full_matrices=False)[0][:, : min(LINEAR_K, *M.shape)]
     ct1 = [q for c, q in d if c == "CT1"]
     Y = np.stack([d[("CT1", q)] for q in ct1], axis=1)
     P = np.stack([E.T @ elsewhere[q] if q in elsewhere else np.zeros(E.shape[1]) for q in ct1])
-    I = np.eye(E.shape[1])
-    W = np.linalg.inv(E.T @ E + LINEAR_LAMBDA * I) @ E.T @ (Y - ctx[:, None]) @ P @ np.linalg.inv(P.T @ P + LINEAR_LAMBDA * I)
+    eye = np.eye(E.shape[1])
+    W = (
+        np.linalg.inv(E.T @ E + LINEAR_LAMBDA * eye)
+        @ E.T
+        @ (Y - ctx[:, None])
+        @ P
+        @ np.linalg.inv(P.T @ P + LINEAR_LAMBDA * eye)
+    )
     out = {name: {} for name in BASELINES}
-    for ct, p in TEST:
+    for _, p in TEST:
         pm = elsewhere.get(p, ctx)
         out["control"][p] = np.zeros_like(ctx)
         out["context_mean"][p] = ctx
@@ -131,8 +168,11 @@ def test_predictions_are_relu_of_the_models_matched_controls_plus_shift(files, m
     preds = predict_baselines(run, data)
     assert list(preds) == list(BASELINES)
     # the model's own sets: a network that returns its input shows which control cells it was given
-    monkeypatch.setattr(PerturbationPlan, "forward", lambda self, batch, pert_vec=None, query_index=None:
-                        ModelOutput(pred=batch["ctrl_expr"]))
+    monkeypatch.setattr(
+        PerturbationPlan,
+        "forward",
+        lambda self, batch, pert_vec=None, query_index=None: ModelOutput(pred=batch["ctrl_expr"]),
+    )
     identity = predict(run, data).adata
     ctrl = preds["control"].adata
     np.testing.assert_array_equal(ctrl.X, identity.X)
@@ -235,15 +275,20 @@ def test_run_target_evaluates_every_baseline(files, tmp_path, monkeypatch):
         assert set(m.loc[m["model"] == name, "perturbation"]) == {"P5", "P6", "P7"}
     assert not (out / "pred" / "linear.retrieval.csv").exists()
     # the linear baseline's file is the one `ptrag predict --baseline linear` writes
-    np.testing.assert_array_equal(ad.read_h5ad(out / "pred" / "linear.h5ad").X,
-                                  predict(out / "runs" / "vanilla_rag", files / "d.h5ad", baseline="linear").adata.X)
+    np.testing.assert_array_equal(
+        ad.read_h5ad(out / "pred" / "linear.h5ad").X,
+        predict(out / "runs" / "vanilla_rag", files / "d.h5ad", baseline="linear").adata.X,
+    )
     # an evaluation from before the baselines existed (control only) is redone; a full one is reused
     (out / "pred" / "linear.h5ad").unlink()
     m[m["model"].isin(["vanilla_rag", "control"])].to_parquet(out / "eval" / "metrics.parquet")
     again = run_target(*args, progress=False, pred_dir="pred", eval_dir="eval")
     assert set(again["model"]) == {"vanilla_rag", *BASELINES} and (out / "pred" / "linear.h5ad").is_file()
     monkeypatch.setattr(evaluate_mod, "evaluate", lambda *a, **k: pytest.fail("evaluated again"))
-    assert set(run_target(*args, progress=False, pred_dir="pred", eval_dir="eval")["model"]) == {"vanilla_rag", *BASELINES}
+    assert set(run_target(*args, progress=False, pred_dir="pred", eval_dir="eval")["model"]) == {
+        "vanilla_rag",
+        *BASELINES,
+    }
 
 
 def test_new_perturbations_need_no_gene_vector_for_a_baseline(files):
@@ -358,8 +403,9 @@ def test_demo_cella_perturb_mean_pearson_delta_equals_a_hand_computation(demo_ce
     # the matched control rows, drawn as predict() draws them; they are the control baseline's cells
     data = read_perturbseq(d, cfg.column_spec)
     groups = pd.DataFrame({"cell_type": "cellA", "perturbation": test})
-    sets = SetSampler(data.obs, groups, cfg.cell_set_size, mode="eval", seed=cfg.seed + 2,
-                      match_batch=cfg.match_batch).plan()
+    sets = SetSampler(
+        data.obs, groups, cfg.cell_set_size, mode="eval", seed=cfg.seed + 2, match_batch=cfg.match_batch
+    ).plan()
     ctrl_rows = {p: np.concatenate([s.ctrl_rows for s in sets if s.perturbation == p]) for p in test}
     assert all(((ct[r] == "cellA") & (gene[r] == CTRL)).all() for r in ctrl_rows.values())
     base, pm = preds["control"].adata, preds["perturb_mean"].adata

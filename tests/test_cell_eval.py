@@ -17,11 +17,10 @@ import numpy as np
 import pandas as pd
 import pytest
 from scipy import stats
+from test_eval_cli import CTRL, CTS, TEST, _evaluate, _real_as_evaluators_see_it, world  # noqa: F401
 
 from ptrag.eval import celleval
 from ptrag.eval.registry import CELL_EVAL_COLUMNS
-
-from test_eval_cli import CTRL, CTS, TEST, _evaluate, _real_as_evaluators_see_it, world  # noqa: F401
 
 cell_eval = pytest.importorskip("cell_eval", reason="cell-eval is not installed (pip install cell-eval)")
 
@@ -37,8 +36,14 @@ TOL = {"pearson_edistance": 1e-3}
 def _cell_eval_results(real, pred, tmp_path) -> pd.DataFrame:
     from cell_eval import MetricsEvaluator
 
-    ev = MetricsEvaluator(adata_pred=pred, adata_real=real, control_pert=CTRL, pert_col="perturbation",
-                          num_threads=1, outdir=str(tmp_path))
+    ev = MetricsEvaluator(
+        adata_pred=pred,
+        adata_real=real,
+        control_pert=CTRL,
+        pert_col="perturbation",
+        num_threads=1,
+        outdir=str(tmp_path),
+    )
     res, _ = ev.compute(profile="full", write_csv=False, break_on_error=True)
     return res.to_pandas().set_index("perturbation")
 
@@ -51,8 +56,11 @@ def test_every_cell_eval_metric_agrees_with_cell_eval(world, tmp_path):  # noqa:
     for model in ("good", "bad"):
         pred = world[model]
         for ct in CTS:
-            theirs = _cell_eval_results(real[(real.obs.cell_type == ct).to_numpy()].copy(),
-                                        pred[(pred.obs.cell_type == ct).to_numpy()].copy(), tmp_path / f"{model}{ct}")
+            theirs = _cell_eval_results(
+                real[(real.obs.cell_type == ct).to_numpy()].copy(),
+                pred[(pred.obs.cell_type == ct).to_numpy()].copy(),
+                tmp_path / f"{model}{ct}",
+            )
             mine = ours[(ours.model == model) & (ours.cell_type == ct)].set_index("perturbation")
             assert sorted(theirs.index) == sorted(TEST)
             for col in COLUMNS:
@@ -83,10 +91,29 @@ def test_cell_eval_run_reads_a_ptrag_prediction_file(world, tmp_path):  # noqa: 
     pred_file = world["root"] / "good.h5ad"  # the prediction file as ptrag writes it, unchanged
     out = tmp_path / "ce"
     proc = subprocess.run(
-        [exe, "run", "-ap", str(pred_file), "-ar", str(tmp_path / "real.h5ad"), "--control-pert", CTRL,
-         "--pert-col", "perturbation", "--celltype-col", "cell_type", "-o", str(out), "--num-threads", "1",
-         "--profile", "full"],
-        capture_output=True, text=True, timeout=300,
+        [
+            exe,
+            "run",
+            "-ap",
+            str(pred_file),
+            "-ar",
+            str(tmp_path / "real.h5ad"),
+            "--control-pert",
+            CTRL,
+            "--pert-col",
+            "perturbation",
+            "--celltype-col",
+            "cell_type",
+            "-o",
+            str(out),
+            "--num-threads",
+            "1",
+            "--profile",
+            "full",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert proc.returncode == 0, proc.stderr[-2000:]
     files = sorted(p.name for p in out.iterdir())
@@ -99,8 +126,13 @@ def test_cell_eval_run_reads_a_ptrag_prediction_file(world, tmp_path):  # noqa: 
         res = res[res["perturbation"].isin(TEST)].set_index("perturbation")
         mine = ours[ours.cell_type == ct].set_index("perturbation")
         for col in ("overlap_at_N", "discrimination_score_l1", "mae"):
-            np.testing.assert_allclose(mine.loc[TEST, col].to_numpy(float), res.loc[TEST, col].to_numpy(float),
-                                       rtol=1e-4, atol=1e-6, err_msg=f"{ct} {col}")
+            np.testing.assert_allclose(
+                mine.loc[TEST, col].to_numpy(float),
+                res.loc[TEST, col].to_numpy(float),
+                rtol=1e-4,
+                atol=1e-6,
+                err_msg=f"{ct} {col}",
+            )
 
 
 # ---------------------------------------------------------------- the building blocks

@@ -18,8 +18,10 @@ def test_baseline_comparison_by_hand():
     groups = [("ct", f"P{i}") for i in range(8)]
     ctrl = np.array([1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0])
     model = np.array([0.5, 0.4, 0.9, 1.2, 0.3, 0.2, 0.8, 0.1])  # 7 of 8 below the control
-    rows = [dict(model="control", cell_type=c, perturbation=p, energy=v) for (c, p), v in zip(groups, ctrl)]
-    rows += [dict(model="m", cell_type=c, perturbation=p, energy=v) for (c, p), v in zip(groups, model)]
+    rows = [
+        dict(model="control", cell_type=c, perturbation=p, energy=v) for (c, p), v in zip(groups, ctrl, strict=True)
+    ]
+    rows += [dict(model="m", cell_type=c, perturbation=p, energy=v) for (c, p), v in zip(groups, model, strict=True)]
     rows.append(dict(model="m", cell_type="ct", perturbation="EXTRA", energy=0.0))  # unpaired: ignored
     out = baseline_comparison(pd.DataFrame(rows)).set_index("model")
     assert list(out.index) == ["m"]
@@ -30,11 +32,20 @@ def test_baseline_comparison_by_hand():
 def test_demo_end_to_end_small(tmp_path):
     out = tmp_path / "demo"
     result = run_demo(out, max_steps=2, models=("state", "pt_rag"), cell_types=("cellA",), progress=False)
-    for name in ("data/perturbseq.h5ad", "data/ground_truth.csv", "seed0/cellA/split.toml",
-                 "seed0/cellA/pred/state.h5ad", "seed0/cellA/pred/pt_rag.h5ad",
-                 *(f"seed0/cellA/pred/{b}.h5ad" for b in BASELINES),
-                 "seed0/cellA/pred/pt_rag.retrieval.csv", "tables/table_all.md", "retrieval/precision_recall.csv",
-                 "cost.csv", "report.md", "report.html"):
+    for name in (
+        "data/perturbseq.h5ad",
+        "data/ground_truth.csv",
+        "seed0/cellA/split.toml",
+        "seed0/cellA/pred/state.h5ad",
+        "seed0/cellA/pred/pt_rag.h5ad",
+        *(f"seed0/cellA/pred/{b}.h5ad" for b in BASELINES),
+        "seed0/cellA/pred/pt_rag.retrieval.csv",
+        "tables/table_all.md",
+        "retrieval/precision_recall.csv",
+        "cost.csv",
+        "report.md",
+        "report.html",
+    ):
         assert (out / name).is_file(), name
     assert result.report == out / "report.md"
     m = pd.read_parquet(out / "seed0" / "cellA" / "eval" / "metrics.parquet")

@@ -53,9 +53,7 @@ def _write_csv(path, rows, header=True, sep=","):
 
 
 # ------------------------------------------------------------------------ round trips
-@pytest.mark.parametrize(
-    "name", ["t.pkl", "t.pickle", "t.csv", "t.csv.gz", "t.tsv", "t.tsv.gz", "t.parquet", "t.npz"]
-)
+@pytest.mark.parametrize("name", ["t.pkl", "t.pickle", "t.csv", "t.csv.gz", "t.tsv", "t.tsv.gz", "t.parquet", "t.npz"])
 def test_round_trip_every_format(tmp_path, table, name):
     path = write_gene_table(table, tmp_path / name)
     back = read_gene_table(path)
@@ -109,7 +107,7 @@ def test_shared_genept_sample(shared_data):
 
 # ---------------------------------------------------------------------------- bad input
 def test_missing_file_and_unknown_extension(tmp_path):
-    with pytest.raises(PtragError, match="not found: .*nope.pkl"):
+    with pytest.raises(PtragError, match=r"not found: .*nope\.pkl"):
         read_gene_table(tmp_path / "nope.pkl")
     (tmp_path / "t.h5").write_bytes(b"x")
     with pytest.raises(PtragError, match=r"unknown gene-table format '\.h5'.*\.pkl.*\.parquet.*\.npz"):
@@ -149,7 +147,7 @@ def test_nan_and_inf_name_the_gene(tmp_path):
 
 def test_duplicates_and_empty(tmp_path):
     p = _write_csv(tmp_path / "dup.csv", [["A", 1, 2], ["a ", 1, 3]])
-    with pytest.raises(PtragError, match="gene 'A' appears 2 times .* different vectors"):
+    with pytest.raises(PtragError, match=r"gene 'A' appears 2 times .* different vectors"):
         read_gene_table(p)
     p = _write_csv(tmp_path / "same.csv", [["A", 1, 2], ["B", 0, 1], ["A", 1, 2]])
     assert read_gene_table(p).names == ["A", "B"]
@@ -208,7 +206,7 @@ def test_concatenation_of_two_tables(tmp_path):
         [[0.6, 0.8, 0, 0, 0], [0, 1, 1, 0, 0], [0, 0, 0, 0, 1]], dtype=np.float32
     )  # G1 is zero in b -> zeros there; G3 absent from a -> zeros there
     np.testing.assert_allclose(t.vectors, expected, atol=1e-6)
-    vecs, kept = perturbation_vectors(["G3", "ctrl"], t, missing="drop")
+    _, kept = perturbation_vectors(["G3", "ctrl"], t, missing="drop")
     assert kept == ["G3"]
     raw = concat_gene_tables([a, b])
     np.testing.assert_array_equal(raw.vectors[1], [0, 2, 1, 0, 0])
@@ -247,7 +245,10 @@ def test_missing_perturbation_drop_warns_with_cells(table):
     logger.addHandler(handler)
     try:
         vecs, kept = perturbation_vectors(
-            ["KRAS", "NOPE1", "tp53", "NOPE2"], table, missing="drop", cell_counts={"NOPE1": 30, "NOPE2": 12, "KRAS": 99}
+            ["KRAS", "NOPE1", "tp53", "NOPE2"],
+            table,
+            missing="drop",
+            cell_counts={"NOPE1": 30, "NOPE2": 12, "KRAS": 99},
         )
     finally:
         logger.removeHandler(handler)

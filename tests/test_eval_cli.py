@@ -13,8 +13,8 @@ import pytest
 
 from ptrag.cli import main
 from ptrag.eval.metrics import metric_columns
-from ptrag.eval.scoring import GROUP_METRICS, ControlSet, group_metrics
 from ptrag.eval.pca import PCASpace
+from ptrag.eval.scoring import GROUP_METRICS, ControlSet, group_metrics
 from ptrag.eval.stats import significance_mark
 
 GENES = [f"G{i:03d}" for i in range(120)]
@@ -59,10 +59,18 @@ def _pred_file(path, model, rng, base, eff, real, n_per_group, mode):
         obs += [(CTRL, ct, True)] * int(m.sum())
     a = ad.AnnData(
         X=np.concatenate(blocks).astype(np.float32),
-        obs=pd.DataFrame(obs, columns=["perturbation", "cell_type", "is_control"], index=[f"c{i}" for i in range(len(obs))]),
+        obs=pd.DataFrame(
+            obs, columns=["perturbation", "cell_type", "is_control"], index=[f"c{i}" for i in range(len(obs))]
+        ),
         var=pd.DataFrame(index=RUN_GENES),
     )
-    a.uns["ptrag"] = {"model": model, "control": CTRL, "pert_col": "perturbation", "cell_type_col": "cell_type", "run_dir": "run"}
+    a.uns["ptrag"] = {
+        "model": model,
+        "control": CTRL,
+        "pert_col": "perturbation",
+        "cell_type_col": "cell_type",
+        "run_dir": "run",
+    }
     a.write_h5ad(path)
     return a
 
@@ -115,8 +123,22 @@ def test_evaluate_writes_metrics_and_summaries(world, tmp_path):
         assert (out / f).is_file(), f
     m = pd.read_parquet(out / "metrics.parquet")
     assert len(m) == 2 * len(CTS) * len(TEST)
-    assert list(m.columns) == ["model", "cell_type", "perturbation", *metric_columns("ptrag"), "n_pred", "n_real", "n_deg", "reason", "mode"]
-    pd.testing.assert_frame_equal(pd.read_csv(out / "metrics.csv", keep_default_na=False, na_values=[""]).fillna({"reason": ""}), m.fillna({"reason": ""}), check_dtype=False)
+    assert list(m.columns) == [
+        "model",
+        "cell_type",
+        "perturbation",
+        *metric_columns("ptrag"),
+        "n_pred",
+        "n_real",
+        "n_deg",
+        "reason",
+        "mode",
+    ]
+    pd.testing.assert_frame_equal(
+        pd.read_csv(out / "metrics.csv", keep_default_na=False, na_values=[""]).fillna({"reason": ""}),
+        m.fillna({"reason": ""}),
+        check_dtype=False,
+    )
     g, b = m[m.model == "good"], m[m.model == "bad"]
     assert (g["n_pred"] == N_REAL).all() and (b["n_pred"] == 64).all() and (m["n_real"] == N_REAL).all()
     # the faithful model wins on every metric, on average
@@ -136,7 +158,7 @@ def test_evaluate_writes_metrics_and_summaries(world, tmp_path):
     for col in [m.column for m in GROUP_METRICS] + ["n_deg"]:
         assert row[col] == pytest.approx(ref[col], rel=1e-9), col
     s = pd.read_csv(out / "summary.csv")
-    assert set(zip(s.model, s.cell_type)) == {(mo, ct) for mo in ("good", "bad") for ct in ("all", *CTS)}
+    assert set(zip(s.model, s.cell_type, strict=True)) == {(mo, ct) for mo in ("good", "bad") for ct in ("all", *CTS)}
     allg = s[(s.model == "good") & (s.cell_type == "all")].iloc[0]
     assert allg["w1_mean"] == pytest.approx(g["w1"].mean()) and allg["w1_std"] == pytest.approx(g["w1"].std())
     assert "Pearson DEG" in (out / "summary.md").read_text()
@@ -204,7 +226,9 @@ def test_data_flags_override_the_run_config(world, tmp_path, capsys):
     run3.mkdir()
     for f in ("genes.txt", "pca.npz"):
         (run3 / f).write_bytes((world["run"] / f).read_bytes())
-    (run3 / "config.toml").write_text('model = "state"\n\n[data]\npert_col = "guide_target"\ncontrol = "non-targeting"\n')
+    (run3 / "config.toml").write_text(
+        'model = "state"\n\n[data]\npert_col = "guide_target"\ncontrol = "non-targeting"\n'
+    )
     assert main([*base[:-1], str(run3), "--out", str(tmp_path / "c")]) == 0
     pd.testing.assert_frame_equal(pd.read_parquet(tmp_path / "c" / "metrics.parquet"), ref)
 
@@ -266,7 +290,22 @@ def test_compare_writes_paper_tables(world, tmp_path, capsys):
     assert r"\textbf{" in tex and r"\toprule" in tex and r"\dag" in tex
     # --reference and the paired test
     out2 = tmp_path / "cmp2"
-    assert main(["compare", str(tmp_path / "g"), str(tmp_path / "b"), "--out", str(out2), "--reference", "bad", "--test", "wilcoxon"]) == 0
+    assert (
+        main(
+            [
+                "compare",
+                str(tmp_path / "g"),
+                str(tmp_path / "b"),
+                "--out",
+                str(out2),
+                "--reference",
+                "bad",
+                "--test",
+                "wilcoxon",
+            ]
+        )
+        == 0
+    )
     t2 = pd.read_csv(out2 / "table_all.csv", keep_default_na=False).set_index("metric")
     assert t2.loc["w1", "reference_model"] == "bad" and t2.loc["w1", "bad_mark"] == ""
     w = allt[allt.metric == "w1"].iloc[0]
@@ -299,8 +338,15 @@ def test_gge_mode_agrees_with_gge_eval(world, tmp_path):
 
     try:
         from gge import evaluate as gge_evaluate
-        from gge.metrics import (EnergyDistance, MMDDistance, MSEDistance, PearsonCorrelation,
-                                 SpearmanCorrelation, Wasserstein1Distance, Wasserstein2Distance)  # fmt: skip
+        from gge.metrics import (
+            EnergyDistance,
+            MMDDistance,
+            MSEDistance,
+            PearsonCorrelation,
+            SpearmanCorrelation,  # fmt: skip
+            Wasserstein1Distance,
+            Wasserstein2Distance,
+        )
     except Exception:  # noqa: BLE001
         pytest.skip("gge-eval is not importable (pip install gge-eval==1.0.1)")
     assert _evaluate(world, tmp_path / "gge", "--mode", "gge") == 0
@@ -394,7 +440,9 @@ def test_real_data_resampled_cells_beat_control_cells(shared_data, tmp_path):
     run = tmp_path / "run"
     run.mkdir()
     (run / "genes.txt").write_text("\n".join(genes) + "\n")
-    (run / "config.toml").write_text('[data]\npert_col = "perturbation"\ncell_type_col = "cell_type"\nbatch_col = ""\ncontrol = "control"\n')
+    (run / "config.toml").write_text(
+        '[data]\npert_col = "perturbation"\ncell_type_col = "cell_type"\nbatch_col = ""\ncontrol = "control"\n'
+    )
     PCASpace.fit(X[~np.isin(pert, test)], gene_names=genes).save(run / "pca.npz")
     rng = np.random.default_rng(0)
     for model in ("resample", "control"):
@@ -409,10 +457,17 @@ def test_real_data_resampled_cells_beat_control_cells(shared_data, tmp_path):
             obs += [("control", c, True)] * len(ctrl)
         pa = ad.AnnData(
             np.concatenate(blocks).astype(np.float32),
-            obs=pd.DataFrame(obs, columns=["perturbation", "cell_type", "is_control"], index=[f"c{i}" for i in range(len(obs))]),
+            obs=pd.DataFrame(
+                obs, columns=["perturbation", "cell_type", "is_control"], index=[f"c{i}" for i in range(len(obs))]
+            ),
             var=pd.DataFrame(index=genes),
         )
-        pa.uns["ptrag"] = {"model": model, "control": "control", "pert_col": "perturbation", "cell_type_col": "cell_type"}
+        pa.uns["ptrag"] = {
+            "model": model,
+            "control": "control",
+            "pert_col": "perturbation",
+            "cell_type_col": "cell_type",
+        }
         pa.write_h5ad(tmp_path / f"{model}.h5ad")
     assert main(["evaluate", "--pred", str(tmp_path / "resample.h5ad"), "--pred", str(tmp_path / "control.h5ad"),
                  "--real", str(path), "--run", str(run), "--out", str(tmp_path / "ev")]) == 0  # fmt: skip

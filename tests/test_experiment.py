@@ -9,8 +9,8 @@ import re
 import numpy as np
 import pandas as pd
 import pytest
-
 from _data import make_adata
+
 from ptrag.cli import main
 from ptrag.train.baselines import BASELINES
 from ptrag.train.config import PRESETS
@@ -29,15 +29,33 @@ def test_cross_celltype_runs_every_target_and_resumes(tmp_path, monkeypatch):
     import ptrag.train.fit as fit
 
     _files(tmp_path)
-    args = ["experiment", "cross-celltype", "--data", str(tmp_path / "d.h5ad"), "--genes", str(tmp_path / "g.pkl"),
-            "--out", str(tmp_path / "exp"), "--models", "state,pt_rag", *SMALL]
+    args = [
+        "experiment",
+        "cross-celltype",
+        "--data",
+        str(tmp_path / "d.h5ad"),
+        "--genes",
+        str(tmp_path / "g.pkl"),
+        "--out",
+        str(tmp_path / "exp"),
+        "--models",
+        "state,pt_rag",
+        *SMALL,
+    ]
     for key, value in (("hidden", 16), ("batch_size", 4), ("cell_set_size", 8)):  # a smaller cpu preset, for speed
         monkeypatch.setitem(PRESETS["cpu"], key, value)
     assert main(args) == 0
     root = tmp_path / "exp" / "seed0"
     for ct in ("CT0", "CT1"):
-        for f in ("split.toml", "runs/state/train_summary.json", "runs/pt_rag/train_summary.json",
-                  "pred/state.h5ad", "pred/pt_rag.h5ad", *(f"pred/{b}.h5ad" for b in BASELINES), "eval/metrics.parquet"):
+        for f in (
+            "split.toml",
+            "runs/state/train_summary.json",
+            "runs/pt_rag/train_summary.json",
+            "pred/state.h5ad",
+            "pred/pt_rag.h5ad",
+            *(f"pred/{b}.h5ad" for b in BASELINES),
+            "eval/metrics.parquet",
+        ):
             assert (root / ct / f).is_file(), (ct, f)
         m = pd.read_parquet(root / ct / "eval" / "metrics.parquet")
         assert set(m["model"]) == {"state", "pt_rag", *BASELINES} and set(m["cell_type"]) == {ct}
@@ -73,11 +91,26 @@ def test_two_seeds_pool_into_table_1_with_report_and_cost(tmp_path, monkeypatch)
     _files(tmp_path)
     _small_preset(monkeypatch)
     out = tmp_path / "exp"
-    args = ["experiment", "cross-celltype", "--data", str(tmp_path / "d.h5ad"), "--genes", str(tmp_path / "g.pkl"),
-            "--out", str(out), "--models", "state,vanilla_rag", "--seeds", "0,1", *SMALL]
+    args = [
+        "experiment",
+        "cross-celltype",
+        "--data",
+        str(tmp_path / "d.h5ad"),
+        "--genes",
+        str(tmp_path / "g.pkl"),
+        "--out",
+        str(out),
+        "--models",
+        "state,vanilla_rag",
+        "--seeds",
+        "0,1",
+        *SMALL,
+    ]
     assert main(args) == 0
-    per_seed = {s: pd.concat([pd.read_parquet(out / f"seed{s}" / ct / "eval" / "metrics.parquet") for ct in ("CT0", "CT1")])
-                for s in (0, 1)}
+    per_seed = {
+        s: pd.concat([pd.read_parquet(out / f"seed{s}" / ct / "eval" / "metrics.parquet") for ct in ("CT0", "CT1")])
+        for s in (0, 1)
+    }
     # Table 1 pools every (seed, cell type, perturbation) of a model: its mean is the mean of all rows
     table = pd.read_csv(out / "tables" / "table_all.csv").set_index("metric")
     for model in ("state", "vanilla_rag", "control"):
@@ -109,12 +142,46 @@ def test_sweep_command_grid_and_contexts(tmp_path, monkeypatch):
     _files(tmp_path)
     _small_preset(monkeypatch)
     data = tmp_path / "d.h5ad"
-    assert main(["split", "--data", str(data), "--target-cell-type", "CT0", "--fewshot", "0.3",
-                 "--out", str(tmp_path / "split.toml")]) == 0
+    assert (
+        main(
+            [
+                "split",
+                "--data",
+                str(data),
+                "--target-cell-type",
+                "CT0",
+                "--fewshot",
+                "0.3",
+                "--out",
+                str(tmp_path / "split.toml"),
+            ]
+        )
+        == 0
+    )
     out = tmp_path / "sw"
-    assert main(["experiment", "sweep", "--data", str(data), "--split", str(tmp_path / "split.toml"),
-                 "--model", "vanilla_rag", "--genes", str(tmp_path / "g.pkl"), "--grid", "topk=1,3",
-                 "--max-steps", "2", "--out", str(out)]) == 0
+    assert (
+        main(
+            [
+                "experiment",
+                "sweep",
+                "--data",
+                str(data),
+                "--split",
+                str(tmp_path / "split.toml"),
+                "--model",
+                "vanilla_rag",
+                "--genes",
+                str(tmp_path / "g.pkl"),
+                "--grid",
+                "topk=1,3",
+                "--max-steps",
+                "2",
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
     table = pd.read_csv(out / "sweep.csv")
     assert list(table["variant"]) == ["vanilla_rag_K1", "vanilla_rag_K3", *BASELINES]
     # every baseline row but control's is tested against the control baseline
@@ -143,8 +210,14 @@ def test_parse_grid_types_and_errors():
 def test_mean_selected_contexts_by_hand():
     from ptrag.experiments.sweep import mean_selected_contexts
 
-    log = pd.DataFrame({"cell_type": ["a"] * 3 + ["b"] * 3, "query": ["q"] * 6, "candidate": list("xyzxyz"),
-                        "selected_fraction": [1.0, 0.5, 0.0, 0.25, 0.25, 0.0]})
+    log = pd.DataFrame(
+        {
+            "cell_type": ["a"] * 3 + ["b"] * 3,
+            "query": ["q"] * 6,
+            "candidate": list("xyzxyz"),
+            "selected_fraction": [1.0, 0.5, 0.0, 0.25, 0.25, 0.0],
+        }
+    )
     assert mean_selected_contexts(log) == pytest.approx((1.5 + 0.5) / 2)
     assert mean_selected_contexts(log.assign(selected_fraction=np.nan)) == 3.0  # Vanilla RAG: all K
 
@@ -153,8 +226,10 @@ def test_retrieval_analysis_averages_jaccard_over_seeds(tmp_path):
     from ptrag.experiments.cross_celltype import retrieval_analysis
 
     def write(seed, ct, selected):
-        rows = [dict(cell_type=ct, query="Q", candidate=c, similarity=0.5, selected_fraction=1.0 if c in selected else 0.0)
-                for c in "ABCD"]
+        rows = [
+            dict(cell_type=ct, query="Q", candidate=c, similarity=0.5, selected_fraction=1.0 if c in selected else 0.0)
+            for c in "ABCD"
+        ]
         path = tmp_path / f"seed{seed}" / ct / "pred"
         path.mkdir(parents=True)
         pd.DataFrame(rows).to_csv(path / "pt_rag.retrieval.csv", index=False)
@@ -178,7 +253,9 @@ def test_record_command_appends_once(tmp_path):
     record_command(tmp_path, ["ptrag", "demo", "--out", "my dir"])
     record_command(tmp_path, ["ptrag", "experiment", "report", "--out", "x"])
     assert (tmp_path / "commands.txt").read_text().splitlines() == [
-        "ptrag demo --out 'my dir'", "ptrag experiment report --out x"]
+        "ptrag demo --out 'my dir'",
+        "ptrag experiment report --out x",
+    ]
 
 
 def test_report_refuses_a_folder_that_is_not_an_experiment(tmp_path, capsys):

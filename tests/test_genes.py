@@ -65,12 +65,14 @@ def test_read_edges(tmp_path):
 def test_spectral_embedding_separates_two_cliques():
     t = embed_edges(_two_cliques(6), dim=1)
     x = t.vectors[:, 0]
-    side = {n: np.sign(v) for n, v in zip(t.names, x)}
+    side = {n: np.sign(v) for n, v in zip(t.names, x, strict=True)}
     assert len({side[f"A{i}"] for i in range(6)}) == 1
     assert len({side[f"B{i}"] for i in range(6)}) == 1
     assert side["A1"] != side["B1"]
     # deterministic (fixed start vector and sign convention)
-    np.testing.assert_array_equal(embed_edges(_two_cliques(6), dim=3).vectors, embed_edges(_two_cliques(6), dim=3).vectors)
+    np.testing.assert_array_equal(
+        embed_edges(_two_cliques(6), dim=3).vectors, embed_edges(_two_cliques(6), dim=3).vectors
+    )
     with pytest.raises(PtragError, match="--dim 20 is too large for 12 genes in the graph; use at most 11"):
         embed_edges(_two_cliques(6), dim=20)
 
@@ -89,8 +91,15 @@ def test_spectral_embedding_matches_dense_eigendecomposition():
 
 
 def test_gene_set_embedding_is_spectral_embedding_of_comembership_graph():
-    sets = {"T1": ["A", "B", "C"], "T2": ["C", "D"], "T3": ["D", "E", "F", "G"], "T4": ["A", "G"],
-            "T5": ["B", "E"], "T6": ["F", "A", "C"], "T7": ["solo"]}
+    sets = {
+        "T1": ["A", "B", "C"],
+        "T2": ["C", "D"],
+        "T3": ["D", "E", "F", "G"],
+        "T4": ["A", "G"],
+        "T5": ["B", "E"],
+        "T6": ["F", "A", "C"],
+        "T7": ["solo"],
+    }
     t = embed_gene_sets(sets, dim=3)
     assert "solo" not in t.names and len(t) == 7  # sets of one gene carry no relation
     genes = t.names
@@ -101,7 +110,7 @@ def test_gene_set_embedding_is_spectral_embedding_of_comembership_graph():
     w = b @ np.diag(1 / b.sum(0)) @ b.T  # co-membership weighted by 1/set size (self loops incl.)
     d = w.sum(1)
     np.testing.assert_allclose(d, b.sum(1))  # degree = number of sets of the gene
-    vals, vecs = np.linalg.eigh(w / np.sqrt(np.outer(d, d)))
+    _, vecs = np.linalg.eigh(w / np.sqrt(np.outer(d, d)))
     ref = vecs[:, ::-1][:, 1:4]
     np.testing.assert_allclose(np.abs(np.sum(t.vectors * ref, axis=0)), 1.0, atol=1e-4)
 
@@ -113,7 +122,7 @@ def test_nearest_neighbours_and_sharing_rate_by_hand():
     assert nn[:, 0].tolist() == [1, 0, 3, 2, 2]
     t = GeneTable(["a", "b", "c", "d", "e"], v)
     sets = {"s1": ["A", "B"], "s2": ["C", "D", "E"]}
-    knn, rand = neighbour_sharing_rate(t, sets, k=1, seed=0)
+    knn, _ = neighbour_sharing_rate(t, sets, k=1, seed=0)
     assert knn == 1.0  # every 1-NN pair shares a set
     # random partner rate: 4 pairs of 20 share (a-b, c-d, c-e, d-e, both directions) -> 8/20
     rates = [neighbour_sharing_rate(t, sets, k=1, seed=s).random for s in range(200)]
@@ -203,7 +212,7 @@ def test_read_summaries_errors(tmp_path):
     with pytest.raises(PtragError, match="expected an object"):
         read_summaries(tmp_path / "a.json")
     (tmp_path / "b.json").write_text('{"A": 3}')
-    with pytest.raises(PtragError, match="not a string .*'A'"):
+    with pytest.raises(PtragError, match=r"not a string .*'A'"):
         read_summaries(tmp_path / "b.json")
 
 
@@ -238,7 +247,21 @@ def test_cli_embed_graph_and_neighbours(tmp_path, capsys):
     assert knn > 0.9 and rand < 0.7
     assert f"3 nearest neighbours {knn:.3f}, random partners {rand:.3f}" in " ".join(capsys.readouterr().out.split())
     # bad invocations: exit 2, one message, nothing written
-    assert main(["genes", "embed-graph", "--edges", str(tmp_path / "e.csv"), "--gmt", str(gmt), "--out", str(tmp_path / "x.parquet")]) == 2
+    assert (
+        main(
+            [
+                "genes",
+                "embed-graph",
+                "--edges",
+                str(tmp_path / "e.csv"),
+                "--gmt",
+                str(gmt),
+                "--out",
+                str(tmp_path / "x.parquet"),
+            ]
+        )
+        == 2
+    )
     assert "exactly one of --edges" in capsys.readouterr().err
     assert main(["genes", "embed-graph", "--gmt", str(gmt), "--out", str(tmp_path / "x.h5")]) == 2
     assert "cannot write a gene table" in capsys.readouterr().err
@@ -254,11 +277,30 @@ def test_cli_embed_text(tmp_path, capsys):
     }
     (tmp_path / "s.json").write_text(json.dumps(summaries))
     out = tmp_path / "text.parquet"
-    assert main(["genes", "embed-text", "--summaries", str(tmp_path / "s.json"), "--out", str(out), "--batch-size", "2", "--device", "cpu"]) == 0
+    assert (
+        main(
+            [
+                "genes",
+                "embed-text",
+                "--summaries",
+                str(tmp_path / "s.json"),
+                "--out",
+                str(out),
+                "--batch-size",
+                "2",
+                "--device",
+                "cpu",
+            ]
+        )
+        == 0
+    )
     t = read_gene_table(out)
     assert t.names == ["TP53", "MDM2"] and t.dim == 384
     np.testing.assert_allclose(np.linalg.norm(t.vectors, axis=1), 1.0, atol=1e-5)
-    assert main(["genes", "embed-text", "--summaries", str(tmp_path / "s.json"), "--out", str(out), "--long-text", "cut"]) == 2
+    assert (
+        main(["genes", "embed-text", "--summaries", str(tmp_path / "s.json"), "--out", str(out), "--long-text", "cut"])
+        == 2
+    )
     assert "--long-text" in capsys.readouterr().err
 
 
@@ -302,7 +344,9 @@ def test_devel_perturbations_get_vectors(shared_data, knowledge):
     from ptrag.data.io import ColumnSpec, read_perturbseq
 
     go, edges = knowledge
-    d = read_perturbseq(shared_data / "perturbench" / "devel.h5ad", ColumnSpec(pert_col="perturbation", control="control"))
+    d = read_perturbseq(
+        shared_data / "perturbench" / "devel.h5ad", ColumnSpec(pert_col="perturbation", control="control")
+    )
     obs = d.obs[~d.obs["is_control"]]
     groups = obs.groupby(["cell_type", "perturbation"], observed=True).size().rename("n_cells").reset_index()
     genes = set(groups["perturbation"])

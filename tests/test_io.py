@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import scanpy as sc
-
 from _data import make_adata
+
 from ptrag.data.io import ColumnSpec, detect_counts, read_perturbseq, select_hvg
 from ptrag.errors import PtragError
 
@@ -48,7 +48,9 @@ def test_counts_detected_and_normalised_like_scanpy(tmp_path):
     sc.pp.log1p(ref)
     rows = np.arange(0, a.n_obs, 7)
     np.testing.assert_allclose(d.expression(rows), ref.X[rows].toarray(), rtol=1e-5, atol=1e-5)
-    np.testing.assert_allclose(read_perturbseq(p, backed=True).expression(rows), ref.X[rows].toarray(), rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(
+        read_perturbseq(p, backed=True).expression(rows), ref.X[rows].toarray(), rtol=1e-5, atol=1e-5
+    )
 
 
 def test_detect_counts_rules():
@@ -119,7 +121,7 @@ def test_bad_files(tmp_path):
         read_perturbseq(tmp_path / "nope.h5ad")
     bad = tmp_path / "x.h5ad"
     bad.write_text("gene,cell\n")
-    with pytest.raises(PtragError, match="not an .h5ad"):
+    with pytest.raises(PtragError, match=r"not an \.h5ad"):
         read_perturbseq(bad)
 
 
@@ -138,7 +140,9 @@ def test_bad_values(tmp_path, value, needle):
 
 
 def test_devel_h5ad_loads_with_its_columns(shared_data):
-    d = read_perturbseq(shared_data / "perturbench" / "devel.h5ad", ColumnSpec(pert_col="perturbation", control="control"))
+    d = read_perturbseq(
+        shared_data / "perturbench" / "devel.h5ad", ColumnSpec(pert_col="perturbation", control="control")
+    )
     assert d.cell_types == ["A172", "T98G", "U87MG", "k562"]
     g = d.groups()
     shared = set.intersection(*(set(s["perturbation"]) for _, s in g.groupby("cell_type")))

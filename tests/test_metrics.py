@@ -31,7 +31,6 @@ from ptrag.eval.metrics import (
 )
 from ptrag.eval.pca import PCASpace
 
-
 # ------------------------------------------------------------------ distances
 
 
@@ -73,7 +72,7 @@ def test_energy_distance_zero_for_identical_sets_and_hand_values():
     # the same in 3-D with the shift along one axis and the cloud spread along it only
     cloud = np.zeros((25, 3))
     cloud[:, 0] = u
-    assert energy_distance(cloud, cloud + [s, 0, 0]) == pytest.approx(2 * s - 2 * e_xx, rel=1e-12)
+    assert energy_distance(cloud, cloud + np.array([s, 0, 0])) == pytest.approx(2 * s - 2 * e_xx, rel=1e-12)
 
 
 def test_mmd_hand_value_median_heuristic_and_identical_sets():
@@ -249,7 +248,9 @@ def test_retrieval_precision_recall_hand_example():
             "selected_fraction": [0.9, 0.5, 0.2, 0.0, 0.1, 0.0],
         }
     )
-    truth = pd.DataFrame({"cell_type": ["K562", "K562", "K562", "RPE1"], "query": ["A"] * 4, "informative": ["B", "D", "Z", "C"]})
+    truth = pd.DataFrame(
+        {"cell_type": ["K562", "K562", "K562", "RPE1"], "query": ["A"] * 4, "informative": ["B", "D", "Z", "C"]}
+    )
     pr = retrieval_precision_recall(log, truth, min_fraction=0.5).set_index("cell_type")
     k = pr.loc["K562"]
     # selected {B, C}; informative {B, D, Z}; top-K {B, C, D, E}
@@ -309,11 +310,19 @@ def test_gge_functions_agree_with_gge_eval_package():
     z = rng.normal(size=(45, 6))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        np.testing.assert_allclose(G.wasserstein1_per_feature(x, y), distances.Wasserstein1Distance().compute_per_gene(x, y), rtol=1e-10)
-        np.testing.assert_allclose(G.mmd_per_feature(x, z), distances.MMDDistance().compute_per_gene(x, z), rtol=1e-9, atol=1e-12)
+        np.testing.assert_allclose(
+            G.wasserstein1_per_feature(x, y), distances.Wasserstein1Distance().compute_per_gene(x, y), rtol=1e-10
+        )
+        np.testing.assert_allclose(
+            G.mmd_per_feature(x, z), distances.MMDDistance().compute_per_gene(x, z), rtol=1e-9, atol=1e-12
+        )
         # gge-eval runs geomloss in float32: agreement to ~2e-6 absolute
-        np.testing.assert_allclose(G.energy_per_feature(x, y), distances.EnergyDistance().compute_per_gene(x, y), rtol=1e-3, atol=1e-5)
-        np.testing.assert_allclose(G.sinkhorn_w2_per_feature(x, y), distances.Wasserstein2Distance().compute_per_gene(x, y), rtol=1e-6)
+        np.testing.assert_allclose(
+            G.energy_per_feature(x, y), distances.EnergyDistance().compute_per_gene(x, y), rtol=1e-3, atol=1e-5
+        )
+        np.testing.assert_allclose(
+            G.sinkhorn_w2_per_feature(x, y), distances.Wasserstein2Distance().compute_per_gene(x, y), rtol=1e-6
+        )
         for cls, method in ((correlation.PearsonCorrelation, "pearson"), (correlation.SpearmanCorrelation, "spearman")):
             for other in (y, z):  # paired (same size) and mean-profile (different size) paths
                 ref = np.nanmean(cls().compute_per_gene(x, other))

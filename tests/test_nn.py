@@ -43,7 +43,7 @@ def make_batch(b: int = 4, s: int = 6, seed: int = 1, rows: list[int] | None = N
 
 
 def _cat(*batches):
-    return tuple(torch.cat(parts) for parts in zip(*batches))
+    return tuple(torch.cat(parts) for parts in zip(*batches, strict=True))
 
 
 # ----------------------------------------------------------------- 9. shape and sign
@@ -361,8 +361,16 @@ def test_backbone_is_permutation_equivariant_and_bidirectional(attn_implementati
 def test_stock_causal_rotary_llama_fails_the_same_checks() -> None:
     """Negative control: the checks above would catch causal attention and rotary positions."""
     torch.manual_seed(0)
-    cfg = LlamaConfig(vocab_size=1, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                      num_attention_heads=4, use_cache=False, bos_token_id=None, eos_token_id=None)
+    cfg = LlamaConfig(
+        vocab_size=1,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        use_cache=False,
+        bos_token_id=None,
+        eos_token_id=None,
+    )
     stock = LlamaModel(cfg).eval()
     x = torch.randn(2, 7, 32)
     perm = torch.randperm(7)
@@ -493,12 +501,14 @@ def test_blocked_triplet_scorer_matches_autograd(monkeypatch) -> None:
     monkeypatch.setattr(retrieval, "_CHUNK_ELEMENTS", 120)  # blocks of 2 sets: 2 + 2 + 1
     torch.manual_seed(0)
     b, s, k, h = 5, 3, 4, 5
-    args = [torch.randn(b, s, h, dtype=torch.float64, requires_grad=True),
-            torch.randn(b, k, h, dtype=torch.float64, requires_grad=True),
-            (torch.rand(b, s, k, dtype=torch.float64) + 0.5).requires_grad_(),
-            torch.randn(h, dtype=torch.float64, requires_grad=True),
-            torch.randn(2, h, dtype=torch.float64, requires_grad=True),
-            torch.randn(2, dtype=torch.float64, requires_grad=True)]
+    args = [
+        torch.randn(b, s, h, dtype=torch.float64, requires_grad=True),
+        torch.randn(b, k, h, dtype=torch.float64, requires_grad=True),
+        (torch.rand(b, s, k, dtype=torch.float64) + 0.5).requires_grad_(),
+        torch.randn(h, dtype=torch.float64, requires_grad=True),
+        torch.randn(2, h, dtype=torch.float64, requires_grad=True),
+        torch.randn(2, dtype=torch.float64, requires_grad=True),
+    ]
     assert len(retrieval._TripletScorer._blocks(args[0], args[1])) == 3
     assert torch.autograd.gradcheck(retrieval._TripletScorer.apply, args)
     a, c, r, bias, w2, b2 = args

@@ -13,15 +13,25 @@ import textwrap
 import numpy as np
 import pytest
 import torch
+from _data import TINY_MODEL, make_adata
 
-from _data import make_adata
 from ptrag.cli import main
 
 # 4 batches of 4 sets per epoch; validation (and last.ckpt) every 3 steps; the kill at the
 # start of step 8 leaves the step-6 checkpoint, in the middle of the second epoch.
-ARGS = ["--model", "pt_rag", "--max-steps", "14", "--val-every", "3", "--batch-size", "4", "--cell-set-size", "8",
-        "--hidden", "16", "--n-heads", "2", "--ffn", "32", "--n-genes", "20", "--topk", "3",
-        "--target-cell-type", "CT1", "--seed", "3"]
+ARGS = [
+    "--model",
+    "pt_rag",
+    "--max-steps",
+    "14",
+    "--val-every",
+    "3",
+    *TINY_MODEL,
+    "--target-cell-type",
+    "CT1",
+    "--seed",
+    "3",
+]
 
 KILLER = textwrap.dedent(
     """
@@ -61,8 +71,12 @@ def test_sigkill_then_resume_equals_uninterrupted(tmp_path):
     assert main([*base, "--out", str(tmp_path / "whole")]) == 0
 
     killed = tmp_path / "killed"
-    proc = subprocess.run([sys.executable, "-c", KILLER, *base, "--out", str(killed)],
-                          env={**os.environ, "KILL_AT": "8"}, capture_output=True, text=True)
+    proc = subprocess.run(
+        [sys.executable, "-c", KILLER, *base, "--out", str(killed)],
+        env={**os.environ, "KILL_AT": "8"},
+        capture_output=True,
+        text=True,
+    )
     assert proc.returncode == -signal.SIGKILL, proc.stderr[-2000:]
     step, _ = _weights(killed)
     assert step == 6  # the last checkpoint before the kill, in the middle of epoch 1
@@ -89,9 +103,25 @@ def test_same_seed_same_weights_predictions_and_metrics(tmp_path):
     for r in ("a", "b"):
         run = tmp_path / r
         assert main([*base, "--out", str(run)]) == 0
-        assert main(["predict", "--run", str(run), "--data", str(tmp_path / "d.h5ad"), "--out", str(run / "p.h5ad")]) == 0
-        assert main(["evaluate", "--pred", str(run / "p.h5ad"), "--real", str(tmp_path / "d.h5ad"), "--run", str(run),
-                     "--out", str(run / "eval")]) == 0
+        assert (
+            main(["predict", "--run", str(run), "--data", str(tmp_path / "d.h5ad"), "--out", str(run / "p.h5ad")]) == 0
+        )
+        assert (
+            main(
+                [
+                    "evaluate",
+                    "--pred",
+                    str(run / "p.h5ad"),
+                    "--real",
+                    str(tmp_path / "d.h5ad"),
+                    "--run",
+                    str(run),
+                    "--out",
+                    str(run / "eval"),
+                ]
+            )
+            == 0
+        )
         files[r] = run
     (_, w1), (_, w2) = _weights(files["a"]), _weights(files["b"])
     assert all(torch.equal(w1[k], w2[k]) if isinstance(w1[k], torch.Tensor) else w1[k] == w2[k] for k in w1)
@@ -100,8 +130,11 @@ def test_same_seed_same_weights_predictions_and_metrics(tmp_path):
     import pandas as pd
 
     np.testing.assert_array_equal(ad.read_h5ad(files["a"] / "p.h5ad").X, ad.read_h5ad(files["b"] / "p.h5ad").X)
-    pd.testing.assert_frame_equal(pd.read_parquet(files["a"] / "eval" / "metrics.parquet"),
-                                  pd.read_parquet(files["b"] / "eval" / "metrics.parquet"), check_exact=True)
+    pd.testing.assert_frame_equal(
+        pd.read_parquet(files["a"] / "eval" / "metrics.parquet"),
+        pd.read_parquet(files["b"] / "eval" / "metrics.parquet"),
+        check_exact=True,
+    )
 
 
 def test_out_of_memory_suggests_backed_mode(tmp_path, monkeypatch, capsys):

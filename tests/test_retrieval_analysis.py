@@ -14,8 +14,13 @@ def _log():
     rows = []
     # cell type A, query Q1 selects {a, b}; Q2 selects {c}; Q3 (only in A) selects {a}
     # cell type B, query Q1 selects {b, c}; Q2 selects nothing
-    sel = {("A", "Q1"): {"a": 0.9, "b": 0.6, "c": 0.1}, ("A", "Q2"): {"a": 0.2, "c": 0.7},
-           ("A", "Q3"): {"a": 1.0}, ("B", "Q1"): {"a": 0.4, "b": 0.5, "c": 0.8}, ("B", "Q2"): {"a": 0.0, "c": 0.3}}
+    sel = {
+        ("A", "Q1"): {"a": 0.9, "b": 0.6, "c": 0.1},
+        ("A", "Q2"): {"a": 0.2, "c": 0.7},
+        ("A", "Q3"): {"a": 1.0},
+        ("B", "Q1"): {"a": 0.4, "b": 0.5, "c": 0.8},
+        ("B", "Q2"): {"a": 0.0, "c": 0.3},
+    }
     for (ct, q), cands in sel.items():
         for i, (c, f) in enumerate(cands.items()):
             rows.append(dict(cell_type=ct, query=q, candidate=c, similarity=1.0 - 0.1 * i, selected_fraction=f))

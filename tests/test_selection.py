@@ -7,8 +7,8 @@ training at the paper's lambda that must end with contexts selected, where ptrag
 
 from __future__ import annotations
 
-import pandas as pd
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 
@@ -21,9 +21,18 @@ from ptrag.train.plan import ENERGY_REF, PerturbationPlan
 def _plan(scale: str, weight: float = 0.3) -> PerturbationPlan:
     names = [f"P{i}" for i in range(6)]
     cfg = dict(conditioning="pt_rag", hidden=8, n_layers=1, n_heads=2, ffn=16, topk=3)
-    return PerturbationPlan(cfg, n_genes=5, cell_input_dim=5, pert_names=names, pert_dim=4, database_names=names,
-                            genes=[f"G{i}" for i in range(5)], sparsity_weight=weight,
-                            pert_vectors=torch.randn(6, 4), sparsity_scale=scale)
+    return PerturbationPlan(
+        cfg,
+        n_genes=5,
+        cell_input_dim=5,
+        pert_names=names,
+        pert_dim=4,
+        database_names=names,
+        genes=[f"G{i}" for i in range(5)],
+        sparsity_weight=weight,
+        pert_vectors=torch.randn(6, 4),
+        sparsity_scale=scale,
+    )
 
 
 @pytest.mark.parametrize("scale", ["control", "absolute"])
@@ -48,11 +57,18 @@ def test_sparsity_term_closed_form(scale: str) -> None:
 
 def test_truth_selection_jaccard_by_hand() -> None:
     # query q tested in A and B with candidates x, y, z; informative: A {x, y}, B {y, z}
-    log = pd.DataFrame({"cell_type": ["A"] * 3 + ["B"] * 3, "query": ["q"] * 6,
-                        "candidate": ["x", "y", "z"] * 2, "similarity": [0.9, 0.8, 0.7] * 2,
-                        "selected_fraction": [0.0] * 6})
-    truth = pd.DataFrame({"cell_type": ["A", "A", "B", "B", "B"], "query": ["q"] * 5,
-                          "informative": ["x", "y", "y", "z", "w"]})  # w is no candidate: not selectable
+    log = pd.DataFrame(
+        {
+            "cell_type": ["A"] * 3 + ["B"] * 3,
+            "query": ["q"] * 6,
+            "candidate": ["x", "y", "z"] * 2,
+            "similarity": [0.9, 0.8, 0.7] * 2,
+            "selected_fraction": [0.0] * 6,
+        }
+    )
+    truth = pd.DataFrame(
+        {"cell_type": ["A", "A", "B", "B", "B"], "query": ["q"] * 5, "informative": ["x", "y", "y", "z", "w"]}
+    )  # w is no candidate: not selectable
     oracle = truth_selection(log, truth)
     assert oracle["selected_fraction"].tolist() == [1.0, 1.0, 0.0, 0.0, 1.0, 1.0]
     jac, cnt = jaccard_matrix(oracle)
@@ -65,20 +81,51 @@ def data(tmp_path_factory):
     """A small synthetic benchmark: retrieved contexts carry real module structure."""
     from ptrag.data.synthetic import simulate, write_benchmark
 
-    sim = simulate(n_perturbations=48, n_genes=120, n_modules=6, cells_per_perturbation=32, controls_per_cell_type=128,
-                   n_cell_types=3, embedding_dim=32, seed=0)
+    sim = simulate(
+        n_perturbations=48,
+        n_genes=120,
+        n_modules=6,
+        cells_per_perturbation=32,
+        controls_per_cell_type=128,
+        n_cell_types=3,
+        embedding_dim=32,
+        seed=0,
+    )
     return write_benchmark(sim, tmp_path_factory.mktemp("sel"))
 
 
-SHORT = ["--max-steps", "240", "--val-every", "80", "--batch-size", "8", "--cell-set-size", "16", "--hidden", "32",
-         "--n-heads", "2", "--ffn", "64", "--topk", "8", "--target-cell-type", "cellA", "--sparsity-weight", "0.1",
-         "--model", "pt_rag"]
+SHORT = [
+    "--max-steps",
+    "240",
+    "--val-every",
+    "80",
+    "--batch-size",
+    "8",
+    "--cell-set-size",
+    "16",
+    "--hidden",
+    "32",
+    "--n-heads",
+    "2",
+    "--ffn",
+    "64",
+    "--topk",
+    "8",
+    "--target-cell-type",
+    "cellA",
+    "--sparsity-weight",
+    "0.1",
+    "--model",
+    "pt_rag",
+]
 
 
 def _train(data, name: str, *extra: str) -> pd.DataFrame:
     run = data["data"].parent / name
-    assert main(["train", "--data", str(data["data"]), "--genes", str(data["genes"]), "--out", str(run),
-                 *SHORT, *extra]) == 0
+    assert (
+        main(["train", "--data", str(data["data"]), "--genes", str(data["genes"]), "--out", str(run), *SHORT, *extra])
+        == 0
+    )
     return pd.read_csv(run / "logs" / "metrics.csv")
 
 
@@ -117,9 +164,15 @@ def test_top_n_jaccard_and_weighted_precision_by_hand() -> None:
     from ptrag.eval.metrics import retrieval_precision_recall
 
     # q in A and B; expected selection fractions over candidates x, y, z, u
-    log = pd.DataFrame({"cell_type": ["A"] * 4 + ["B"] * 4, "query": ["q"] * 8, "candidate": list("xyzu") * 2,
-                        "similarity": [0.9, 0.8, 0.7, 0.6] * 2,
-                        "selected_fraction": [0.4, 0.3, 0.2, 0.0, 0.1, 0.35, 0.3, 0.05]})
+    log = pd.DataFrame(
+        {
+            "cell_type": ["A"] * 4 + ["B"] * 4,
+            "query": ["q"] * 8,
+            "candidate": list("xyzu") * 2,
+            "similarity": [0.9, 0.8, 0.7, 0.6] * 2,
+            "selected_fraction": [0.4, 0.3, 0.2, 0.0, 0.1, 0.35, 0.3, 0.05],
+        }
+    )
     jac, _ = jaccard_matrix(log, top=2)  # A: {x, y}; B: {y, z}
     assert jac.loc["A", "B"] == pytest.approx(1 / 3)
     assert jaccard_matrix(log, min_fraction=0.5)[0].isna().all().all()  # nothing reaches half the cells
@@ -132,7 +185,8 @@ def test_top_n_jaccard_and_weighted_precision_by_hand() -> None:
 
 
 def test_identity_initialised_projection() -> None:
-    """At initialisation proj([h_ctrl; h_pert; h_k]) = h_ctrl + h_pert + W_k h_k (the STATE input plus a context term)."""
+    """At initialisation proj([h_ctrl; h_pert; h_k]) = h_ctrl + h_pert + W_k h_k (the STATE input plus a
+    context term)."""
     from ptrag.nn.retrieval import TripletSelector
 
     torch.manual_seed(0)

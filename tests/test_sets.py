@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-
 from _data import make_adata
+
 from ptrag.data.io import read_perturbseq
 from ptrag.data.sets import SetDataset, SetSampler
 from ptrag.errors import PtragError
@@ -43,8 +43,11 @@ def test_same_seed_same_sets_new_epoch_new_sets(data):
     a = SetSampler(data.obs, data.groups(), 8, seed=1).plan(0)
     b = SetSampler(data.obs, data.groups(), 8, seed=1).plan(0)
     c = SetSampler(data.obs, data.groups(), 8, seed=1).plan(1)
-    assert all(np.array_equal(x.pert_rows, y.pert_rows) and np.array_equal(x.ctrl_rows, y.ctrl_rows) for x, y in zip(a, b))
-    assert not all(np.array_equal(x.pert_rows, y.pert_rows) for x, y in zip(a, c))
+    assert all(
+        np.array_equal(x.pert_rows, y.pert_rows) and np.array_equal(x.ctrl_rows, y.ctrl_rows)
+        for x, y in zip(a, b, strict=True)
+    )
+    assert not all(np.array_equal(x.pert_rows, y.pert_rows) for x, y in zip(a, c, strict=True))
 
 
 def test_eval_sets_keep_real_size(data):
@@ -64,7 +67,9 @@ def test_match_batch(data):
 
 def test_dataset_reads_expression(data):
     s = SetSampler(data.obs, data.groups(), 8, seed=0)
-    ds = SetDataset(data, data.var_names[:5], {p: i for i, p in enumerate(sorted(data.groups()["perturbation"].unique()))})
+    ds = SetDataset(
+        data, data.var_names[:5], {p: i for i, p in enumerate(sorted(data.groups()["perturbation"].unique()))}
+    )
     cs = s.plan()[0]
     item = ds[cs]
     np.testing.assert_array_equal(item["pert_expr"].numpy(), data.expression(cs.pert_rows)[:, :5])
@@ -119,7 +124,7 @@ def test_batched_read_equals_set_by_set(tmp_path):
     sets = SetSampler(data.obs, groups, set_size=8, mode="train", seed=0).plan(0)[:6]
     names = sorted(groups["perturbation"].unique())
     ds = SetDataset(data, list(data.var_names)[::-1], {n: i for i, n in enumerate(names)})
-    for one, many in zip([ds[cs] for cs in sets], ds.__getitems__(sets)):
+    for one, many in zip([ds[cs] for cs in sets], ds.__getitems__(sets), strict=True):
         assert one.keys() == many.keys()
         for k in one:
             assert torch.equal(one[k], many[k]), k

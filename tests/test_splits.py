@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import numpy as np
 import pandas as pd
 import pytest
 
@@ -81,7 +80,9 @@ def test_bad_splits(tmp_path):
 
 
 def test_devel_fewshot_split_for_each_cell_type(shared_data):
-    d = read_perturbseq(shared_data / "perturbench" / "devel.h5ad", ColumnSpec(pert_col="perturbation", control="control"))
+    d = read_perturbseq(
+        shared_data / "perturbench" / "devel.h5ad", ColumnSpec(pert_col="perturbation", control="control")
+    )
     for ct in d.cell_types:
         s = fewshot_split(d.groups(), ct, 0.3, seed=0)
         c = s.counts().loc[ct]

@@ -30,7 +30,7 @@ def _metrics(seed: int = 0, n: int = 40) -> pd.DataFrame:
     for model, shift, noise in (("best", 0.0, 0.01), ("mid", 0.05, 0.01), ("worst", 1.0, 0.3)):
         w1 = base + shift + rng.normal(0, noise, size=n)
         r = 0.8 - shift / 2 + rng.normal(0, 0.05, size=n)
-        for (ct, p), a, b in zip(groups, w1, r):
+        for (ct, p), a, b in zip(groups, w1, r, strict=True):
             rows.append({"model": model, "cell_type": ct, "perturbation": p, "w1": a, "pearson_deg": b})
     return pd.DataFrame(rows)
 
@@ -77,7 +77,7 @@ def test_wilcoxon_pairs_on_cell_type_and_perturbation_not_row_order():
 
 def test_edge_cases():
     assert wilcoxon_paired(np.ones(5), np.ones(5)) == (0.0, 1.0, 5)
-    w, p, n = wilcoxon_paired(np.array([1.0, np.nan]), np.array([np.nan, 2.0]))
+    _, p, n = wilcoxon_paired(np.array([1.0, np.nan]), np.array([np.nan, 2.0]))
     assert n == 0 and math.isnan(p)
     assert math.isnan(mann_whitney(np.array([np.nan]), np.array([1.0]))[1])
     assert math.isnan(shapiro_p(np.array([1.0, 2.0]))) and math.isnan(shapiro_p(np.ones(10)))
@@ -123,7 +123,13 @@ def test_summary_table_and_markdown():
 
 
 def test_format_value_paper_style():
-    assert [format_value(v) for v in (646.123, 35.704, 8.4312, 0.6331, 0.01423)] == ["646.1", "35.70", "8.43", "0.633", "0.0142"]
+    assert [format_value(v) for v in (646.123, 35.704, 8.4312, 0.6331, 0.01423)] == [
+        "646.1",
+        "35.70",
+        "8.43",
+        "0.633",
+        "0.0142",
+    ]
     assert format_value(float("nan")) == "nan"
 
 

@@ -353,8 +353,18 @@ def test_invalid_options_name_the_option(override, name):
 
 
 CLI_SMALL = [
-    "--n-perturbations", "24", "--n-modules", "4", "--n-genes", "60",
-    "--cells-per-perturbation", "8", "--controls-per-cell-type", "16", "--embedding-dim", "16",
+    "--n-perturbations",
+    "24",
+    "--n-modules",
+    "4",
+    "--n-genes",
+    "60",
+    "--cells-per-perturbation",
+    "8",
+    "--controls-per-cell-type",
+    "16",
+    "--embedding-dim",
+    "16",
 ]
 
 
@@ -369,8 +379,13 @@ def test_cli_simulate_ok(tmp_path, capsys):
     assert (out / "genept.pkl").is_file() and (out / "ground_truth.csv").is_file()
     ref = syn.write_benchmark(
         syn.simulate(
-            n_perturbations=24, n_modules=4, n_genes=60, cells_per_perturbation=8,
-            controls_per_cell_type=16, embedding_dim=16, seed=7,
+            n_perturbations=24,
+            n_modules=4,
+            n_genes=60,
+            cells_per_perturbation=8,
+            controls_per_cell_type=16,
+            embedding_dim=16,
+            seed=7,
         ),
         tmp_path / "ref",
     )
@@ -438,12 +453,7 @@ def test_ground_truth_feeds_the_retrieval_metric(bench):
     np.fill_diagonal(cos, -np.inf)
     top = np.argsort(-cos, axis=1, kind="stable")[:, :10]
     log = pd.DataFrame(
-        [
-            (ct, q, genes[j], cos[i, j], 1.0)
-            for ct in bench.true_effects
-            for i, q in enumerate(genes)
-            for j in top[i]
-        ],
+        [(ct, q, genes[j], cos[i, j], 1.0) for ct in bench.true_effects for i, q in enumerate(genes) for j in top[i]],
         columns=["cell_type", "query", "candidate", "similarity", "selected_fraction"],
     )
     table = metrics.retrieval_precision_recall(log, bench.ground_truth)

@@ -8,14 +8,13 @@ import anndata as ad
 import numpy as np
 import pandas as pd
 import pytest
+from _data import TINY_TRAIN, make_adata
 
-from _data import make_adata
 from ptrag.cli import main
 from ptrag.train.config import resolve_config
 from ptrag.train.predict import load_plan, predict
 
-FAST = ["--max-steps", "4", "--val-every", "2", "--batch-size", "4", "--cell-set-size", "8", "--hidden", "16",
-        "--n-heads", "2", "--ffn", "32", "--n-genes", "20", "--topk", "3", "--target-cell-type", "CT1"]
+FAST = [*TINY_TRAIN, "--target-cell-type", "CT1"]
 
 
 @pytest.fixture(scope="module")
@@ -90,13 +89,41 @@ def test_unseen_perturbation_from_gene_vector(runs, files, tmp_path):
     with open(tmp_path / "new.pkl", "wb") as f:
         pickle.dump({"NEWGENE": rng.normal(size=12).tolist()}, f)
     out = tmp_path / "new.h5ad"
-    rc = main(["predict", "--run", str(runs["pt_rag"]), "--data", str(files / "d.h5ad"), "--out", str(out),
-               "--perturbations", "NEWGENE", "--cell-type", "CT0", "--genes", str(tmp_path / "new.pkl")])
+    rc = main(
+        [
+            "predict",
+            "--run",
+            str(runs["pt_rag"]),
+            "--data",
+            str(files / "d.h5ad"),
+            "--out",
+            str(out),
+            "--perturbations",
+            "NEWGENE",
+            "--cell-type",
+            "CT0",
+            "--genes",
+            str(tmp_path / "new.pkl"),
+        ]
+    )
     assert rc == 0
     a = ad.read_h5ad(out)
     assert (a.obs.loc[~a.obs["is_control"], "perturbation"] == "NEWGENE").sum() == 8
-    rc = main(["predict", "--run", str(runs["state"]), "--data", str(files / "d.h5ad"), "--out", str(tmp_path / "s.h5ad"),
-               "--perturbations", "NEWGENE", "--cell-type", "CT0"])
+    rc = main(
+        [
+            "predict",
+            "--run",
+            str(runs["state"]),
+            "--data",
+            str(files / "d.h5ad"),
+            "--out",
+            str(tmp_path / "s.h5ad"),
+            "--perturbations",
+            "NEWGENE",
+            "--cell-type",
+            "CT0",
+        ]
+    )
     assert rc == 2 and not (tmp_path / "s.h5ad").exists()
 
 
@@ -141,13 +168,38 @@ def test_devel_all_models_train_and_predict_held_out_cell_type(shared_data, tmp_
     devel = shared_data / "perturbench" / "devel.h5ad"
     from ptrag.data.io import ColumnSpec, read_perturbseq
 
-    perts = sorted(read_perturbseq(devel, ColumnSpec(pert_col="perturbation", control="control")).groups()["perturbation"].unique())
+    perts = sorted(
+        read_perturbseq(devel, ColumnSpec(pert_col="perturbation", control="control")).groups()["perturbation"].unique()
+    )
     rng = np.random.default_rng(0)
     with open(tmp_path / "g.pkl", "wb") as f:
         pickle.dump({p: rng.normal(size=16).tolist() for p in perts}, f)
-    small = ["--max-steps", "2", "--val-every", "1", "--batch-size", "4", "--cell-set-size", "8", "--hidden", "16",
-             "--n-heads", "2", "--ffn", "32", "--n-genes", "50", "--topk", "4", "--target-cell-type", "A172",
-             "--pert-col", "perturbation", "--control", "control"]
+    small = [
+        "--max-steps",
+        "2",
+        "--val-every",
+        "1",
+        "--batch-size",
+        "4",
+        "--cell-set-size",
+        "8",
+        "--hidden",
+        "16",
+        "--n-heads",
+        "2",
+        "--ffn",
+        "32",
+        "--n-genes",
+        "50",
+        "--topk",
+        "4",
+        "--target-cell-type",
+        "A172",
+        "--pert-col",
+        "perturbation",
+        "--control",
+        "control",
+    ]
     for model in ("state", "state_genept", "vanilla_rag", "pt_rag"):
         genes = [] if model == "state" else ["--genes", str(tmp_path / "g.pkl")]
         run = tmp_path / model
@@ -161,8 +213,21 @@ def test_devel_all_models_train_and_predict_held_out_cell_type(shared_data, tmp_
 
 def test_control_baseline_predicts_the_matched_controls(runs, files, tmp_path):
     out = tmp_path / "control.h5ad"
-    assert main(["predict", "--run", str(runs["pt_rag"]), "--data", str(files / "d.h5ad"), "--out", str(out),
-                 "--control-baseline"]) == 0
+    assert (
+        main(
+            [
+                "predict",
+                "--run",
+                str(runs["pt_rag"]),
+                "--data",
+                str(files / "d.h5ad"),
+                "--out",
+                str(out),
+                "--control-baseline",
+            ]
+        )
+        == 0
+    )
     base = ad.read_h5ad(out)
     model = predict(runs["pt_rag"], files / "d.h5ad").adata
     assert base.uns["ptrag"]["model"] == "control"
@@ -188,9 +253,18 @@ def test_weight_decay_on_a_row_absent_from_the_batch(optimizer):
     from ptrag.train.plan import PerturbationPlan
 
     lr, wd = 1e-3, 5e-4
-    plan = PerturbationPlan(dict(hidden=8, n_layers=1, n_heads=2, ffn=16), n_genes=5, cell_input_dim=5,
-                            pert_names=["A", "B"], pert_dim=2, database_names=["A", "B"], genes=list("abcde"),
-                            lr=lr, weight_decay=wd, optimizer=optimizer)
+    plan = PerturbationPlan(
+        dict(hidden=8, n_layers=1, n_heads=2, ffn=16),
+        n_genes=5,
+        cell_input_dim=5,
+        pert_names=["A", "B"],
+        pert_dim=2,
+        database_names=["A", "B"],
+        genes=list("abcde"),
+        lr=lr,
+        weight_decay=wd,
+        optimizer=optimizer,
+    )
     opt = plan.configure_optimizers()
     assert type(opt) is {"adamw": torch.optim.AdamW, "adam": torch.optim.Adam}[optimizer]
     assert opt.param_groups[0]["weight_decay"] == wd and opt.param_groups[0]["lr"] == lr

@@ -25,8 +25,17 @@ def _hand_metrics() -> pd.DataFrame:
     rows = []
     for model, (mae, pds, ov) in values.items():
         for i, (ct, p) in enumerate(groups):
-            rows.append({"model": model, "cell_type": ct, "perturbation": p, "mae": mae[i],
-                         "discrimination_score_l1": pds[i], "overlap_at_N": ov[i], "w1": 1.0 + i})
+            rows.append(
+                {
+                    "model": model,
+                    "cell_type": ct,
+                    "perturbation": p,
+                    "mae": mae[i],
+                    "discrimination_score_l1": pds[i],
+                    "overlap_at_N": ov[i],
+                    "w1": 1.0 + i,
+                }
+            )
     return pd.DataFrame(rows)
 
 
@@ -37,7 +46,9 @@ def test_vcc_scores_by_hand():
     #     overlap mean 0.5 (NaN skipped) -> (0.5-0.2)/(1-0.2) = 0.375; score = 1.375/3
     m1 = s.loc[("all", "m1")]
     assert m1["mae_mean"] == pytest.approx(0.15) and m1["overlap_at_N_mean"] == pytest.approx(0.5)
-    assert [m1["mae_score"], m1["discrimination_score_l1_score"], m1["overlap_at_N_score"]] == pytest.approx([0.5, 0.5, 0.375])
+    assert [m1["mae_score"], m1["discrimination_score_l1_score"], m1["overlap_at_N_score"]] == pytest.approx(
+        [0.5, 0.5, 0.375]
+    )
     assert m1["vcc_score"] == pytest.approx(1.375 / 3)
     assert m1["n_groups"] == 3 and m1["reason"] == ""
     # m2: mae 0.6 -> 1 - 2 = -1 -> clipped to 0; pds = baseline -> 0; overlap all NaN -> 0
@@ -65,7 +76,9 @@ def test_vcc_scores_missing_baseline_or_columns():
     nob = m.copy()
     nob.loc[nob.model == "context_mean", "mae"] = NAN
     r = vcc_scores(nob, by_cell_type=False).set_index("model").loc["m1"]
-    assert r["vcc_score"] == pytest.approx((0.5 + 0.375) / 2) and "mae skipped (the baseline has no value)" in r["reason"]
+    assert (
+        r["vcc_score"] == pytest.approx((0.5 + 0.375) / 2) and "mae skipped (the baseline has no value)" in r["reason"]
+    )
     # no VCC metric at all: NaN, with the reason
     none = vcc_scores(m[["model", "cell_type", "perturbation", "w1"]], by_cell_type=False)
     assert none["vcc_score"].isna().all() and "no metric to score" in none["reason"].iloc[0]
@@ -82,13 +95,22 @@ def test_vcc_score_agrees_with_cell_eval_scorer():
     rng = np.random.default_rng(3)
     n = 12
     cols = list(VCC_METRICS)
-    base = {"mae": rng.uniform(0.2, 0.4, n), "discrimination_score_l1": rng.uniform(0.4, 0.7, n),
-            "overlap_at_N": rng.uniform(0.1, 0.3, n)}
+    base = {
+        "mae": rng.uniform(0.2, 0.4, n),
+        "discrimination_score_l1": rng.uniform(0.4, 0.7, n),
+        "overlap_at_N": rng.uniform(0.1, 0.3, n),
+    }
     # the user is better on mae and overlap, worse on PDS (that metric contributes 0)
-    user = {"mae": base["mae"] * rng.uniform(0.5, 0.9, n), "discrimination_score_l1": base["discrimination_score_l1"] - 0.2,
-            "overlap_at_N": base["overlap_at_N"] + rng.uniform(0.0, 0.4, n)}
-    rows = [{"model": name, "cell_type": "A", "perturbation": f"P{i}", **{c: v[c][i] for c in cols}}
-            for name, v in (("context_mean", base), ("user", user)) for i in range(n)]
+    user = {
+        "mae": base["mae"] * rng.uniform(0.5, 0.9, n),
+        "discrimination_score_l1": base["discrimination_score_l1"] - 0.2,
+        "overlap_at_N": base["overlap_at_N"] + rng.uniform(0.0, 0.4, n),
+    }
+    rows = [
+        {"model": name, "cell_type": "A", "perturbation": f"P{i}", **{c: v[c][i] for c in cols}}
+        for name, v in (("context_mean", base), ("user", user))
+        for i in range(n)
+    ]
     ours = vcc_scores(pd.DataFrame(rows), by_cell_type=False).set_index("model").loc["user"]
     # cell-eval's aggregated results: polars describe() of the per-perturbation table
     agg_user = pl.DataFrame({c: user[c] for c in cols}).describe()
@@ -111,15 +133,26 @@ def test_comparison_table_has_the_vcc_row_only_with_the_baseline():
     assert "**Virtual Cell Challenge (vs context_mean)**" in md and "| VCC score ↑ | 0.000 | **0.458** | 0.000 |" in md
     assert "VCC score: cell-eval's Virtual Cell Challenge score" in md
     tex = t.to_latex()
-    assert r"\textit{Virtual Cell Challenge (vs context\_mean)}" in tex and r"VCC score $\uparrow$ & 0.000 & \textbf{0.458} & 0.000" in tex
+    assert (
+        r"\textit{Virtual Cell Challenge (vs context\_mean)}" in tex
+        and r"VCC score $\uparrow$ & 0.000 & \textbf{0.458} & 0.000" in tex
+    )
     frame = t.to_frame().set_index("metric")
     assert frame.loc["vcc_score", "m1"] == pytest.approx(1.375 / 3) and frame.loc["vcc_score", "best_model"] == "m1"
     assert frame.loc["vcc_score", "m2_mark"] == "" and math.isnan(frame.loc["vcc_score", "m2_q"])
     # the other rows are unchanged by it
-    assert frame.loc["mae", "best_model"] == "m1" and list(frame.index[:-1]) == ["mae", "w1", "discrimination_score_l1", "overlap_at_N"]
+    assert frame.loc["mae", "best_model"] == "m1" and list(frame.index[:-1]) == [
+        "mae",
+        "w1",
+        "discrimination_score_l1",
+        "overlap_at_N",
+    ]
     # without the baseline among the models, or with the row switched off, or in gge mode: no VCC row
-    for table in (comparison_table(m, "ptrag", models=["m1", "m2"]),
-                  comparison_table(m, "ptrag", vcc_baseline=None), comparison_table(m, "gge")):
+    for table in (
+        comparison_table(m, "ptrag", models=["m1", "m2"]),
+        comparison_table(m, "ptrag", vcc_baseline=None),
+        comparison_table(m, "gge"),
+    ):
         assert all(r.info.column != "vcc_score" for r in table.rows) and "VCC" not in table.to_markdown()
     # a partial VCC metric set says so in the label
     partial = comparison_table(m.drop(columns=["overlap_at_N"]), "ptrag")

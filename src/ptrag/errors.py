@@ -31,9 +31,7 @@ def check_choice(name: str, value: object, choices: tuple | list) -> None:
         The allowed values.
     """
     if value not in choices:
-        raise PtragError(
-            f"invalid value {value!r} for {name}: choose one of {', '.join(map(str, choices))}."
-        )
+        raise PtragError(f"invalid value {value!r} for {name}: choose one of {', '.join(map(str, choices))}.")
 
 
 @contextlib.contextmanager

@@ -13,6 +13,7 @@ import click
 
 try:  # typer >= 0.29 ships its own copy of click
     import typer._click as _tclick
+
     _CLICK = (click, _tclick)
 except ImportError:  # pragma: no cover
     _CLICK = (click,)
@@ -57,8 +58,14 @@ def _setup_logging(debug: bool) -> None:
         logger.addHandler(RichHandler(console=_err, show_time=False, show_path=False, markup=False))
     logger.setLevel(logging.DEBUG if debug else logging.INFO)
     logger.propagate = False
-    for name in ("lightning.pytorch", "lightning.fabric", "lightning", "lightning.pytorch.utilities.rank_zero",
-                 "lightning.fabric.utilities.rank_zero", "lightning.pytorch.accelerators.cuda"):
+    for name in (
+        "lightning.pytorch",
+        "lightning.fabric",
+        "lightning",
+        "lightning.pytorch.utilities.rank_zero",
+        "lightning.fabric.utilities.rank_zero",
+        "lightning.pytorch.accelerators.cuda",
+    ):
         logging.getLogger(name).setLevel(logging.INFO if debug else logging.WARNING)
     if not debug:
         warnings.filterwarnings("ignore", category=DeprecationWarning)

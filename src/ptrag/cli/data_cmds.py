@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Optional
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.console import Console
@@ -20,7 +20,7 @@ console = Console()
 @with_data_columns
 def describe_cmd(
     data: DataPath,
-    spec: "ColumnSpec",
+    spec: ColumnSpec,
     backed: Backed = False,
 ) -> None:
     """Validate a Perturb-seq h5ad file and summarise it per cell type."""
@@ -30,12 +30,25 @@ def describe_cmd(
     g = d.groups()
     console.print(repr(d))
     t = Table(title=f"{data.name}: cells per cell type")
-    for c in ("cell type", "perturbations", "perturbed cells", "control cells", "min cells / group", "median cells / group"):
+    for c in (
+        "cell type",
+        "perturbations",
+        "perturbed cells",
+        "control cells",
+        "min cells / group",
+        "median cells / group",
+    ):
         t.add_column(c, justify="right" if c != "cell type" else "left")
     ctrl = d.control_counts()
     for ct, sub in g.groupby("cell_type"):
-        t.add_row(ct, str(len(sub)), str(int(sub["n_cells"].sum())), str(int(ctrl.get(ct, 0))),
-                  str(int(sub["n_cells"].min())), str(int(sub["n_cells"].median())))
+        t.add_row(
+            ct,
+            str(len(sub)),
+            str(int(sub["n_cells"].sum())),
+            str(int(ctrl.get(ct, 0))),
+            str(int(sub["n_cells"].min())),
+            str(int(sub["n_cells"].median())),
+        )
     console.print(t)
     shared = set.intersection(*(set(s["perturbation"]) for _, s in g.groupby("cell_type")))
     console.print(f"{len(shared)} perturbations occur in every cell type.")
@@ -44,11 +57,19 @@ def describe_cmd(
 @with_data_columns
 def split_cmd(
     data: DataPath,
-    spec: "ColumnSpec",
+    spec: ColumnSpec,
     out: Annotated[Path, typer.Option("--out", help="Where to write the split (cell-load TOML).")],
     task: Annotated[str, typer.Option("--task", help="fewshot or unseen-perturbation.")] = "fewshot",
-    target_cell_type: Annotated[Optional[str], typer.Option("--target-cell-type", help="Target cell type (few-shot).")] = None,
-    fewshot: Annotated[float, typer.Option("--fewshot", help="Few-shot: fraction of the target's perturbations that train; unseen-perturbation: fraction held out.")] = 0.3,
+    target_cell_type: Annotated[
+        str | None, typer.Option("--target-cell-type", help="Target cell type (few-shot).")
+    ] = None,
+    fewshot: Annotated[
+        float,
+        typer.Option(
+            "--fewshot",
+            help="Few-shot: fraction of the target's perturbations that train; unseen-perturbation: fraction held out.",
+        ),
+    ] = 0.3,
     seed: Annotated[int, typer.Option("--seed")] = 0,
     backed: Backed = False,
 ) -> None:

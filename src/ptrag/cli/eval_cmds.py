@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 from rich.console import Console
@@ -37,10 +37,18 @@ def evaluate_cmd(
         list[Path],
         typer.Option("--pred", help="Prediction file (.h5ad from ptrag predict); repeat for several models."),
     ],
-    real: Annotated[Path, typer.Option("--real", help="Observed Perturb-seq data (.h5ad) the predictions are scored against.")],
+    real: Annotated[
+        Path, typer.Option("--real", help="Observed Perturb-seq data (.h5ad) the predictions are scored against.")
+    ],
     run: Annotated[Path, typer.Option("--run", help="Run folder (genes.txt, pca.npz, config.toml).")],
     out: Annotated[Path, typer.Option("--out", help="Output folder for metrics.parquet/csv and summary.csv/md.")],
-    mode: Annotated[str, typer.Option("--mode", help="Metric definitions: ptrag (stated in docs/metrics.md) or gge (gge-eval 1.0.1 compatibility).")] = "ptrag",
+    mode: Annotated[
+        str,
+        typer.Option(
+            "--mode",
+            help="Metric definitions: ptrag (stated in docs/metrics.md) or gge (gge-eval 1.0.1 compatibility).",
+        ),
+    ] = "ptrag",
     pert_col: PertCol = "gene",
     cell_type_col: CellTypeCol = "cell_type",
     batch_col: BatchCol = "gem_group",
@@ -48,15 +56,39 @@ def evaluate_cmd(
     layer: Layer = None,
     obsm_key: ObsmKey = None,
     backed: Backed = False,
-    deg_pval: Annotated[float, typer.Option("--deg-pval", help="ptrag mode: DEG when the Welch p-value is below this.")] = 0.05,
-    deg_correction: Annotated[str, typer.Option("--deg-correction", help="ptrag mode: none (raw p, as in the paper) or bh (Benjamini–Hochberg per group).")] = "none",
-    deg_min_lfc: Annotated[float, typer.Option("--deg-min-lfc", help="ptrag mode: also require |mean change| >= this (log-normalised units).")] = 0.0,
-    cell_eval: Annotated[bool, typer.Option("--cell-eval/--no-cell-eval", help="ptrag mode: also compute cell-eval's metrics (PDS, DE overlap, ...; they hold each cell type's control cells in memory).")] = True,
-    gge_deg_lfc: Annotated[float, typer.Option("--gge-deg-lfc", help="gge mode: minimum |log2 fold change| of a DEG (authors' script: 0.05).")] = 0.05,
-    gge_deg_pval: Annotated[float, typer.Option("--gge-deg-pval", help="gge mode: maximum p-value of a DEG (authors' script: 0.1).")] = 0.1,
+    deg_pval: Annotated[
+        float, typer.Option("--deg-pval", help="ptrag mode: DEG when the Welch p-value is below this.")
+    ] = 0.05,
+    deg_correction: Annotated[
+        str,
+        typer.Option(
+            "--deg-correction", help="ptrag mode: none (raw p, as in the paper) or bh (Benjamini–Hochberg per group)."
+        ),
+    ] = "none",
+    deg_min_lfc: Annotated[
+        float,
+        typer.Option("--deg-min-lfc", help="ptrag mode: also require |mean change| >= this (log-normalised units)."),
+    ] = 0.0,
+    cell_eval: Annotated[
+        bool,
+        typer.Option(
+            "--cell-eval/--no-cell-eval",
+            help="ptrag mode: also compute cell-eval's metrics (PDS, DE overlap, ...; "
+            "they hold each cell type's control cells in memory).",
+        ),
+    ] = True,
+    gge_deg_lfc: Annotated[
+        float,
+        typer.Option("--gge-deg-lfc", help="gge mode: minimum |log2 fold change| of a DEG (authors' script: 0.05)."),
+    ] = 0.05,
+    gge_deg_pval: Annotated[
+        float, typer.Option("--gge-deg-pval", help="gge mode: maximum p-value of a DEG (authors' script: 0.1).")
+    ] = 0.1,
     model_names: Annotated[
-        Optional[list[str]],
-        typer.Option("--name", help="Model name of each --pred file, in order (default: the file's uns['ptrag']['model'])."),
+        list[str] | None,
+        typer.Option(
+            "--name", help="Model name of each --pred file, in order (default: the file's uns['ptrag']['model'])."
+        ),
     ] = None,
 ) -> None:
     """Score prediction files against the observed data, per (cell type, perturbation).
@@ -86,7 +118,9 @@ def evaluate_cmd(
             # optional here as it was for training (e.g. no gem_group column in the file)
             defaults.append(field)
     spec = ColumnSpec(**fields)
-    options = MetricOptions(deg_pval=deg_pval, deg_correction=deg_correction, deg_min_lfc=deg_min_lfc, cell_eval=cell_eval)
+    options = MetricOptions(
+        deg_pval=deg_pval, deg_correction=deg_correction, deg_min_lfc=deg_min_lfc, cell_eval=cell_eval
+    )
     gge_options = GGEOptions(deg_lfc=gge_deg_lfc, deg_pval=gge_deg_pval)
     metrics = evaluate(pred, real, run, out, mode, spec, defaults, backed, options, gge_options, model_names)
     console.print(Markdown(summary_markdown(summary_table(metrics, mode), mode)))
@@ -94,13 +128,19 @@ def evaluate_cmd(
 
 
 def compare_cmd(
-    eval_dirs: Annotated[list[Path], typer.Argument(help="Output folders of ptrag evaluate (one or more models each).")],
+    eval_dirs: Annotated[
+        list[Path], typer.Argument(help="Output folders of ptrag evaluate (one or more models each).")
+    ],
     out: Annotated[Path, typer.Option("--out", help="Folder for the tables (Markdown, LaTeX, CSV) and tests.csv.")],
     reference: Annotated[
-        Optional[str],
-        typer.Option("--reference", help="Mark significance against this model; default: against each metric's best model."),
+        str | None,
+        typer.Option(
+            "--reference", help="Mark significance against this model; default: against each metric's best model."
+        ),
     ] = None,
-    test: Annotated[str, typer.Option("--test", help="Test behind the marks: mannwhitney (the paper's) or wilcoxon (paired).")] = "mannwhitney",
+    test: Annotated[
+        str, typer.Option("--test", help="Test behind the marks: mannwhitney (the paper's) or wilcoxon (paired).")
+    ] = "mannwhitney",
 ) -> None:
     """Compare models: the paper's Table 1/2 layout overall and per cell type (Tables 3-6)."""
     from ptrag.eval.tables import compare_evaluations
@@ -111,11 +151,30 @@ def compare_cmd(
 
 
 def retrieval_cmd(
-    log: Annotated[list[Path], typer.Option("--log", help="Retrieval log(s) of PT-RAG predictions (<prediction>.retrieval.csv); repeat.")],
-    out: Annotated[Path, typer.Option("--out", help="Folder for top_contexts.csv, jaccard.csv, jaccard_queries.csv and jaccard.png.")],
+    log: Annotated[
+        list[Path],
+        typer.Option("--log", help="Retrieval log(s) of PT-RAG predictions (<prediction>.retrieval.csv); repeat."),
+    ],
+    out: Annotated[
+        Path,
+        typer.Option("--out", help="Folder for top_contexts.csv, jaccard.csv, jaccard_queries.csv and jaccard.png."),
+    ],
     top: Annotated[int, typer.Option("--top", help="Contexts per (cell type, query) in top_contexts.csv.")] = 5,
-    min_fraction: Annotated[float, typer.Option("--min-fraction", help="A context is selected when at least this fraction of the query's cells selected it (without --top).")] = 0.5,
-    jaccard_top: Annotated[Optional[int], typer.Option("--jaccard-top", help="Jaccard of the N contexts most often selected per query and cell type (the paper's rule: 10 of K = 32) instead of --min-fraction.")] = None,
+    min_fraction: Annotated[
+        float,
+        typer.Option(
+            "--min-fraction",
+            help="A context is selected when at least this fraction of the query's cells selected it (without --top).",
+        ),
+    ] = 0.5,
+    jaccard_top: Annotated[
+        int | None,
+        typer.Option(
+            "--jaccard-top",
+            help="Jaccard of the N contexts most often selected per query and cell type "
+            "(the paper's rule: 10 of K = 32) instead of --min-fraction.",
+        ),
+    ] = None,
 ) -> None:
     """PT-RAG retrieval analysis: most selected contexts per query and cell type, and the
     Jaccard overlap of the selections between cell types (table and heatmap)."""

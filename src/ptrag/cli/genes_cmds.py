@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Optional
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.console import Console
@@ -31,7 +31,7 @@ GenesOpt = Annotated[
     ),
 ]
 AliasesOpt = Annotated[
-    Optional[Path],
+    Path | None,
     typer.Option("--gene-aliases", help="CSV alias,symbol for perturbation names spelled differently in the table."),
 ]
 OutTable = Annotated[
@@ -56,11 +56,11 @@ def _labels(paths: list[Path]) -> list[str]:
 def coverage_cmd(
     data: DataPath,
     genes: GenesOpt,
-    spec: "ColumnSpec",
+    spec: ColumnSpec,
     backed: Backed = False,
     gene_aliases: AliasesOpt = None,
     out: Annotated[
-        Optional[Path], typer.Option("--out", help="Also write one row per (cell type, perturbation) as CSV.")
+        Path | None, typer.Option("--out", help="Also write one row per (cell type, perturbation) as CSV.")
     ] = None,
     show_missing: Annotated[int, typer.Option("--show-missing", help="How many uncovered genes to list.")] = 20,
 ) -> None:
@@ -72,7 +72,7 @@ def coverage_cmd(
         raise PtragError(f"--out {out}: the coverage report is written as .csv.")
     if not genes:
         raise PtragError("pass at least one gene table with --genes.")
-    tables = {lab: read_gene_table(p, aliases=gene_aliases) for lab, p in zip(_labels(genes), genes)}
+    tables = {lab: read_gene_table(p, aliases=gene_aliases) for lab, p in zip(_labels(genes), genes, strict=True)}
     d = read_perturbseq(data, spec, backed=backed)
     obs = d.obs[~d.obs["is_control"]]
     groups = obs.groupby(["cell_type", "perturbation"], observed=True).size().rename("n_cells").reset_index()
@@ -88,7 +88,7 @@ def coverage_cmd(
     for lab in labels:
         t.add_column(lab, justify="right")
     singles = cov[~cov["combination"]]
-    for ct, sub in list(singles.groupby("cell_type", sort=True)) + [("all", singles)]:
+    for ct, sub in [*singles.groupby("cell_type", sort=True), ("all", singles)]:
         row = [str(ct), str(len(sub)), str(int(sub["n_cells"].sum()))]
         for lab in labels:
             hit = sub[sub[lab]]
@@ -125,7 +125,7 @@ def embed_text_cmd(
     out: OutTable,
     batch_size: Annotated[int, typer.Option("--batch-size", help="Texts per forward pass.")] = 64,
     model: Annotated[
-        Optional[Path],
+        Path | None,
         typer.Option("--model", help="Local sentence-transformers model folder (default: bundled all-MiniLM-L6-v2)."),
     ] = None,
     device: Annotated[str, typer.Option("--device", help="cpu, cuda, ... or auto.")] = "auto",
@@ -146,21 +146,21 @@ def embed_text_cmd(
         texts, model=model, batch_size=batch_size, device=None if device == "auto" else device, long_text=long_text
     )
     write_gene_table(table, out)
-    console.print(
-        f"{len(table)} genes x {table.dim} dims written to {out} in {time.perf_counter() - start:.1f} s"
-    )
+    console.print(f"{len(table)} genes x {table.dim} dims written to {out} in {time.perf_counter() - start:.1f} s")
 
 
 def embed_graph_cmd(
     out: OutTable,
     edges: Annotated[
-        Optional[Path],
+        Path | None,
         typer.Option("--edges", help="Edge list CSV[.gz] with gene symbols in its first two columns (e.g. STRING)."),
     ] = None,
-    gmt: Annotated[Optional[Path], typer.Option("--gmt", help="Gene sets in GMT format (e.g. GO Biological Process).")] = None,
+    gmt: Annotated[
+        Path | None, typer.Option("--gmt", help="Gene sets in GMT format (e.g. GO Biological Process).")
+    ] = None,
     dim: Annotated[int, typer.Option("--dim", help="Embedding dimension.")] = 128,
     min_score: Annotated[
-        Optional[float], typer.Option("--min-score", help="Drop edges whose weight (combined_score) is below this.")
+        float | None, typer.Option("--min-score", help="Drop edges whose weight (combined_score) is below this.")
     ] = None,
     seed: Annotated[int, typer.Option("--seed", help="Seed of the eigen-solver's start vector.")] = 0,
 ) -> None:
@@ -180,15 +180,13 @@ def embed_graph_cmd(
     else:
         table = embed_gene_sets(gmt, dim=dim, seed=seed)
     write_gene_table(table, out)
-    console.print(
-        f"{len(table)} genes x {table.dim} dims written to {out} in {time.perf_counter() - start:.1f} s"
-    )
+    console.print(f"{len(table)} genes x {table.dim} dims written to {out} in {time.perf_counter() - start:.1f} s")
 
 
 def neighbours_cmd(
     genes: GenesOpt,
-    edges: Annotated[Optional[Path], typer.Option("--edges", help="Judge by shared edges of this network.")] = None,
-    gmt: Annotated[Optional[Path], typer.Option("--gmt", help="Judge by shared gene sets of this GMT file.")] = None,
+    edges: Annotated[Path | None, typer.Option("--edges", help="Judge by shared edges of this network.")] = None,
+    gmt: Annotated[Path | None, typer.Option("--gmt", help="Judge by shared gene sets of this GMT file.")] = None,
     k: Annotated[int, typer.Option("--k", help="Nearest neighbours per gene.")] = 10,
     seed: Annotated[int, typer.Option("--seed", help="Seed of the random pairs.")] = 0,
 ) -> None:

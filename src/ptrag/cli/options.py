@@ -6,14 +6,12 @@ import functools
 import inspect
 from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated, Any, Optional
+from typing import Annotated, Any
 
 import typer
 
 DataPath = Annotated[Path, typer.Option("--data", help="Perturb-seq AnnData file (.h5ad).")]
-PertCol = Annotated[
-    str, typer.Option("--pert-col", help="obs column with the perturbed gene of each cell.")
-]
+PertCol = Annotated[str, typer.Option("--pert-col", help="obs column with the perturbed gene of each cell.")]
 CellTypeCol = Annotated[
     str,
     typer.Option(
@@ -28,14 +26,10 @@ BatchCol = Annotated[
         help="obs column with the batch (gem group); '' for none. Unused when the default is absent.",
     ),
 ]
-Control = Annotated[
-    str, typer.Option("--control", help="Label of control (non-targeting) cells in --pert-col.")
-]
-Layer = Annotated[
-    Optional[str], typer.Option("--layer", help="Read expression from this layer instead of X.")
-]
+Control = Annotated[str, typer.Option("--control", help="Label of control (non-targeting) cells in --pert-col.")]
+Layer = Annotated[str | None, typer.Option("--layer", help="Read expression from this layer instead of X.")]
 ObsmKey = Annotated[
-    Optional[str],
+    str | None,
     typer.Option("--obsm-key", help="Read expression from this obsm key instead of X."),
 ]
 Backed = Annotated[
@@ -53,9 +47,9 @@ def column_spec(
     cell_type_col: str,
     batch_col: str,
     control: str,
-    layer: Optional[str],
-    obsm_key: Optional[str],
-    defaults_given: Optional[set[str]] = None,
+    layer: str | None,
+    obsm_key: str | None,
+    defaults_given: set[str] | None = None,
 ):
     """Build a :class:`ptrag.data.io.ColumnSpec` from the CLI options."""
     from ptrag.data.io import ColumnSpec
@@ -92,11 +86,18 @@ def with_data_columns(command: Callable[..., Any]) -> Callable[..., Any]:
     if "spec" not in sig.parameters:
         raise TypeError(f"{command.__name__} must take a `spec` parameter")
     # Typer needs evaluated annotations; `spec`'s is never evaluated (ColumnSpec stays a lazy import)
-    own = [p.replace(kind=inspect.Parameter.KEYWORD_ONLY,
-                     annotation=eval(p.annotation, command.__globals__) if isinstance(p.annotation, str) else p.annotation)  # noqa: S307
-           for p in sig.parameters.values() if p.name != "spec"]
-    flags = [inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=default, annotation=annotation)
-             for name, (annotation, default) in DATA_COLUMNS.items()]
+    own = [
+        p.replace(
+            kind=inspect.Parameter.KEYWORD_ONLY,
+            annotation=eval(p.annotation, command.__globals__) if isinstance(p.annotation, str) else p.annotation,  # noqa: S307
+        )
+        for p in sig.parameters.values()
+        if p.name != "spec"
+    ]
+    flags = [
+        inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=default, annotation=annotation)
+        for name, (annotation, default) in DATA_COLUMNS.items()
+    ]
 
     @functools.wraps(command)
     def wrapper(**kwargs: Any) -> Any:

@@ -99,9 +99,7 @@ def read_aliases(aliases: AliasesLike) -> dict[str, str]:
         except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
             raise PtragError(f"alias file {path} could not be read as CSV ({exc}).") from exc
         if df.shape[1] != 2:
-            raise PtragError(
-                f"alias file {path} has {df.shape[1]} columns; it needs exactly two: alias,symbol."
-            )
+            raise PtragError(f"alias file {path} has {df.shape[1]} columns; it needs exactly two: alias,symbol.")
         if df.shape[0] and normalize_symbol(df.iat[0, 0]) == "ALIAS":
             df = df.iloc[1:]
         pairs = list(df.itertuples(index=False, name=None))
@@ -223,7 +221,7 @@ class GeneTable:
         vectors, _ = perturbation_vectors(symbols, self, missing="error")
         return vectors
 
-    def normalized(self) -> "GeneTable":
+    def normalized(self) -> GeneTable:
         """A copy with every row L2-normalised (all-zero rows stay zero)."""
         return GeneTable(list(self.names), l2_normalize(self.vectors), self.source, dict(self.aliases))
 
@@ -303,18 +301,20 @@ def read_gene_table(path: PathLike, aliases: AliasesLike = None, normalize: bool
 class _SafeUnpickler(pickle.Unpickler):
     """Unpickle plain containers and numpy arrays only (no arbitrary code)."""
 
-    _ALLOWED = {
-        ("numpy", "ndarray"),
-        ("numpy", "dtype"),
-        ("numpy.core.multiarray", "_reconstruct"),
-        ("numpy._core.multiarray", "_reconstruct"),
-        ("numpy.core.multiarray", "scalar"),
-        ("numpy._core.multiarray", "scalar"),
-        ("numpy.core.numeric", "_frombuffer"),
-        ("numpy._core.numeric", "_frombuffer"),
-        ("collections", "OrderedDict"),
-        ("_codecs", "encode"),  # how protocol-2 pickles store bytes
-    }
+    _ALLOWED = frozenset(
+        {
+            ("numpy", "ndarray"),
+            ("numpy", "dtype"),
+            ("numpy.core.multiarray", "_reconstruct"),
+            ("numpy._core.multiarray", "_reconstruct"),
+            ("numpy.core.multiarray", "scalar"),
+            ("numpy._core.multiarray", "scalar"),
+            ("numpy.core.numeric", "_frombuffer"),
+            ("numpy._core.numeric", "_frombuffer"),
+            ("collections", "OrderedDict"),
+            ("_codecs", "encode"),  # how protocol-2 pickles store bytes
+        }
+    )
 
     def find_class(self, module: str, name: str):
         if (module, name) in self._ALLOWED:
@@ -336,10 +336,9 @@ def _read_pickle(path: Path) -> tuple[list[str], list]:
         raise PtragError(f"{path}: could not be read as a pickle ({exc}); is the file complete?") from exc
     if not isinstance(obj, Mapping):
         raise PtragError(
-            f"{path}: the pickle holds a {type(obj).__name__}, not a dict symbol -> vector "
-            "(GenePT's layout)."
+            f"{path}: the pickle holds a {type(obj).__name__}, not a dict symbol -> vector (GenePT's layout)."
         )
-    return [str(k) for k in obj.keys()], list(obj.values())
+    return [str(k) for k in obj], list(obj.values())
 
 
 def _open_text(path: Path):
@@ -444,7 +443,7 @@ def _read_parquet(path: Path) -> tuple[list[str], list | np.ndarray]:
             raise PtragError(f"{path}: needs a symbol column (or index) and vector columns.")
         names = df.iloc[:, 0].astype(str).tolist()
         values = df.iloc[:, 1:]
-    if values.shape[1] == 1 and values.dtypes.iloc[0] == object:
+    if values.shape[1] == 1 and values.dtypes.iloc[0] == np.dtype(object):
         return names, list(values.iloc[:, 0])
     bad = [str(c) for c in values.columns if not pd.api.types.is_numeric_dtype(values[c])]
     if bad:
@@ -498,7 +497,7 @@ def _validated(path: Path | str, names: list[str], vectors) -> GeneTable:
     else:
         rows = []
         expected = None
-        for i, (name, v) in enumerate(zip(names, vectors)):
+        for i, (name, v) in enumerate(zip(names, vectors, strict=True)):
             try:
                 arr = np.asarray(v, dtype=np.float32).ravel()
             except (TypeError, ValueError):
@@ -534,7 +533,7 @@ def _validated(path: Path | str, names: list[str], vectors) -> GeneTable:
                 )
         log.info("%s: dropped %d duplicate rows with identical vectors.", Path(str(path)).name, int(dup.sum()))
         keep = ~np.asarray(dup)
-        names = [n for n, k in zip(names, keep) if k]
+        names = [n for n, k in zip(names, keep, strict=True) if k]
         mat = mat[keep]
     return GeneTable(list(names), mat, str(path))
 
@@ -594,7 +593,7 @@ def concat_gene_tables(tables: Sequence[GeneTable]) -> GeneTable:
     keys: dict[str, int] = {}
     names: list[str] = []
     for t in tables:
-        for n, nz in zip(t.names, t.nonzero()):
+        for n, nz in zip(t.names, t.nonzero(), strict=True):
             k = normalize_symbol(n)
             if k not in keys and nz:
                 keys[k] = len(names)
@@ -671,7 +670,7 @@ def write_gene_table(table: GeneTable, path: PathLike) -> Path:
                 np.savez(fh, names=np.array(table.names, dtype=str), vectors=table.vectors)
         else:
             with open(tmp, "wb") as fh:
-                pickle.dump({n: v.tolist() for n, v in zip(table.names, table.vectors)}, fh)
+                pickle.dump({n: v.tolist() for n, v in zip(table.names, table.vectors, strict=True)}, fh)
     return path
 
 
@@ -706,7 +705,7 @@ def perturbation_vectors(
     check_choice("--missing-genes", missing, ("error", "drop"))
     perturbations = [str(p) for p in perturbations]
     rows = table.rows(perturbations)
-    miss = [p for p, r in zip(perturbations, rows) if r < 0]
+    miss = [p for p, r in zip(perturbations, rows, strict=True) if r < 0]
     if miss:
         uniq = list(dict.fromkeys(miss))
         idx = table.index()
@@ -724,7 +723,7 @@ def perturbation_vectors(
         if cell_counts is not None:
             n_cells = sum(int(cell_counts.get(p, 0)) for p in uniq)
             cells = f" with {n_cells} cells"
-            labels = [f"{lab} ({int(cell_counts.get(p, 0))} cells)" for lab, p in zip(labels, uniq)]
+            labels = [f"{lab} ({int(cell_counts.get(p, 0))} cells)" for lab, p in zip(labels, uniq, strict=False)]
             shown = ", ".join(labels) + (f", ... ({len(uniq)} in all)" if len(uniq) > 10 else "")
         log.warning(
             "dropping %d perturbations%s that have no vector in %s: %s. To keep them, give an "
@@ -735,7 +734,7 @@ def perturbation_vectors(
             shown,
         )
     keep = rows >= 0
-    kept = [p for p, k in zip(perturbations, keep) if k]
+    kept = [p for p, k in zip(perturbations, keep, strict=True) if k]
     return table.vectors[rows[keep]].copy(), kept
 
 
@@ -841,7 +840,7 @@ def coverage(groups: pd.DataFrame, tables: Mapping[str, GeneTable], control: str
     out["combination"] = out["perturbation"].map(lambda p: len(parts[p]) > 1).astype(bool)
     genes = sorted({g for ps in parts.values() for g in ps})
     for label, table in tables.items():
-        has = dict(zip(genes, table.rows(genes) >= 0))
+        has = dict(zip(genes, table.rows(genes) >= 0, strict=True))
         ok = {p: bool(ps) and all(has[g] for g in ps) for p, ps in parts.items()}
         out[label] = out["perturbation"].map(ok).astype(bool)
     labels = list(tables)

@@ -68,7 +68,7 @@ class ColumnSpec:
         return {k: ("" if v is None else v) for k, v in asdict(self).items()}
 
     @classmethod
-    def from_dict(cls, d: dict) -> "ColumnSpec":
+    def from_dict(cls, d: dict) -> ColumnSpec:
         """Inverse of :meth:`to_dict`."""
         fields = {f: d.get(f, getattr(cls(), f)) for f in cls.__dataclass_fields__}
         for k in ("cell_type_col", "batch_col", "layer", "obsm_key"):
@@ -129,9 +129,7 @@ class PerturbData:
             totals = self._row_totals()
             if np.any(totals <= 0):
                 n = int(np.sum(totals <= 0))
-                raise PtragError(
-                    f"{path}: {n} cells have zero total counts; remove empty cells before use."
-                )
+                raise PtragError(f"{path}: {n} cells have zero total counts; remove empty cells before use.")
             self.target_sum = float(np.median(totals))
             self._size_factors = (self.target_sum / totals).astype(np.float32)
             log.info(
@@ -352,10 +350,7 @@ def read_perturbseq(
         _check_fits_in_memory(path)
     h5file = None
     try:
-        if backed:
-            adata = ad.read_h5ad(path, backed="r")
-        else:
-            adata = ad.read_h5ad(path)
+        adata = ad.read_h5ad(path, backed="r") if backed else ad.read_h5ad(path)
     except (OSError, KeyError, ValueError, TypeError) as exc:
         raise PtragError(f"{path} could not be read as AnnData ({exc}); is the file complete?") from exc
     if adata.n_obs == 0 or adata.n_vars == 0:
@@ -440,7 +435,11 @@ def _resolve_columns(obs: pd.DataFrame, spec: ColumnSpec, defaults: set[str], pa
 
     if spec.pert_col not in cols:
         alt = suggest("pert_col", spec.pert_col)
-        hint = f" This file has {alt[0]!r}: pass --pert-col {alt[0]}." if alt else f" Its obs columns are: {', '.join(cols)}."
+        hint = (
+            f" This file has {alt[0]!r}: pass --pert-col {alt[0]}."
+            if alt
+            else f" Its obs columns are: {', '.join(cols)}."
+        )
         raise PtragError(f"{path}: obs column {spec.pert_col!r} (perturbation) not found.{hint}")
     changes = {}
     if spec.cell_type_col is not None and spec.cell_type_col not in cols:
@@ -467,8 +466,14 @@ def _resolve_columns(obs: pd.DataFrame, spec: ColumnSpec, defaults: set[str], pa
     if not (labels == spec.control).any():
         alt = [c for c in _ALTERNATIVES["control"] if (labels == c).any() and c != spec.control]
         common = labels.value_counts().index[:5].tolist()
-        hint = f" This file labels controls {alt[0]!r}: pass --control {alt[0]}." if alt else f" Most common labels: {', '.join(common)}."
-        raise PtragError(f"{path}: control label {spec.control!r} does not occur in obs column {spec.pert_col!r}.{hint}")
+        hint = (
+            f" This file labels controls {alt[0]!r}: pass --control {alt[0]}."
+            if alt
+            else f" Most common labels: {', '.join(common)}."
+        )
+        raise PtragError(
+            f"{path}: control label {spec.control!r} does not occur in obs column {spec.pert_col!r}.{hint}"
+        )
     if changes:
         spec = ColumnSpec(**{**asdict(spec), **changes})
     return spec
@@ -605,13 +610,15 @@ def detect_counts(matrix, uns, obsm: bool = False, n_rows: int = 2000) -> bool:
 
 
 def _check_values(data: PerturbData) -> None:
-    where = f"layer {data.spec.layer!r}" if data.spec.layer else (f"obsm {data.spec.obsm_key!r}" if data.spec.obsm_key else "X")
+    where = (
+        f"layer {data.spec.layer!r}"
+        if data.spec.layer
+        else (f"obsm {data.spec.obsm_key!r}" if data.spec.obsm_key else "X")
+    )
     for _, block in _raw_chunks(data):
         vals = block.data if sp.issparse(block) else np.asarray(block)
         if not np.all(np.isfinite(vals)):
-            raise PtragError(
-                f"{data.path}: {where} contains NaN or Inf values; fix or drop those cells before use."
-            )
+            raise PtragError(f"{data.path}: {where} contains NaN or Inf values; fix or drop those cells before use.")
         if data.spec.obsm_key is None and np.any(vals < 0):
             raise PtragError(
                 f"{data.path}: {where} contains negative expression values; ptrag expects counts or "

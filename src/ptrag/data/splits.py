@@ -86,7 +86,7 @@ def read_split_toml(path: str | Path) -> SplitSpec:
     if unknown:
         raise PtragError(
             f"{path}: unknown section(s) {sorted(unknown)}; a cell-load split has "
-            "[datasets], [training], [zeroshot] and [fewshot.\"dataset.celltype\"]."
+            '[datasets], [training], [zeroshot] and [fewshot."dataset.celltype"].'
         )
     spec = SplitSpec(
         datasets=dict(raw.get("datasets", {})),
@@ -95,23 +95,23 @@ def read_split_toml(path: str | Path) -> SplitSpec:
     )
     for key, value in spec.zeroshot.items():
         if value not in ("val", "test"):
-            raise PtragError(f"{path}: [zeroshot] {key!r} = {value!r}; use \"val\" or \"test\".")
+            raise PtragError(f'{path}: [zeroshot] {key!r} = {value!r}; use "val" or "test".')
     for key, section in raw.get("fewshot", {}).items():
         if not isinstance(section, dict):
             raise PtragError(f"{path}: [fewshot] entry {key!r} must be a table with val = [...] and test = [...].")
         bad = set(section) - {"val", "test"}
         if bad:
-            raise PtragError(f"{path}: [fewshot.\"{key}\"] has unknown key(s) {sorted(bad)}; use val and test.")
+            raise PtragError(f'{path}: [fewshot."{key}"] has unknown key(s) {sorted(bad)}; use val and test.')
         lists = {}
         for which in ("val", "test"):
             items = section.get(which, [])
             if not isinstance(items, list) or not all(isinstance(x, str) for x in items):
-                raise PtragError(f"{path}: [fewshot.\"{key}\"] {which} must be a list of gene names.")
+                raise PtragError(f'{path}: [fewshot."{key}"] {which} must be a list of gene names.')
             lists[which] = [x.strip() for x in items]
         overlap = set(lists["val"]) & set(lists["test"])
         if overlap:
             raise PtragError(
-                f"{path}: [fewshot.\"{key}\"] lists {len(overlap)} perturbation(s) in both val and test "
+                f'{path}: [fewshot."{key}"] lists {len(overlap)} perturbation(s) in both val and test '
                 f"(e.g. {sorted(overlap)[:3]}); each perturbation belongs to one split."
             )
         spec.fewshot[key] = lists
@@ -147,7 +147,12 @@ class Split:
 
     def counts(self) -> pd.DataFrame:
         """Number of groups per cell type and split."""
-        return self.table.groupby(["cell_type", "split"]).size().unstack(fill_value=0).reindex(columns=list(SPLITS), fill_value=0)
+        return (
+            self.table.groupby(["cell_type", "split"])
+            .size()
+            .unstack(fill_value=0)
+            .reindex(columns=list(SPLITS), fill_value=0)
+        )
 
     def to_spec(self) -> SplitSpec:
         """The split as a cell-load :class:`SplitSpec` (held-out lists per cell type)."""
@@ -179,7 +184,11 @@ class Split:
 def _check_groups(groups: pd.DataFrame) -> pd.DataFrame:
     if groups.empty:
         raise PtragError("the data holds no perturbed cells to split (only controls?).")
-    return groups[["cell_type", "perturbation"]].drop_duplicates().sort_values(["cell_type", "perturbation"], ignore_index=True)
+    return (
+        groups[["cell_type", "perturbation"]]
+        .drop_duplicates()
+        .sort_values(["cell_type", "perturbation"], ignore_index=True)
+    )
 
 
 def _finish(table: pd.DataFrame, dataset: str, where: str) -> Split:
@@ -187,7 +196,9 @@ def _finish(table: pd.DataFrame, dataset: str, where: str) -> Split:
     if n.get("train", 0) == 0:
         raise PtragError(f"{where}: the split leaves no training groups; hold out fewer perturbations.")
     if n.get("test", 0) == 0 and n.get("val", 0) == 0:
-        raise PtragError(f"{where}: the split is empty (no validation or test groups); name some perturbations to hold out.")
+        raise PtragError(
+            f"{where}: the split is empty (no validation or test groups); name some perturbations to hold out."
+        )
     return Split(table.reset_index(drop=True), dataset)
 
 
@@ -225,7 +236,7 @@ def resolve_split(spec: SplitSpec, groups: pd.DataFrame, source: str = "split") 
         if ct.lower() not in by_lower:
             raise PtragError(
                 f"{source}: {section} names cell type {ct!r}, which does not occur in the data "
-                f"(cell types: {', '.join(sorted(by_lower.values()))}). Fix the key \"dataset.celltype\" "
+                f'(cell types: {", ".join(sorted(by_lower.values()))}). Fix the key "dataset.celltype" '
                 "or pass --cell-type-col."
             )
         return by_lower[ct.lower()]
@@ -234,13 +245,13 @@ def resolve_split(spec: SplitSpec, groups: pd.DataFrame, source: str = "split") 
         ct = cell_type_of(key, "[zeroshot]")
         table.loc[table["cell_type"] == ct, "split"] = which
     for key, lists in spec.fewshot.items():
-        ct = cell_type_of(key, f"[fewshot.\"{key}\"]")
+        ct = cell_type_of(key, f'[fewshot."{key}"]')
         present = set(table.loc[table["cell_type"] == ct, "perturbation"])
         for which in ("val", "test"):
             missing = [p for p in lists[which] if p not in present]
             if missing:
                 raise PtragError(
-                    f"{source}: [fewshot.\"{key}\"] {which} names {len(missing)} perturbation(s) with no "
+                    f'{source}: [fewshot."{key}"] {which} names {len(missing)} perturbation(s) with no '
                     f"cells of cell type {ct!r} in the data (e.g. {', '.join(missing[:5])}). Remove them "
                     "from the split or check --pert-col / the gene symbols."
                 )
@@ -250,10 +261,10 @@ def resolve_split(spec: SplitSpec, groups: pd.DataFrame, source: str = "split") 
 
 
 def _held_out_counts(n: int, train_fraction: float, val_share: float) -> tuple[int, int, int]:
-    n_train = int(round(train_fraction * n))
+    n_train = round(float(train_fraction * n))
     n_train = min(max(n_train, 1), n - 1)
     rest = n - n_train
-    n_val = int(round(val_share * rest)) if rest > 1 else 0
+    n_val = round(float(val_share * rest)) if rest > 1 else 0
     n_val = min(max(n_val, 1 if rest > 1 else 0), rest - 1)
     return n_train, n_val, rest - n_val
 
@@ -311,7 +322,7 @@ def fewshot_split(
     which[order[n_train : n_train + n_val]] = "val"
     which[order[n_train + n_val :]] = "test"
     table = groups.assign(split="train")
-    assign = dict(zip(target, which))
+    assign = dict(zip(target, which, strict=True))
     m = table["cell_type"] == target_cell_type
     table.loc[m, "split"] = table.loc[m, "perturbation"].map(assign)
     return _finish(table, "data", f"few-shot split of {target_cell_type!r}")
@@ -348,14 +359,16 @@ def unseen_perturbation_split(
         raise PtragError(f"the held-out fraction must be between 0 and 1 (got {held_out_fraction}).")
     perts = np.array(sorted(groups["perturbation"].unique()))
     if len(perts) < 3:
-        raise PtragError(f"the data has only {len(perts)} perturbation(s); an unseen-perturbation split needs at least 3.")
+        raise PtragError(
+            f"the data has only {len(perts)} perturbation(s); an unseen-perturbation split needs at least 3."
+        )
     order = np.random.default_rng(seed).permutation(len(perts))
     n_train, n_val, _ = _held_out_counts(len(perts), 1 - held_out_fraction, val_share)
     which = np.empty(len(perts), dtype=object)
     which[order[:n_train]] = "train"
     which[order[n_train : n_train + n_val]] = "val"
     which[order[n_train + n_val :]] = "test"
-    table = groups.assign(split=groups["perturbation"].map(dict(zip(perts, which))))
+    table = groups.assign(split=groups["perturbation"].map(dict(zip(perts, which, strict=True))))
     return _finish(table, "data", "unseen-perturbation split")
 
 
@@ -407,4 +420,3 @@ def load_split(
     if split_path is not None:
         return resolve_split(read_split_toml(split_path), groups, source=str(split_path))
     return make_split(groups, **kwargs)
-

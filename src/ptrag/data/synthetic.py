@@ -226,9 +226,7 @@ def _unit(v: np.ndarray) -> np.ndarray:
     return v / np.where(n > 0, n, 1.0)
 
 
-def _sparse_unit(
-    rng: np.random.Generator, n_genes: int, size: int, weights: np.ndarray | None = None
-) -> np.ndarray:
+def _sparse_unit(rng: np.random.Generator, n_genes: int, size: int, weights: np.ndarray | None = None) -> np.ndarray:
     """A unit-norm vector over ``n_genes`` with ``size`` non-zero Gaussian entries.
 
     The non-zero genes are drawn without replacement with probabilities ``weights``.
@@ -297,9 +295,7 @@ def simulate(config: SimulationConfig | None = None, **overrides: Any) -> Synthe
     known = {f.name for f in dataclasses.fields(SimulationConfig)}
     unknown = sorted(set(overrides) - known)
     if unknown:
-        raise PtragError(
-            f"unknown simulation option {unknown[0]!r}: choose among {', '.join(sorted(known))}."
-        )
+        raise PtragError(f"unknown simulation option {unknown[0]!r}: choose among {', '.join(sorted(known))}.")
     config = dataclasses.replace(config, **overrides)
     config.validate()
     c = config
@@ -325,9 +321,7 @@ def simulate(config: SimulationConfig | None = None, **overrides: Any) -> Synthe
     measured_targets = np.sort(rng_genes.choice(P, size=n_measured_targets, replace=False))
     n_background = G - n_measured_targets
     gwidth = max(4, len(str(n_background)))
-    var_names = [perts[i] for i in measured_targets] + [
-        f"GENE{i:0{gwidth}d}" for i in range(1, n_background + 1)
-    ]
+    var_names = [perts[i] for i in measured_targets] + [f"GENE{i:0{gwidth}d}" for i in range(1, n_background + 1)]
     target_col = np.full(P, -1)
     target_col[measured_targets] = np.arange(n_measured_targets)
     var = pd.DataFrame(
@@ -406,7 +400,7 @@ def simulate(config: SimulationConfig | None = None, **overrides: Any) -> Synthe
 
     # ---- cells -------------------------------------------------------------------------------
     lib_mean = math.log(c.counts_per_gene * G)
-    pert_names = np.asarray([CONTROL_LABEL] + perts, dtype=object)
+    pert_names = np.asarray([CONTROL_LABEL, *perts], dtype=object)
     blocks, obs_parts = [], []
     for t in range(T):
         n_per = np.r_[c.controls_per_cell_type, np.full(P, c.cells_per_perturbation)]
@@ -443,7 +437,7 @@ def simulate(config: SimulationConfig | None = None, **overrides: Any) -> Synthe
     obs = pd.concat(obs_parts, ignore_index=True)
     obs.index = pd.Index([f"cell{i:06d}" for i in range(len(obs))])
     for col, cats in (
-        ("gene", [CONTROL_LABEL] + perts),
+        ("gene", [CONTROL_LABEL, *perts]),
         ("cell_type", cell_types),
         ("gem_group", [f"{ct}_{b + 1}" for ct in cell_types for b in range(c.n_batches)]),
     ):
@@ -482,7 +476,11 @@ def simulate(config: SimulationConfig | None = None, **overrides: Any) -> Synthe
     gene_table = _embeddings(rng_emb, c, module_of, sub_of, perts)
     log.info(
         "simulated %d cells x %d genes: %d cell types, %d perturbations, %d modules",
-        adata.n_obs, adata.n_vars, T, P, M,
+        adata.n_obs,
+        adata.n_vars,
+        T,
+        P,
+        M,
     )
     return SyntheticBenchmark(adata, gene_table, ground_truth, true_effects, perts)
 
@@ -611,9 +609,8 @@ def write_benchmark(bench: SyntheticBenchmark, out_dir: str | Path) -> dict[str,
     with atomic_path(paths["data"]) as tmp:
         bench.adata.write_h5ad(tmp, compression="gzip")
     table = {g: [float(x) for x in np.asarray(v, dtype=np.float32)] for g, v in bench.gene_table.items()}
-    with atomic_path(paths["genes"]) as tmp:
-        with open(tmp, "wb") as fh:
-            pickle.dump(table, fh, protocol=4)
+    with atomic_path(paths["genes"]) as tmp, open(tmp, "wb") as fh:
+        pickle.dump(table, fh, protocol=4)
     with atomic_path(paths["ground_truth"]) as tmp:
         bench.ground_truth[list(_GT_COLUMNS)].to_csv(tmp, index=False, lineterminator="\n")
     return paths
@@ -641,9 +638,7 @@ def load_ground_truth(path_or_adata: str | Path | ad.AnnData) -> pd.DataFrame:
     if isinstance(path_or_adata, ad.AnnData):
         uns = path_or_adata.uns.get(GROUND_TRUTH_KEY)
         if uns is None:
-            raise PtragError(
-                f"the AnnData has no uns[{GROUND_TRUTH_KEY!r}]: it is not a ptrag synthetic benchmark."
-            )
+            raise PtragError(f"the AnnData has no uns[{GROUND_TRUTH_KEY!r}]: it is not a ptrag synthetic benchmark.")
         return _ground_truth_frame(uns["cell_type"], uns["query"], uns["informative"])
     path = Path(path_or_adata)
     if not path.is_file():
@@ -652,9 +647,7 @@ def load_ground_truth(path_or_adata: str | Path | ad.AnnData) -> pd.DataFrame:
         with h5py.File(path, "r") as f:
             key = f"uns/{GROUND_TRUTH_KEY}"
             if key not in f:
-                raise PtragError(
-                    f"{path} has no uns[{GROUND_TRUTH_KEY!r}]: it is not a ptrag synthetic benchmark."
-                )
+                raise PtragError(f"{path} has no uns[{GROUND_TRUTH_KEY!r}]: it is not a ptrag synthetic benchmark.")
             uns = ad.io.read_elem(f[key])
         return _ground_truth_frame(uns["cell_type"], uns["query"], uns["informative"])
     try:
@@ -750,11 +743,7 @@ def informative_overlap(
     jac = pd.DataFrame(np.eye(len(cts)), index=cts, columns=cts)
     for i, a in enumerate(cts):
         for b in cts[i + 1 :]:
-            vals = [
-                len(sets[a, q] & sets[b, q]) / len(sets[a, q] | sets[b, q])
-                for q in qs
-                if sets[a, q] or sets[b, q]
-            ]
+            vals = [len(sets[a, q] & sets[b, q]) / len(sets[a, q] | sets[b, q]) for q in qs if sets[a, q] or sets[b, q]]
             jac.loc[a, b] = jac.loc[b, a] = float(np.mean(vals)) if vals else float("nan")
     off = jac.to_numpy()[~np.eye(len(cts), dtype=bool)]
     differ = [len({frozenset(sets[ct, q]) for ct in cts}) > 1 for q in qs]
@@ -788,9 +777,7 @@ def observed_deltas(adata: ad.AnnData, control: str = CONTROL_LABEL) -> dict[str
         mask = (adata.obs["cell_type"].astype(str) == ct).to_numpy()
         genes = adata.obs["gene"].astype(str).to_numpy()[mask]
         labels, inv = np.unique(genes, return_inverse=True)
-        ind = sp.csr_matrix(
-            (np.ones(inv.size), (inv, np.arange(inv.size))), shape=(labels.size, inv.size)
-        )
+        ind = sp.csr_matrix((np.ones(inv.size), (inv, np.arange(inv.size))), shape=(labels.size, inv.size))
         counts = np.asarray(ind.sum(axis=1)).ravel()
         sums = ind @ x[mask]
         means = np.asarray(sums.todense() if sp.issparse(sums) else sums) / counts[:, None]
@@ -830,7 +817,10 @@ def summarize(bench: SyntheticBenchmark, k: int = 10) -> dict[str, Any]:
         "n_perturbations": len(bench.gene_table),
         "perturbations_per_cell_type": pert.groupby("cell_type", observed=True)["gene"].nunique().to_dict(),
         "min_cells_per_group": int(groups.min()),
-        "controls_per_cell_type": obs[obs["gene"] == CONTROL_LABEL].groupby("cell_type", observed=True).size().to_dict(),
+        "controls_per_cell_type": obs[obs["gene"] == CONTROL_LABEL]
+        .groupby("cell_type", observed=True)
+        .size()
+        .to_dict(),
         "sparsity": 1.0 - nnz / (adata.n_obs * adata.n_vars),
     }
     cell_types = [str(ct) for ct in adata.uns[SIMULATION_KEY]["cell_types"]]
@@ -922,7 +912,7 @@ def write_large_h5ad(
     gem_cats = [f"{ct}_{b + 1}" for ct in cell_types for b in range(2)]
     obs = pd.DataFrame(
         {
-            "gene": pd.Categorical.from_codes(pert_code, categories=[CONTROL_LABEL] + perts),
+            "gene": pd.Categorical.from_codes(pert_code, categories=[CONTROL_LABEL, *perts]),
             "cell_type": pd.Categorical.from_codes(ct_code, categories=cell_types),
             "gem_group": pd.Categorical.from_codes(ct_code * 2 + batch, categories=gem_cats),
         },
@@ -945,55 +935,54 @@ def write_large_h5ad(
         return sp.csr_matrix(values.astype(np.float32))
 
     n_blocks = -(-n_cells // _LARGE_BLOCK)
-    with atomic_path(path) as tmp:
-        with h5py.File(tmp, "w") as f:
-            f.attrs["encoding-type"] = "anndata"
-            f.attrs["encoding-version"] = "0.1.0"
-            ad.io.write_elem(f, "obs", obs)
-            ad.io.write_elem(f, "var", var)
-            for key in ("layers", "obsm", "obsp", "varm", "varp"):
-                ad.io.write_elem(f, key, {})
-            ad.io.write_elem(f, "uns", {"log1p": {"base": None}})
-            g = f.create_group("X")
-            g.attrs["encoding-type"] = "csr_matrix"
-            g.attrs["encoding-version"] = "0.1.0"
-            g.attrs["shape"] = np.array([n_cells, n_genes], dtype=np.int64)
-            chunk = max(1, min(1 << 20, chunk_cells * max(1, n_genes // 8)))
-            data = g.create_dataset("data", shape=(0,), maxshape=(None,), dtype=np.float32, chunks=(chunk,))
-            indices = g.create_dataset("indices", shape=(0,), maxshape=(None,), dtype=np.int32, chunks=(chunk,))
-            indptr = g.create_dataset("indptr", shape=(n_cells + 1,), dtype=np.int64)
-            indptr[0] = 0
-            nnz = 0
-            pending: list[sp.csr_matrix] = []
-            pending_rows = 0
-            row = 0
+    with atomic_path(path) as tmp, h5py.File(tmp, "w") as f:
+        f.attrs["encoding-type"] = "anndata"
+        f.attrs["encoding-version"] = "0.1.0"
+        ad.io.write_elem(f, "obs", obs)
+        ad.io.write_elem(f, "var", var)
+        for key in ("layers", "obsm", "obsp", "varm", "varp"):
+            ad.io.write_elem(f, key, {})
+        ad.io.write_elem(f, "uns", {"log1p": {"base": None}})
+        g = f.create_group("X")
+        g.attrs["encoding-type"] = "csr_matrix"
+        g.attrs["encoding-version"] = "0.1.0"
+        g.attrs["shape"] = np.array([n_cells, n_genes], dtype=np.int64)
+        chunk = max(1, min(1 << 20, chunk_cells * max(1, n_genes // 8)))
+        data = g.create_dataset("data", shape=(0,), maxshape=(None,), dtype=np.float32, chunks=(chunk,))
+        indices = g.create_dataset("indices", shape=(0,), maxshape=(None,), dtype=np.int32, chunks=(chunk,))
+        indptr = g.create_dataset("indptr", shape=(n_cells + 1,), dtype=np.int64)
+        indptr[0] = 0
+        nnz = 0
+        pending: list[sp.csr_matrix] = []
+        pending_rows = 0
+        row = 0
 
-            def flush() -> None:
-                nonlocal nnz, row, pending, pending_rows
-                if not pending:
-                    return
-                total = nnz + sum(m.nnz for m in pending)
-                data.resize((total,))
-                indices.resize((total,))
-                for m in pending:
-                    data[nnz : nnz + m.nnz] = m.data
-                    indices[nnz : nnz + m.nnz] = m.indices.astype(np.int32)
-                    indptr[row + 1 : row + m.shape[0] + 1] = m.indptr[1:].astype(np.int64) + nnz
-                    nnz += m.nnz
-                    row += m.shape[0]
-                pending, pending_rows = [], 0
+        def flush() -> None:
+            nonlocal nnz, row, pending, pending_rows
+            if not pending:
+                return
+            total = nnz + sum(m.nnz for m in pending)
+            data.resize((total,))
+            indices.resize((total,))
+            for m in pending:
+                data[nnz : nnz + m.nnz] = m.data
+                indices[nnz : nnz + m.nnz] = m.indices.astype(np.int32)
+                indptr[row + 1 : row + m.shape[0] + 1] = m.indptr[1:].astype(np.int64) + nnz
+                nnz += m.nnz
+                row += m.shape[0]
+            pending, pending_rows = [], 0
 
-            for b in range(n_blocks):
-                # blocks of 4096 cells; written whenever chunk_cells cells are pending
-                m = block(b)
-                start = 0
-                while start < m.shape[0]:
-                    take = min(m.shape[0] - start, chunk_cells - pending_rows)
-                    pending.append(m[start : start + take])
-                    pending_rows += take
-                    start += take
-                    if pending_rows >= chunk_cells:
-                        flush()
-            flush()
-            log.info("wrote %d cells x %d genes (%d non-zeros) to %s", n_cells, n_genes, nnz, path)
+        for b in range(n_blocks):
+            # blocks of 4096 cells; written whenever chunk_cells cells are pending
+            m = block(b)
+            start = 0
+            while start < m.shape[0]:
+                take = min(m.shape[0] - start, chunk_cells - pending_rows)
+                pending.append(m[start : start + take])
+                pending_rows += take
+                start += take
+                if pending_rows >= chunk_cells:
+                    flush()
+        flush()
+        log.info("wrote %d cells x %d genes (%d non-zeros) to %s", n_cells, n_genes, nnz, path)
     return path

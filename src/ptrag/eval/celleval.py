@@ -71,7 +71,9 @@ def _gallop(r: np.ndarray, start: int, v: float, right: bool) -> int:  # pragma:
 
 
 @numba.njit(cache=True, parallel=True)
-def _rank_counts(ref: np.ndarray, xs: np.ndarray, bounds: np.ndarray) -> tuple[np.ndarray, np.ndarray]:  # pragma: no cover (jit)
+def _rank_counts(
+    ref: np.ndarray, xs: np.ndarray, bounds: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:  # pragma: no cover (jit)
     """Per gene (row) and set ``s`` (columns ``bounds[s]:bounds[s+1]`` of ``xs``, each sorted):
     the U statistic of the set against the sorted ``ref[g]`` and the change of the pooled tie
     term ``Σ (t³ - t)`` that the set brings. Each reference row is read once for all sets."""
@@ -191,7 +193,7 @@ def mannwhitney_vs(ref: RankedReference, sets: Sequence[np.ndarray]) -> list[tup
     xs = np.concatenate([_sorted_columns(X) for X in sets], axis=1)
     u1s, extras = _rank_counts(ref.values, xs, bounds)
     out = []
-    for X, u1, extra in zip(sets, u1s, extras):
+    for X, u1, extra in zip(sets, u1s, extras, strict=True):
         n1, n2 = X.shape[0], ref.n
         n = n1 + n2
         s_sq = n1 * n2 / 12.0 * ((n + 1.0) - (ref.tie_term + extra) / (n * (n - 1.0)))
@@ -246,7 +248,7 @@ def de_tables(sets: Sequence[np.ndarray], ref: RankedReference) -> list[DETable]
         One per set.
     """
     out = []
-    for X, (_, p) in zip(sets, mannwhitney_vs(ref, sets)):
+    for X, (_, p) in zip(sets, mannwhitney_vs(ref, sets), strict=True):
         fdr = stats.false_discovery_control(p)
         with np.errstate(divide="ignore", invalid="ignore"):
             lfc = np.log2(np.expm1(np.asarray(X, dtype=np.float64).mean(axis=0)) / np.expm1(ref.log_mean))

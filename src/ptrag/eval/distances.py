@@ -239,8 +239,9 @@ def mean_pairwise_distance(x: np.ndarray, block: int = 2048) -> float:
     return total / (n * n)
 
 
-def edistance(x: np.ndarray, ctrl: np.ndarray, ctrl_self: float, center: np.ndarray | None = None,
-              cross: float | None = None) -> float:
+def edistance(
+    x: np.ndarray, ctrl: np.ndarray, ctrl_self: float, center: np.ndarray | None = None, cross: float | None = None
+) -> float:
     """Energy distance (V-statistic) between a cell set and the controls, Euclidean.
 
     Parameters

@@ -115,7 +115,9 @@ def load_run(run_dir: str | Path) -> RunInfo:
         raise PtragError(f"run folder not found: {run_dir}. Pass the folder written by training to --run.")
     gfile = run_dir / "genes.txt"
     if not gfile.is_file():
-        raise PtragError(f"{gfile} not found: --run must be a run folder written by training (it lists the run's genes).")
+        raise PtragError(
+            f"{gfile} not found: --run must be a run folder written by training (it lists the run's genes)."
+        )
     genes = [g.strip() for g in gfile.read_text().splitlines() if g.strip()]
     if not genes:
         raise PtragError(f"{gfile} lists no genes.")
@@ -368,7 +370,9 @@ def _control_set(data, rows: np.ndarray, gidx, cell_eval: bool) -> ControlSet:
     statistics, read in blocks (a control set larger than memory still evaluates)."""
     if cell_eval:
         return ControlSet.of(data.expression(rows, gidx))
-    return ControlSet(GroupStats.of_chunks(data.expression(rows[i : i + 20_000], gidx) for i in range(0, len(rows), 20_000)))
+    return ControlSet(
+        GroupStats.of_chunks(data.expression(rows[i : i + 20_000], gidx) for i in range(0, len(rows), 20_000))
+    )
 
 
 def _evaluate_gge(preds, data, gidx, plan, real_rows, ctrl_rows, gge_options, info) -> list[dict]:
@@ -400,7 +404,7 @@ def _evaluate_gge(preds, data, gidx, plan, real_rows, ctrl_rows, gge_options, in
         ref = refs[first]
         info["gge_first_condition"][p.model] = first
         log.info("gge mode, model %s: PCA and DEGs fit on the first condition %s.", p.model, first)
-        for (ct, pert) in sorted(plan):
+        for ct, pert in sorted(plan):
             rows = plan[(ct, pert)].get(p.model)
             if rows is None:
                 continue
@@ -501,7 +505,7 @@ def evaluate(
     if names and len(names) != len(pred_paths):
         raise PtragError(f"give one --name per --pred ({len(names)} names for {len(pred_paths)} files).")
     preds = [read_predictions(p, run.genes, spec.control) for p in pred_paths]
-    for p, name in zip(preds, names or []):
+    for p, name in zip(preds, names or [], strict=False):
         p.model = str(name)
     data = read_perturbseq(real_path, spec, backed=backed, spec_is_default=spec_is_default)
     try:

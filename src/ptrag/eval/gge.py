@@ -133,7 +133,7 @@ class GGEReference:
         controls: np.ndarray | GroupStats,
         options: GGEOptions = GGEOptions(),
         condition: str = "",
-    ) -> "GGEReference":
+    ) -> GGEReference:
         """Fit the PCA and the DEG selection on the first condition.
 
         Parameters

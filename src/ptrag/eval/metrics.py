@@ -37,7 +37,7 @@ from scipy import stats
 from ptrag.errors import PtragError, check_choice
 
 # the registry lives in ptrag.eval.registry; re-exported here for existing imports
-from ptrag.eval.registry import (  # noqa: E402,F401
+from ptrag.eval.registry import (  # noqa: F401
     CELL_EVAL_COLUMNS,
     COUNT_COLUMNS,
     ID_COLUMNS,
@@ -109,7 +109,7 @@ class GroupStats:
     n: int
 
     @classmethod
-    def of(cls, X: np.ndarray) -> "GroupStats":
+    def of(cls, X: np.ndarray) -> GroupStats:
         """Statistics of the rows of ``X``.
 
         Parameters
@@ -129,7 +129,7 @@ class GroupStats:
         return cls(X.mean(axis=0), var, n)
 
     @classmethod
-    def of_chunks(cls, chunks) -> "GroupStats":
+    def of_chunks(cls, chunks) -> GroupStats:
         """Statistics over row blocks (for control sets too large to hold twice).
 
         Parameters
@@ -242,9 +242,7 @@ def welch_degs(
     else:
         with np.errstate(divide="ignore", invalid="ignore"), warnings.catch_warnings():
             warnings.simplefilter("ignore", RuntimeWarning)
-            _, p = stats.ttest_ind_from_stats(
-                a.mean, np.sqrt(a.var), a.n, b.mean, np.sqrt(b.var), b.n, equal_var=False
-            )
+            _, p = stats.ttest_ind_from_stats(a.mean, np.sqrt(a.var), a.n, b.mean, np.sqrt(b.var), b.n, equal_var=False)
         p = np.asarray(p, dtype=np.float64)
     if options.deg_correction == "bh":
         p = benjamini_hochberg(p)

@@ -20,7 +20,6 @@ from ptrag.errors import PtragError, atomic_path
 log = logging.getLogger("ptrag")
 
 
-
 @dataclass
 class PCASpace:
     """A fitted linear PCA projection (centring + orthonormal components).
@@ -63,7 +62,7 @@ class PCASpace:
         seed: int = 0,
         max_cells: int = 50_000,
         gene_names: Sequence[str] | None = None,
-    ) -> "PCASpace":
+    ) -> PCASpace:
         """Fit a PCA on cells (rows of ``X``) with scikit-learn.
 
         The number of components is ``min(n_components, n_cells - 1, n_genes)``. When ``X`` has
@@ -142,9 +141,7 @@ class PCASpace:
         """
         X = np.asarray(X)
         if X.ndim != 2 or X.shape[1] != self.n_genes:
-            raise PtragError(
-                f"PCA space expects {self.n_genes} genes per cell, got an array of shape {X.shape}."
-            )
+            raise PtragError(f"PCA space expects {self.n_genes} genes per cell, got an array of shape {X.shape}.")
         return (X.astype(np.float64, copy=False) - self.mean) @ self.components.T
 
     def save(self, path: str | os.PathLike) -> None:
@@ -155,19 +152,18 @@ class PCASpace:
         path
             Destination, conventionally ``RUN_DIR / "pca.npz"``.
         """
-        with atomic_path(path) as tmp:
-            with open(tmp, "wb") as fh:
-                np.savez(
-                    fh,
-                    components=self.components,
-                    mean=self.mean,
-                    explained_variance=self.explained_variance,
-                    explained_variance_ratio=self.explained_variance_ratio,
-                    gene_names=np.asarray(self.gene_names, dtype=str),
-                )
+        with atomic_path(path) as tmp, open(tmp, "wb") as fh:
+            np.savez(
+                fh,
+                components=self.components,
+                mean=self.mean,
+                explained_variance=self.explained_variance,
+                explained_variance_ratio=self.explained_variance_ratio,
+                gene_names=np.asarray(self.gene_names, dtype=str),
+            )
 
     @classmethod
-    def load(cls, path: str | os.PathLike) -> "PCASpace":
+    def load(cls, path: str | os.PathLike) -> PCASpace:
         """Read a space written by :meth:`save`.
 
         Parameters
@@ -194,7 +190,11 @@ class PCASpace:
                 comps = np.asarray(z["components"], dtype=np.float64)
                 mean = np.asarray(z["mean"], dtype=np.float64)
                 ev = np.asarray(z["explained_variance"], dtype=np.float64)
-                evr = np.asarray(z["explained_variance_ratio"], dtype=np.float64) if "explained_variance_ratio" in z else np.zeros(0)
+                evr = (
+                    np.asarray(z["explained_variance_ratio"], dtype=np.float64)
+                    if "explained_variance_ratio" in z
+                    else np.zeros(0)
+                )
                 genes = [str(g) for g in z["gene_names"]] if "gene_names" in z else []
         except PtragError:
             raise
@@ -202,8 +202,7 @@ class PCASpace:
             raise PtragError(f"{path} could not be read as a PCA file ({exc}).") from exc
         if comps.ndim != 2 or mean.shape != (comps.shape[1],) or ev.shape != (comps.shape[0],):
             raise PtragError(
-                f"{path} is inconsistent: components {comps.shape}, mean {mean.shape}, "
-                f"explained variance {ev.shape}."
+                f"{path} is inconsistent: components {comps.shape}, mean {mean.shape}, explained variance {ev.shape}."
             )
         if genes and len(genes) != comps.shape[1]:
             raise PtragError(f"{path}: {len(genes)} gene names for {comps.shape[1]} PCA input genes.")

@@ -43,6 +43,9 @@ class MetricInfo:
     func
         The function: context -> value (group scope) or -> values per group (cell-type scope);
         ``None`` for display-only entries (the gge mode, scored by :mod:`ptrag.eval.gge`).
+    tested
+        Whether the groups' values take the tables' paired tests (not when one value is
+        repeated over a cell type's groups, as ``pearson_edistance``).
     """
 
     column: str
@@ -52,6 +55,7 @@ class MetricInfo:
     best: float | None = None
     scope: str = "group"
     func: Callable[[Any], Any] | None = None
+    tested: bool = True
 
     @property
     def arrow(self) -> str:
@@ -95,12 +99,24 @@ METRICS: dict[str, tuple[MetricInfo, ...]] = {
         MetricInfo("mmd", "MMD²", False, _DIST, 0.0, func=lambda c: c.set_distances["mmd"]),
         MetricInfo("mae_delta", "MAE Δ", False, _CE_DELTA, 0.0, func=lambda c: c.delta_errors["mae_delta"]),
         MetricInfo("mse_delta", "MSE Δ", False, _CE_DELTA, 0.0, func=lambda c: c.delta_errors["mse_delta"]),
-        MetricInfo("pearson_edistance", "Pearson E-distance", True, _CE_DELTA, 1.0, "cell_type",
-                   lambda ct: ct.pearson_edistance()),
-        *(MetricInfo(f"discrimination_score_{d}", f"PDS {d}", True, _CE_PDS, 1.0, "cell_type", _pds(d))
-          for d in ("l1", "l2", "cosine")),
-        *(MetricInfo(f"overlap_at_{k or 'N'}", f"Overlap@{k or 'N'}", True, _CE_DE, 1.0, func=_overlap(k, "overlap"))
-          for k in OVERLAP_KS),
+        MetricInfo(
+            "pearson_edistance",
+            "Pearson E-distance",
+            True,
+            _CE_DELTA,
+            1.0,
+            "cell_type",
+            lambda ct: ct.pearson_edistance(),
+            tested=False,
+        ),
+        *(
+            MetricInfo(f"discrimination_score_{d}", f"PDS {d}", True, _CE_PDS, 1.0, "cell_type", _pds(d))
+            for d in ("l1", "l2", "cosine")
+        ),
+        *(
+            MetricInfo(f"overlap_at_{k or 'N'}", f"Overlap@{k or 'N'}", True, _CE_DE, 1.0, func=_overlap(k, "overlap"))
+            for k in OVERLAP_KS
+        ),
         MetricInfo("precision_at_N", "Precision@N", True, _CE_DE, 1.0, func=_overlap(None, "precision")),
         MetricInfo("de_spearman_lfc_sig", "Spearman LFC (DE)", True, _CE_DE, 1.0, func=lambda c: c.de_agreement[0]),
         MetricInfo("de_direction_match", "Direction match (DE)", True, _CE_DE, 1.0, func=lambda c: c.de_agreement[1]),

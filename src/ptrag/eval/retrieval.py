@@ -6,7 +6,8 @@ query and retrieved candidate, with ``similarity`` and ``selected_fraction``, th
 of the query's predicted cells that selected the candidate).
 
 * :func:`top_contexts` — the ``n`` most selected contexts per (cell type, query);
-* :func:`retrieval_precision_recall` / :func:`retrieval_summary` — precision and recall against a synthetic ground truth;
+* :func:`retrieval_precision_recall` / :func:`retrieval_summary` — precision and recall against a
+  synthetic ground truth;
 * :func:`jaccard_matrix` — for every pair of cell types, the mean over the queries logged in
   both of the Jaccard index between their selected sets (a candidate is selected when
   ``selected_fraction >= min_fraction``); the paper reports 0.185–0.196 off the diagonal;
@@ -48,7 +49,9 @@ def read_retrieval_logs(paths: Sequence[str | Path]) -> pd.DataFrame:
     for p in paths:
         p = Path(p)
         if not p.is_file():
-            raise PtragError(f"retrieval log not found: {p}. `ptrag predict` writes <prediction>.retrieval.csv for RAG runs.")
+            raise PtragError(
+                f"retrieval log not found: {p}. `ptrag predict` writes <prediction>.retrieval.csv for RAG runs."
+            )
         try:
             df = pd.read_csv(p)
         except (ValueError, OSError) as exc:
@@ -115,8 +118,9 @@ def selected_sets(log: pd.DataFrame, min_fraction: float = 0.5, top: int | None 
     else:
         if top < 1:
             raise PtragError(f"--jaccard-top (contexts per query in the Jaccard index) must be at least 1 (got {top}).")
-        ranked = log[frac > 0].sort_values(["cell_type", "query", "selected_fraction", "similarity"],
-                                           ascending=[True, True, False, False])
+        ranked = log[frac > 0].sort_values(
+            ["cell_type", "query", "selected_fraction", "similarity"], ascending=[True, True, False, False]
+        )
         sel = ranked.groupby(["cell_type", "query"], sort=False).head(top)
     return {k: set(g["candidate"]) for k, g in sel.groupby(["cell_type", "query"])}
 
@@ -208,9 +212,15 @@ def truth_selection(log: pd.DataFrame, truth: pd.DataFrame) -> pd.DataFrame:
     pandas.DataFrame
         ``log`` with ``selected_fraction`` replaced.
     """
-    keys = set(zip(truth["cell_type"].astype(str), truth["query"].astype(str), truth["informative"].astype(str)))
-    hit = [(c, q, k) in keys for c, q, k in zip(log["cell_type"].astype(str), log["query"].astype(str),
-                                                    log["candidate"].astype(str))]
+    keys = set(
+        zip(truth["cell_type"].astype(str), truth["query"].astype(str), truth["informative"].astype(str), strict=True)
+    )
+    hit = [
+        (c, q, k) in keys
+        for c, q, k in zip(
+            log["cell_type"].astype(str), log["query"].astype(str), log["candidate"].astype(str), strict=True
+        )
+    ]
     return log.assign(selected_fraction=np.asarray(hit, dtype=float))
 
 
@@ -255,12 +265,23 @@ def retrieval_against_truth(log: pd.DataFrame, truth_path: str | Path, model: st
         recall_selected, n_selected``; NaN for a Vanilla RAG log, which has no selection.
     """
     from ptrag.data.synthetic import load_ground_truth
+
     pr = retrieval_precision_recall(log.fillna({"selected_fraction": -1.0}), load_ground_truth(truth_path))
     if log["selected_fraction"].isna().all():  # no Stage 2: nothing is "selected"
         pr[["precision_selected", "recall_selected", "n_selected"]] = np.nan
     summ = retrieval_summary(pr).rename_axis("cell_type").reset_index()
-    return summ.assign(model=model)[["model", "cell_type", "n_queries", "precision_topk", "recall_topk",
-                                     "precision_selected", "recall_selected", "n_selected"]]
+    return summ.assign(model=model)[
+        [
+            "model",
+            "cell_type",
+            "n_queries",
+            "precision_topk",
+            "recall_topk",
+            "precision_selected",
+            "recall_selected",
+            "n_selected",
+        ]
+    ]
 
 
 def retrieval_precision_recall(

@@ -14,6 +14,7 @@
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -137,8 +138,10 @@ class ObservedGroup:
         stacked = np.concatenate([np.asarray(x, dtype=np.float32) for x in sets]) - c.stats.mean.astype(np.float32)
         rows = distances.row_mean_distances(stacked, c.cells)
         bounds = np.cumsum([0] + [len(x) for x in sets])
-        return [distances.edistance(stacked[a:b], c.cells, c.self_distance, cross=float(rows[a:b].mean()))
-                for a, b in zip(bounds[:-1], bounds[1:])]
+        return [
+            distances.edistance(stacked[a:b], c.cells, c.self_distance, cross=float(rows[a:b].mean()))
+            for a, b in itertools.pairwise(bounds)
+        ]
 
 
 @dataclass
@@ -215,7 +218,9 @@ class GroupContext:
         if self.obs.de is None:
             self.reasons.append("cell-eval DE metrics need the control cells")
             return None
-        return self.given_de if self.given_de is not None else celleval.de_tables([self.pred], self.obs.control.ranked)[0]
+        return (
+            self.given_de if self.given_de is not None else celleval.de_tables([self.pred], self.obs.control.ranked)[0]
+        )
 
     def de_overlap(self, k: int | None, metric: str) -> float:
         """cell-eval's ``overlap_at_k`` / ``precision_at_k``."""
@@ -234,8 +239,14 @@ class GroupContext:
     def row(self) -> dict[str, object]:
         """Every group-scope metric, the counts and the reasons for NaNs."""
         out: dict[str, object] = {m.column: float(m.func(self)) for m in GROUP_METRICS}
-        out.update({"n_pred": len(self.pred), "n_real": len(self.obs.cells), "n_deg": self.obs.degs.n,
-                    "reason": "; ".join(dict.fromkeys(self.reasons))})
+        out.update(
+            {
+                "n_pred": len(self.pred),
+                "n_real": len(self.obs.cells),
+                "n_deg": self.obs.degs.n,
+                "reason": "; ".join(dict.fromkeys(self.reasons)),
+            }
+        )
         return out
 
 
@@ -298,7 +309,9 @@ class CellTypeContext:
 
     def discrimination(self, distance: str) -> np.ndarray:
         """cell-eval's PDS of every group."""
-        return celleval.discrimination_scores(self.real_delta, self.pred_delta, self.perturbations, self.genes, distance)
+        return celleval.discrimination_scores(
+            self.real_delta, self.pred_delta, self.perturbations, self.genes, distance
+        )
 
     def pearson_edistance(self) -> np.ndarray:
         """cell-eval's ``pearson_edistance``, the same value on every group."""
@@ -323,8 +336,14 @@ class CellTypeScorer:
         DEG options.
     """
 
-    def __init__(self, cell_type: str, control: ControlSet, genes: Sequence[str], pca: PCASpace | None,
-                 options: MetricOptions = MetricOptions()) -> None:
+    def __init__(
+        self,
+        cell_type: str,
+        control: ControlSet,
+        genes: Sequence[str],
+        pca: PCASpace | None,
+        options: MetricOptions = MetricOptions(),
+    ) -> None:
         self.cell_type, self.control, self.genes, self.pca, self.options = cell_type, control, list(genes), pca, options
         self._rows: dict[str, list[dict]] = {}
         self._summ: dict[str, list[tuple]] = {}
@@ -348,7 +367,7 @@ class CellTypeScorer:
         des = [None] * len(cells)
         if self.control.ranked is not None:  # every set's DE in one pass over the sorted controls
             obs.de, *des = celleval.de_tables([obs.cells, *cells], self.control.ranked)
-        for mo, p, e, de in zip(models, cells, pred_e, des):
+        for mo, p, e, de in zip(models, cells, pred_e, des, strict=True):
             ctx = GroupContext(p, obs, given_de=de)
             row = {"model": mo, "cell_type": self.cell_type, "perturbation": perturbation, **ctx.row()}
             self._rows.setdefault(mo, []).append(row)
@@ -358,20 +377,31 @@ class CellTypeScorer:
         """All rows, with the cell-type-scope metrics of each model's groups filled in."""
         out = []
         for mo, rows in self._rows.items():
-            perts, real_d, pred_d, real_e, pred_e = zip(*self._summ[mo])
-            ctx = CellTypeContext(list(perts), self.genes, np.stack(real_d), np.stack(pred_d),
-                                  np.asarray(real_e, float), np.asarray(pred_e, float))
+            perts, real_d, pred_d, real_e, pred_e = zip(*self._summ[mo], strict=True)
+            ctx = CellTypeContext(
+                list(perts),
+                self.genes,
+                np.stack(real_d),
+                np.stack(pred_d),
+                np.asarray(real_e, float),
+                np.asarray(pred_e, float),
+            )
             for m in CELL_TYPE_METRICS:
                 values = m.func(ctx) if self.control.cells is not None else np.full(len(rows), math.nan)
-                for row, v in zip(rows, values):
+                for row, v in zip(rows, values, strict=True):
                     row[m.column] = float(v)
             out.extend(rows)
         return out
 
 
-def score_cell_type(cell_type: str, control: ControlSet, genes: Sequence[str], pca: PCASpace | None,
-                    groups: Iterable[tuple[str, np.ndarray, Mapping[str, np.ndarray]]],
-                    options: MetricOptions = MetricOptions()) -> list[dict]:
+def score_cell_type(
+    cell_type: str,
+    control: ControlSet,
+    genes: Sequence[str],
+    pca: PCASpace | None,
+    groups: Iterable[tuple[str, np.ndarray, Mapping[str, np.ndarray]]],
+    options: MetricOptions = MetricOptions(),
+) -> list[dict]:
     """Every metric of every (model, group) of one cell type.
 
     Parameters

@@ -173,9 +173,7 @@ def pairwise_tests(
         if col not in metrics.columns:
             raise PtragError(f"metrics table lacks column {col!r}.")
     models = list(models) if models is not None else sorted(metrics["model"].unique())
-    by_model = {
-        m: metrics[metrics["model"] == m].drop_duplicates(KEYS).set_index(KEYS) for m in models
-    }
+    by_model = {m: metrics[metrics["model"] == m].drop_duplicates(KEYS).set_index(KEYS) for m in models}
     shapiro = {(col, m): shapiro_p(by_model[m][col].to_numpy()) for col in metric_cols for m in models}
     rows = []
     for col in metric_cols:

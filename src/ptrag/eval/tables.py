@@ -118,7 +118,7 @@ def summary_markdown(summary: pd.DataFrame, mode: Literal["ptrag", "gge"] = "ptr
     """
     infos = [m for m in METRICS[mode] if f"{m.column}_mean" in summary.columns]
     models = list(dict.fromkeys(summary["model"]))
-    scopes = [ALL] + sorted(c for c in summary["cell_type"].unique() if c != ALL)
+    scopes = [ALL, *sorted(c for c in summary["cell_type"].unique() if c != ALL)]
     parts = [f"# Evaluation summary ({mode} definitions)\n", "Mean ± std over groups (cell type, perturbation).\n"]
     for scope in scopes:
         s = summary[summary["cell_type"] == scope].set_index("model")
@@ -197,8 +197,13 @@ class ComparisonTable:
     vcc_baseline: str | None = None
 
     def _legend(self) -> str:
-        ref = ("the best baseline of the row (no mark)" if self.reference == BEST_BASELINE
-               else f"model {self.reference}" if self.reference else "the best model of the row")
+        ref = (
+            "the best baseline of the row (no mark)"
+            if self.reference == BEST_BASELINE
+            else f"model {self.reference}"
+            if self.reference
+            else "the best model of the row"
+        )
         name = "Mann–Whitney U" if self.test == "mannwhitney" else "paired Wilcoxon signed-rank"
         return (
             f"Best mean in bold. Marks: {name} test against {ref}, Benjamini–Hochberg adjusted "
@@ -207,7 +212,8 @@ class ComparisonTable:
             f" {r.info.label}: cell-eval's Virtual Cell Challenge score, each metric's mean normalised "
             f"against {self.vcc_baseline} (0 = that baseline, 1 = perfect; a metric worse than the baseline "
             "counts 0) and averaged; not tested."
-            for r in self.rows if r.info.column == VCC_COLUMN
+            for r in self.rows
+            if r.info.column == VCC_COLUMN
         )
 
     def to_markdown(self) -> str:
@@ -228,6 +234,7 @@ class ComparisonTable:
 
     def to_latex(self) -> str:
         """The table as a LaTeX ``table`` (booktabs)."""
+
         def esc(s: str) -> str:
             return re.sub(r"([&%$#_{}])", r"\\\1", str(s))
 
@@ -320,8 +327,9 @@ def _vcc_row(metrics: pd.DataFrame, models: list[str], baseline: str) -> Compari
     counts = metrics["model"].value_counts()
     mean = {mo: scores.get(mo, math.nan) for mo in models}
     n = {mo: int(counts.get(mo, 0)) for mo in models}
-    return ComparisonRow(vcc_info(baseline, used), mean, {mo: math.nan for mo in models}, n,
-                         _best_models(mean, True), None)
+    return ComparisonRow(
+        vcc_info(baseline, used), mean, {mo: math.nan for mo in models}, n, _best_models(mean, True), None
+    )
 
 
 def comparison_table(
@@ -372,7 +380,7 @@ def comparison_table(
     _check_reference(reference, models, baselines)
     infos = _infos(mode, metrics.columns)
     # a cell-type-scope metric repeats one value over the groups of a cell type: no per-group test
-    tested = [m.column for m in infos if m.scope == "group"]
+    tested = [m.column for m in infos if m.tested]
     tests = pairwise_tests(metrics, tested, models) if len(models) > 1 else pd.DataFrame()
     fam = "mwu" if test == "mannwhitney" else "wilcoxon"
     rows = []
@@ -399,8 +407,9 @@ def comparison_table(
                     row.mark[mo] = str(t[f"{fam}_mark"])
         rows.append(row)
     vcc = _vcc_row(metrics, models, vcc_baseline) if mode == "ptrag" and vcc_baseline in models else None
-    return ComparisonTable(title, models, rows + ([vcc] if vcc else []), tests, test, reference,
-                           vcc_baseline if vcc else None)
+    return ComparisonTable(
+        title, models, rows + ([vcc] if vcc else []), tests, test, reference, vcc_baseline if vcc else None
+    )
 
 
 # ------------------------------------------------------------------ ptrag compare
@@ -452,8 +461,7 @@ def load_evaluations(eval_dirs: Sequence[str | Path]) -> tuple[pd.DataFrame, str
         srcs = sorted(allm.loc[dup, "_source"].unique())
         model = allm.loc[dup, "model"].iloc[0]
         raise PtragError(
-            f"model {model!r} appears in more than one evaluation folder ({', '.join(srcs)}); "
-            "give each model once."
+            f"model {model!r} appears in more than one evaluation folder ({', '.join(srcs)}); give each model once."
         )
     return allm.drop(columns="_source"), modes[0]
 

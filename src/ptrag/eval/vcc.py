@@ -94,12 +94,20 @@ def _best_values(columns: Sequence[str]) -> tuple[dict[str, float], list[str]]:
     return best, notes
 
 
-def _score_scope(means: pd.DataFrame, counts: pd.Series, scope: str, baseline: str,
-                 best: dict[str, float], notes: list[str]) -> list[dict[str, object]]:
+def _score_scope(
+    means: pd.DataFrame, counts: pd.Series, scope: str, baseline: str, best: dict[str, float], notes: list[str]
+) -> list[dict[str, object]]:
     """Score every model of one scope from its means (index: model; columns: metrics)."""
     cols = list(best)
-    rows = [{"model": mo, "cell_type": scope, "n_groups": int(counts[mo]),
-             **{f"{c}_mean": float(means.loc[mo, c]) for c in cols}} for mo in means.index]
+    rows = [
+        {
+            "model": mo,
+            "cell_type": scope,
+            "n_groups": int(counts[mo]),
+            **{f"{c}_mean": float(means.loc[mo, c]) for c in cols},
+        }
+        for mo in means.index
+    ]
     if baseline not in means.index:
         reason = "; ".join([*notes, f"baseline {baseline!r} not evaluated here"])
         return [{**r, VCC_COLUMN: np.nan, "reason": reason} for r in rows]
@@ -107,9 +115,10 @@ def _score_scope(means: pd.DataFrame, counts: pd.Series, scope: str, baseline: s
     usable = [c for c in cols if np.isfinite(base[c])]
     notes = [*notes, *(f"{c} skipped (the baseline has no value)" for c in cols if c not in usable)]
     for r in rows:
-        s = normalise_to_baseline(means.loc[r["model"], usable].to_numpy(float), base[usable].to_numpy(),
-                                  np.array([best[c] for c in usable]))
-        r.update({f"{c}_score": float(v) for c, v in zip(usable, s)})
+        s = normalise_to_baseline(
+            means.loc[r["model"], usable].to_numpy(float), base[usable].to_numpy(), np.array([best[c] for c in usable])
+        )
+        r.update({f"{c}_score": float(v) for c, v in zip(usable, s, strict=True)})
         r[VCC_COLUMN] = float(s.mean()) if usable else np.nan
         r["reason"] = "; ".join(notes + ([] if usable else ["no metric to score"]))
     return rows
@@ -183,4 +192,4 @@ def vcc_of_models(metrics: pd.DataFrame, baseline: str = VCC_BASELINE) -> tuple[
     s = vcc_scores(metrics, baseline, by_cell_type=False)
     used = [c for c in VCC_METRICS if f"{c}_score" in s.columns]
     s = s[np.isfinite(s[VCC_COLUMN].astype(float))]
-    return dict(zip(s["model"], s[VCC_COLUMN].astype(float))), used
+    return dict(zip(s["model"], s[VCC_COLUMN].astype(float), strict=True)), used

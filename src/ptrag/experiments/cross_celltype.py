@@ -18,7 +18,8 @@ Layout of ``OUT``::
     seed<S>/<target>/pred/<model>.h5ad       (ptrag predict; <baseline>.h5ad: ptrag predict --baseline)
     seed<S>/<target>/eval/                   (ptrag evaluate)
     seed<S>/tables/                          (ptrag compare over the seed's targets, vs control)
-    tables/                                  (all seeds and targets: Table 1, per target, seeds.md, figures vs the baselines)
+    tables/                                  (all seeds and targets: Table 1, per target, seeds.md,
+                                              figures vs the baselines)
     retrieval/                               (Jaccard heatmap, top contexts, precision/recall)
     sweeps/<model>/                          (--sweeps)
     report.md  report.html
@@ -251,13 +252,19 @@ def cross_celltype(
         targets = list(cell_types) if cell_types else list(data.cell_types)
         for t in targets:
             if t not in data.cell_types:
-                raise PtragError(f"--cell-types: {t!r} is not a cell type of {data_path} ({', '.join(data.cell_types)}).")
+                raise PtragError(
+                    f"--cell-types: {t!r} is not a cell type of {data_path} ({', '.join(data.cell_types)})."
+                )
         if len(data.cell_types) < 2:
             raise PtragError(f"{data_path} has one cell type: the cross-cell-type protocol needs at least two.")
         # every configuration is resolved (and so checked) before the first training
         configs = {
-            seed: {m: resolve_config({**dict(overrides or {}), "model": m, "seed": seed, "data": spec.to_dict()}, preset=preset)
-                   for m in models}
+            seed: {
+                m: resolve_config(
+                    {**dict(overrides or {}), "model": m, "seed": seed, "data": spec.to_dict()}, preset=preset
+                )
+                for m in models
+            }
             for seed in seeds
         }
         for m, cfg in configs[seeds[0]].items():
@@ -275,10 +282,19 @@ def cross_celltype(
         raise
     groups = data.groups()
     manifest = dict(
-        data=str(data_path), n_cells=int(data.n_cells), n_genes=len(data.var_names), cell_types=list(data.cell_types),
-        targets=targets, fewshot=fewshot, seeds=list(seeds), models=models, preset=preset,
-        options=dict(overrides or {}), gene_tables=[str(g) for g in gene_tables],
-        ground_truth=str(ground_truth) if ground_truth else None, machine=_machine(),
+        data=str(data_path),
+        n_cells=int(data.n_cells),
+        n_genes=len(data.var_names),
+        cell_types=list(data.cell_types),
+        targets=targets,
+        fewshot=fewshot,
+        seeds=list(seeds),
+        models=models,
+        preset=preset,
+        options=dict(overrides or {}),
+        gene_tables=[str(g) for g in gene_tables],
+        ground_truth=str(ground_truth) if ground_truth else None,
+        machine=_machine(),
     )
     data.close()
     atomic_write_text(out / "experiment.json", json.dumps(manifest, indent=2) + "\n")
@@ -320,8 +336,19 @@ def cross_celltype(
     experiment_curves(out, seeds[0], targets, models)
     first = out / f"seed{seeds[0]}" / targets[0]
     if sweeps:
-        run_paper_sweeps(data_path, first / "split.toml", out / "sweeps", models, gene_tables, preset, overrides,
-                         seeds[0], spec, progress, ground_truth)
+        run_paper_sweeps(
+            data_path,
+            first / "split.toml",
+            out / "sweeps",
+            models,
+            gene_tables,
+            preset,
+            overrides,
+            seeds[0],
+            spec,
+            progress,
+            ground_truth,
+        )
     if cost and not (out / "cost.csv").is_file():
         from ptrag.train.cost import cost_table
 
@@ -340,8 +367,11 @@ def _machine() -> str:
 
     import torch
 
-    return (f"{platform.system()} {platform.machine()}, {os.cpu_count()} CPU cores, torch {torch.__version__} "
-            f"({torch.get_num_threads()} threads)" + (f", GPU {torch.cuda.get_device_name(0)}" if torch.cuda.is_available() else ""))
+    return (
+        f"{platform.system()} {platform.machine()}, {os.cpu_count()} CPU cores, torch {torch.__version__} "
+        f"({torch.get_num_threads()} threads)"
+        + (f", GPU {torch.cuda.get_device_name(0)}" if torch.cuda.is_available() else "")
+    )
 
 
 def validation_table(out: Path, seeds: Sequence[int], targets: Sequence[str], models: Sequence[str]) -> pd.DataFrame:
@@ -410,7 +440,9 @@ def pooled_tables(eval_dirs: Mapping[tuple[int, str], Path], out_dir: Path) -> P
     metrics, pooled, mode = pooled_metrics(eval_dirs)
     write_comparison(pooled, mode, out_dir, reference=None, test="wilcoxon")
     write_comparison(pooled, mode, out_dir / "vs_control", reference=BASELINE, test="wilcoxon")
-    write_comparison(pooled, mode, out_dir / "vs_baseline", reference=BEST_BASELINE, test="wilcoxon", baselines=BASELINES)
+    write_comparison(
+        pooled, mode, out_dir / "vs_baseline", reference=BEST_BASELINE, test="wilcoxon", baselines=BASELINES
+    )
     write_baseline_figures(metrics, out_dir)
 
     infos = _infos(mode, metrics.columns)
@@ -452,9 +484,28 @@ def run_paper_sweeps(
         if model not in models:
             continue
         base = {k: v for k, v in dict(overrides or {}).items() if k not in grid}
-        sweep(data_path, split_path, out / model, model, grid, gene_tables, preset, base, seed, spec, progress,
-              ground_truth)
-        lines.append(f"- {model}: " + " x ".join(f"{SHORT.get(k, k)} ∈ {{{', '.join(f'{v:g}' for v in vals)}}}"
-                                                 for k, vals in grid.items()))
-    atomic_write_text(out / "README.md", f"The paper's grids, on the split of seed {seed} of `{Path(split_path).parent.name}` "
-                      "(test perturbations of that target; the baselines as horizontal lines, control dashed grey):\n\n" + "\n".join(lines) + "\n")
+        sweep(
+            data_path,
+            split_path,
+            out / model,
+            model,
+            grid,
+            gene_tables,
+            preset,
+            base,
+            seed,
+            spec,
+            progress,
+            ground_truth,
+        )
+        lines.append(
+            f"- {model}: "
+            + " x ".join(f"{SHORT.get(k, k)} ∈ {{{', '.join(f'{v:g}' for v in vals)}}}" for k, vals in grid.items())
+        )
+    atomic_write_text(
+        out / "README.md",
+        f"The paper's grids, on the split of seed {seed} of `{Path(split_path).parent.name}` "
+        "(test perturbations of that target; the baselines as horizontal lines, control dashed grey):\n\n"
+        + "\n".join(lines)
+        + "\n",
+    )

@@ -67,7 +67,7 @@ def plot_training_curves(runs: dict[str, dict[str, Path]], path: str | Path, rag
     if not targets:
         return None
     fig, axes = plt.subplots(len(targets), 2, figsize=(10, 3.0 * len(targets)), squeeze=False)
-    for row, target in zip(axes, targets):
+    for row, target in zip(axes, targets, strict=True):
         ax_e, ax_s = row
         control = None
         for model, c in curves[target].items():
@@ -88,8 +88,9 @@ def plot_training_curves(runs: dict[str, dict[str, Path]], path: str | Path, rag
             ax_s.plot(t["step"], _smooth(t["train/selected_contexts"]), label="training batches (sampled)")
             if "val/selected_contexts" in c:
                 v = c.dropna(subset=["val/selected_contexts"])
-                ax_s.plot(v["step"], v["val/selected_contexts"], marker="o", markersize=3,
-                          label="validation (expected)")
+                ax_s.plot(
+                    v["step"], v["val/selected_contexts"], marker="o", markersize=3, label="validation (expected)"
+                )
             ax_s.set_ylim(bottom=0)
             ax_s.legend(fontsize=7)
         else:

@@ -56,5 +56,13 @@ def run_demo(
     CrossCellTypeResult
         Folders of the evaluations, tables and report.
     """
-    return cross_celltype(None, out_dir, models=models, cell_types=cell_types, seeds=(seed,),
-                          overrides=step_overrides(max_steps), progress=progress, command=command)
+    return cross_celltype(
+        None,
+        out_dir,
+        models=models,
+        cell_types=cell_types,
+        seeds=(seed,),
+        overrides=step_overrides(max_steps),
+        progress=progress,
+        command=command,
+    )

@@ -41,8 +41,9 @@ def _pyplot():
     return plt
 
 
-def best_baseline(metrics: pd.DataFrame, column: str = "pearson_delta",
-                  baselines: Sequence[str] = BASELINES) -> str | None:
+def best_baseline(
+    metrics: pd.DataFrame, column: str = "pearson_delta", baselines: Sequence[str] = BASELINES
+) -> str | None:
     """The baseline with the best mean of ``column`` (NaN skipped).
 
     Parameters
@@ -70,8 +71,9 @@ def best_baseline(metrics: pd.DataFrame, column: str = "pearson_delta",
     return str(means.idxmax() if higher else means.idxmin())
 
 
-def baseline_pairs(metrics: pd.DataFrame, baseline: str, column: str = "pearson_delta",
-                   baselines: Sequence[str] = BASELINES) -> pd.DataFrame:
+def baseline_pairs(
+    metrics: pd.DataFrame, baseline: str, column: str = "pearson_delta", baselines: Sequence[str] = BASELINES
+) -> pd.DataFrame:
     """Each trained model's per-group value of ``column`` beside ``baseline``'s.
 
     Parameters
@@ -107,8 +109,7 @@ def baseline_pairs(metrics: pd.DataFrame, baseline: str, column: str = "pearson_
     return pd.concat(frames, ignore_index=True)[cols] if frames else pd.DataFrame(columns=cols)
 
 
-def baseline_scatter_figure(metrics: pd.DataFrame, column: str = "pearson_delta",
-                            baselines: Sequence[str] = BASELINES):
+def baseline_scatter_figure(metrics: pd.DataFrame, column: str = "pearson_delta", baselines: Sequence[str] = BASELINES):
     """The scatter of every trained model against the best baseline (see the module docstring).
 
     Parameters
@@ -135,7 +136,7 @@ def baseline_scatter_figure(metrics: pd.DataFrame, column: str = "pearson_delta"
     fig, axes = _pyplot().subplots(nrows, ncols, figsize=(3.4 * ncols, 3.3 * nrows), squeeze=False)
     lo, hi = float(np.min(pairs[["x", "y"]].to_numpy())), float(np.max(pairs[["x", "y"]].to_numpy()))
     pad = 0.05 * (hi - lo or 1.0)
-    for ax, model in zip(axes.flat, models):
+    for ax, model in zip(axes.flat, models, strict=False):
         p = pairs[pairs["model"] == model]
         above = int((p["y"] > p["x"]).sum())
         ax.scatter(p["x"], p["y"], s=12, alpha=0.7)
@@ -145,7 +146,7 @@ def baseline_scatter_figure(metrics: pd.DataFrame, column: str = "pearson_delta"
         ax.set_title(f"{model}: {above}/{len(p)} groups above y = x ({above / len(p):.0%})", fontsize=9)
         ax.set_xlabel(f"{base} ({column})", fontsize=8)
         ax.set_ylabel(f"{model} ({column})", fontsize=8)
-    for ax in list(axes.flat)[len(models):]:
+    for ax in list(axes.flat)[len(models) :]:
         ax.set_visible(False)
     fig.tight_layout()
     return fig
@@ -201,7 +202,10 @@ def write_baseline_figures(metrics: pd.DataFrame, out_dir: str | Path) -> dict[s
     """
     out = Path(out_dir)
     written = {}
-    for name, fig in (("baseline_scatter.png", baseline_scatter_figure(metrics)), ("vcc_score.png", vcc_figure(metrics))):
+    for name, fig in (
+        ("baseline_scatter.png", baseline_scatter_figure(metrics)),
+        ("vcc_score.png", vcc_figure(metrics)),
+    ):
         if fig is None:
             (out / name).unlink(missing_ok=True)
             continue

@@ -59,8 +59,13 @@ def _table(df: pd.DataFrame, index: bool = False) -> str:
     from ptrag.eval.tables import _md_table
 
     df = df.reset_index() if index else df
-    whole = {c for c in df.columns if pd.api.types.is_numeric_dtype(df[c]) and not pd.api.types.is_bool_dtype(df[c])
-             and df[c].dropna().map(lambda v: float(v).is_integer()).all()}
+    whole = {
+        c
+        for c in df.columns
+        if pd.api.types.is_numeric_dtype(df[c])
+        and not pd.api.types.is_bool_dtype(df[c])
+        and df[c].dropna().map(lambda v: float(v).is_integer()).all()
+    }
     rows = []
     for _, r in df.iterrows():
         cells = []
@@ -172,13 +177,20 @@ def write_report(out_dir: str | Path, title: str = "ptrag cross-cell-type experi
     out = Path(out_dir)
     manifest_path = out / "experiment.json"
     if not manifest_path.is_file():
-        raise PtragError(f"{out} holds no experiment.json: is it the --out folder of `ptrag experiment cross-celltype`?")
+        raise PtragError(
+            f"{out} holds no experiment.json: is it the --out folder of `ptrag experiment cross-celltype`?"
+        )
     man = json.loads(manifest_path.read_text())
-    parts = [f"# {title}\n",
-             f"Written {_dt.datetime.now().strftime('%Y-%m-%d %H:%M')} by ptrag {__version__} from the files in this folder.\n"]
+    parts = [
+        f"# {title}\n",
+        f"Written {_dt.datetime.now().strftime('%Y-%m-%d %H:%M')} by ptrag {__version__} "
+        "from the files in this folder.\n",
+    ]
 
     cmds = _read(out / COMMANDS_FILE).strip()
-    parts.append("## Commands\n\nThe commands that made this folder (rerunning them resumes, redoing nothing finished):\n")
+    parts.append(
+        "## Commands\n\nThe commands that made this folder (rerunning them resumes, redoing nothing finished):\n"
+    )
     parts.append("```bash\n" + (cmds or "# (run through the Python API)") + "\n```\n")
 
     parts.append("## Setup\n")
@@ -188,30 +200,40 @@ def write_report(out_dir: str | Path, title: str = "ptrag cross-cell-type experi
         f"- Targets (held out in turn): {', '.join(man['targets'])}; few-shot fraction {man['fewshot']}; "
         f"seeds {', '.join(map(str, man['seeds']))}.\n"
         f"- Models: {', '.join(man['models'])}; preset `{man['preset']}`; options {man['options']}.\n"
-        f"- Gene tables: {', '.join(f'`{g}`' for g in man['gene_tables']) or 'none'}.\n")
+        f"- Gene tables: {', '.join(f'`{g}`' for g in man['gene_tables']) or 'none'}.\n"
+    )
     splits = out / "splits.csv"
     if splits.is_file():
         parts.append("Perturbations per split of the target cell type:\n\n" + _table(pd.read_csv(splits)) + "\n")
     val = out / "validation.csv"
     if val.is_file():
-        parts.append("Best validation energy (the checkpoint that predicts; `control` = predicting the control "
-                     "cells):\n\n" + _table(pd.read_csv(val)) + "\n")
+        parts.append(
+            "Best validation energy (the checkpoint that predicts; `control` = predicting the control "
+            "cells):\n\n" + _table(pd.read_csv(val)) + "\n"
+        )
 
     tables = out / "tables"
     parts.append("## Table 1: all target cell types\n")
     parts.append(
         f"Test perturbations of every target cell type{' and every seed, pooled' if len(man['seeds']) > 1 else ''} "
-        "(one sample per (seed, cell type, perturbation)); the control baseline predicts the control cells.\n\n")
+        "(one sample per (seed, cell type, perturbation)); the control baseline predicts the control cells.\n\n"
+    )
     parts.append(_demote(_read(tables / "table_all.md")) + "\n")
     vsb = tables / "vs_baseline"
     win = winners(vsb / "table_all.csv" if (vsb / "table_all.csv").is_file() else tables / "table_all.csv")
     if win:
-        parts.append("### Against the baselines\n\nDoes any model beat the simple baselines? Per metric, the best "
-                     f"baseline (best mean of {', '.join(BASELINES)}) and each trained model against it: `beats it` / "
-                     "`ties` / `is worse` by the paired Wilcoxon test against that baseline (BH-adjusted over the "
-                     "table; q ≥ 0.05 is a tie), or by the means where no test applies (`no test`):\n\n" + win + "\n")
+        parts.append(
+            "### Against the baselines\n\nDoes any model beat the simple baselines? Per metric, the best "
+            f"baseline (best mean of {', '.join(BASELINES)}) and each trained model against it: `beats it` / "
+            "`ties` / `is worse` by the paired Wilcoxon test against that baseline (BH-adjusted over the "
+            "table; q ≥ 0.05 is a tie), or by the means where no test applies (`no test`):\n\n" + win + "\n"
+        )
     if (vsb / "table_all.md").is_file():
-        parts.append("Table 1 with each model tested against the row's best baseline:\n\n" + _demote(_read(vsb / "table_all.md")) + "\n")
+        parts.append(
+            "Table 1 with each model tested against the row's best baseline:\n\n"
+            + _demote(_read(vsb / "table_all.md"))
+            + "\n"
+        )
     for png, alt in BASELINE_FIGURES.items():
         if (tables / png).is_file():
             parts.append(f"![{alt}](tables/{png})\n")
@@ -220,7 +242,9 @@ def write_report(out_dir: str | Path, title: str = "ptrag cross-cell-type experi
         parts.append("\nThe same, each model tested against the control baseline:\n\n" + _demote(_read(vs)) + "\n")
     seeds_md = tables / "seeds.md"
     if seeds_md.is_file():
-        parts.append("### Seed to seed\n\nMean over seeds ± standard deviation of each seed's mean:\n\n" + _read(seeds_md) + "\n")
+        parts.append(
+            "### Seed to seed\n\nMean over seeds ± standard deviation of each seed's mean:\n\n" + _read(seeds_md) + "\n"
+        )
     per_target = [t for t in man["targets"] if (tables / f"table_{_safe(t)}.md").is_file()]
     if per_target:
         parts.append("## Tables 3–6: per target cell type\n")
@@ -237,10 +261,12 @@ def write_report(out_dir: str | Path, title: str = "ptrag cross-cell-type experi
             parts.append("![Jaccard index of the ground truth's informative contexts](retrieval/jaccard_truth.png)\n")
     if (out / "training.png").is_file():
         parts.append("## Training curves\n")
-        parts.append(f"Seed {man['seeds'][0]}: validation energy of every model against the predict-the-control "
-                     "energy (dashed), and the number of contexts a PT-RAG cell selects over training (training "
-                     "batches: Gumbel samples, smoothed; validation: the expected selection that predicts). A "
-                     "collapse of the selection shows as the curve falling to its floor of 1.\n")
+        parts.append(
+            f"Seed {man['seeds'][0]}: validation energy of every model against the predict-the-control "
+            "energy (dashed), and the number of contexts a PT-RAG cell selects over training (training "
+            "batches: Gumbel samples, smoothed; validation: the expected selection that predicts). A "
+            "collapse of the selection shows as the curve falling to its floor of 1.\n"
+        )
         parts.append("![Training curves](training.png)\n")
 
     sweeps = sorted((out / "sweeps").glob("*/sweep.md")) if (out / "sweeps").is_dir() else []
@@ -256,12 +282,25 @@ def write_report(out_dir: str | Path, title: str = "ptrag cross-cell-type experi
     cost = out / "cost.csv"
     if cost.is_file():
         c = pd.read_csv(cost)
-        cols = ["name", "parameters", "batch_size", "cell_set_size", "n_genes", "topk", "gflop_per_batch",
-                "mflop_per_cell", "ms_per_step", "time_vs_first"]
-        parts.append("## Cost\n\nParameters, FLOPs (forward + backward, `torch.utils.flop_counter`) per batch and per "
-                     "cell, and the measured training-step time on this machine (runs of the first seed and "
-                     "target, timed interleaved; `time_vs_first` = step time / the first model's):\n\n"
-                     + _table(c[[k for k in cols if k in c]]) + "\n")
+        cols = [
+            "name",
+            "parameters",
+            "batch_size",
+            "cell_set_size",
+            "n_genes",
+            "topk",
+            "gflop_per_batch",
+            "mflop_per_cell",
+            "ms_per_step",
+            "time_vs_first",
+        ]
+        parts.append(
+            "## Cost\n\nParameters, FLOPs (forward + backward, `torch.utils.flop_counter`) per batch and per "
+            "cell, and the measured training-step time on this machine (runs of the first seed and "
+            "target, timed interleaved; `time_vs_first` = step time / the first model's):\n\n"
+            + _table(c[[k for k in cols if k in c]])
+            + "\n"
+        )
         if "machine" in man:
             parts.append(f"Machine: {man['machine']}.\n")
 
@@ -269,8 +308,10 @@ def write_report(out_dir: str | Path, title: str = "ptrag cross-cell-type experi
     md_path, html_path = out / "report.md", out / "report.html"
     atomic_write_text(md_path, md)
     body = markdown.markdown(md, extensions=["tables", "fenced_code"])
-    html = (f"<!DOCTYPE html>\n<html><head><meta charset=\"utf-8\"><title>{title}</title>"
-            f"<style>{_CSS}</style></head><body>\n{body}\n</body></html>\n")
+    html = (
+        f'<!DOCTYPE html>\n<html><head><meta charset="utf-8"><title>{title}</title>'
+        f"<style>{_CSS}</style></head><body>\n{body}\n</body></html>\n"
+    )
     atomic_write_text(html_path, html)
     return md_path, html_path
 

@@ -18,8 +18,13 @@ import pandas as pd
 from ptrag.errors import atomic_write_csv, atomic_write_text
 
 
-def retrieval_analysis(out: Path, seeds: Sequence[int], targets: Sequence[str], ground_truth: str | Path | None = None,
-                       top: int | None = None) -> Path:
+def retrieval_analysis(
+    out: Path,
+    seeds: Sequence[int],
+    targets: Sequence[str],
+    ground_truth: str | Path | None = None,
+    top: int | None = None,
+) -> Path:
     """The paper's retrieval analyses over the experiment's PT-RAG predictions.
 
     Writes ``out/retrieval/``: ``top_contexts.csv`` (top 10 per seed, cell type and query),
@@ -46,14 +51,26 @@ def retrieval_analysis(out: Path, seeds: Sequence[int], targets: Sequence[str], 
 
     rdir = out / "retrieval"
     md: list[str] = []
-    paths = {(model, seed, t): out / f"seed{seed}" / t / "pred" / f"{model}.retrieval.csv"
-             for model in (("vanilla_rag", "pt_rag") if ground_truth else ("pt_rag",)) for seed in seeds for t in targets}
+    paths = {
+        (model, seed, t): out / f"seed{seed}" / t / "pred" / f"{model}.retrieval.csv"
+        for model in (("vanilla_rag", "pt_rag") if ground_truth else ("pt_rag",))
+        for seed in seeds
+        for t in targets
+    }
     all_logs = {k: pd.read_csv(p) for k, p in paths.items() if p.is_file()}
     logs = {(seed, t): lg for (model, seed, t), lg in all_logs.items() if model == "pt_rag"}
     if logs:
-        ctx = pd.DataFrame([{"seed": s, "target": t, "contexts_per_cell": mean_selected_contexts(lg),
-                             "retrieved_k": int(lg.groupby(["cell_type", "query"]).size().max())}
-                            for (s, t), lg in logs.items()])
+        ctx = pd.DataFrame(
+            [
+                {
+                    "seed": s,
+                    "target": t,
+                    "contexts_per_cell": mean_selected_contexts(lg),
+                    "retrieved_k": int(lg.groupby(["cell_type", "query"]).size().max()),
+                }
+                for (s, t), lg in logs.items()
+            ]
+        )
         atomic_write_csv(rdir / "contexts.csv", ctx)
         truth = load_ground_truth(ground_truth) if ground_truth else None
         k = int(ctx["retrieved_k"].max())
@@ -78,24 +95,30 @@ def retrieval_analysis(out: Path, seeds: Sequence[int], targets: Sequence[str], 
         atomic_write_csv(rdir / "jaccard_queries.csv", cnt, index=True)
         plot_jaccard(jac, rdir / "jaccard.png", title="PT-RAG: Jaccard of selected contexts")
         off = _off_diagonal(jac)
-        md.append(f"Contexts a predicted cell selects (of the K retrieved), mean over test queries: "
-                  f"{format_value(ctx['contexts_per_cell'].mean())} of {ctx['retrieved_k'].max()} "
-                  f"(per seed and target in `retrieval/contexts.csv`).\n")
-        md.append(f"Jaccard index between cell types of the {n_top} contexts most often selected for the same "
-                  f"query gene (the paper's analysis: the 10 most selected of K = 32; here {n_top} of K = {k}), "
-                  "mean over the queries tested in both cell types (and over seeds); number of queries behind "
-                  f"each entry in `retrieval/jaccard_queries.csv`. Off-diagonal: {_range(off)}. Two random "
-                  f"{n_top}-subsets of {k} candidates would give {chance_jaccard(k, n_top):.3f} (the paper's "
-                  f"0.185–0.196 is that level for 10 of 32: {chance_jaccard(32, 10):.3f}).\n")
+        md.append(
+            f"Contexts a predicted cell selects (of the K retrieved), mean over test queries: "
+            f"{format_value(ctx['contexts_per_cell'].mean())} of {ctx['retrieved_k'].max()} "
+            f"(per seed and target in `retrieval/contexts.csv`).\n"
+        )
+        md.append(
+            f"Jaccard index between cell types of the {n_top} contexts most often selected for the same "
+            f"query gene (the paper's analysis: the 10 most selected of K = 32; here {n_top} of K = {k}), "
+            "mean over the queries tested in both cell types (and over seeds); number of queries behind "
+            f"each entry in `retrieval/jaccard_queries.csv`. Off-diagonal: {_range(off)}. Two random "
+            f"{n_top}-subsets of {k} candidates would give {chance_jaccard(k, n_top):.3f} (the paper's "
+            f"0.185–0.196 is that level for 10 of 32: {chance_jaccard(32, 10):.3f}).\n"
+        )
         md.append(_matrix_md(jac))
         if truth_jacs:
             tj = _mean_matrix(truth_jacs)
             atomic_write_csv(rdir / "jaccard_truth.csv", tj, index=True)
             plot_jaccard(tj, rdir / "jaccard_truth.png", title="Ground truth: Jaccard of informative contexts")
-            md.append("The same Jaccard index for the ground truth's informative sets of the same queries (an "
-                      "oracle Stage 2 choosing, among the same Stage-1 candidates, exactly the informative ones; "
-                      f"`retrieval/jaccard_truth.csv`). Off-diagonal: {_range(_off_diagonal(tj))}; PT-RAG: "
-                      f"{_range(_off_diagonal(jac))}.\n")
+            md.append(
+                "The same Jaccard index for the ground truth's informative sets of the same queries (an "
+                "oracle Stage 2 choosing, among the same Stage-1 candidates, exactly the informative ones; "
+                f"`retrieval/jaccard_truth.csv`). Off-diagonal: {_range(_off_diagonal(tj))}; PT-RAG: "
+                f"{_range(_off_diagonal(jac))}.\n"
+            )
             md.append(_matrix_md(tj))
         first = top[(top["seed"] == seeds[0]) & (top["rank"] <= 5)]
         queries = sorted(first["query"].unique())[:5]
@@ -103,25 +126,46 @@ def retrieval_analysis(out: Path, seeds: Sequence[int], targets: Sequence[str], 
             sub = first[first["query"].isin(queries)]
             rows = []
             for (ct, q), g in sub.groupby(["cell_type", "query"]):
-                rows.append([ct, q, ", ".join(f"{c} ({f:.2f})" for c, f in zip(g["candidate"], g["selected_fraction"]))])
-            none = "" if ctx["contexts_per_cell"].max() > 0 else (
-                ". PT-RAG selected no context, so these are the Stage-1 candidates in order of similarity")
-            md.append(f"Top-5 contexts (fraction of the query's cells selecting each) for {len(queries)} queries "
-                      f"of seed {seeds[0]}; all queries, top 10, in `retrieval/top_contexts.csv`{none}:\n\n"
-                      + _md_table(["cell type", "query", "contexts"], rows) + "\n")
+                rows.append(
+                    [
+                        ct,
+                        q,
+                        ", ".join(
+                            f"{c} ({f:.2f})" for c, f in zip(g["candidate"], g["selected_fraction"], strict=True)
+                        ),
+                    ]
+                )
+            none = (
+                ""
+                if ctx["contexts_per_cell"].max() > 0
+                else (". PT-RAG selected no context, so these are the Stage-1 candidates in order of similarity")
+            )
+            md.append(
+                f"Top-5 contexts (fraction of the query's cells selecting each) for {len(queries)} queries "
+                f"of seed {seeds[0]}; all queries, top 10, in `retrieval/top_contexts.csv`{none}:\n\n"
+                + _md_table(["cell type", "query", "contexts"], rows)
+                + "\n"
+            )
     if ground_truth:
-        pr = [retrieval_against_truth(lg, ground_truth, model).query("cell_type != 'all'").assign(seed=seed)
-              for (model, seed, _), lg in all_logs.items()]
+        pr = [
+            retrieval_against_truth(lg, ground_truth, model).query("cell_type != 'all'").assign(seed=seed)
+            for (model, seed, _), lg in all_logs.items()
+        ]
         if pr:
             allpr = pd.concat(pr, ignore_index=True)
             atomic_write_csv(rdir / "precision_recall.csv", allpr)
             cols = ["precision_topk", "recall_topk", "precision_selected", "recall_selected", "n_selected"]
             summ = allpr.groupby("model")[cols].mean()
-            md.append("Against the simulator's ground truth (informative context pairs), macro-averaged over "
-                      "test queries, targets and seeds: Stage-1 top-K for both RAG models, Stage-2 selection for "
-                      "PT-RAG (`retrieval/precision_recall.csv`):\n\n"
-                      + _md_table(["model", *cols], [[m, *[format_value(float(v)) if pd.notna(v) else "–" for v in r]]
-                                                      for m, r in summ.iterrows()]) + "\n")
+            md.append(
+                "Against the simulator's ground truth (informative context pairs), macro-averaged over "
+                "test queries, targets and seeds: Stage-1 top-K for both RAG models, Stage-2 selection for "
+                "PT-RAG (`retrieval/precision_recall.csv`):\n\n"
+                + _md_table(
+                    ["model", *cols],
+                    [[m, *[format_value(float(v)) if pd.notna(v) else "–" for v in r]] for m, r in summ.iterrows()],
+                )
+                + "\n"
+            )
     if md:
         atomic_write_text(rdir / "summary.md", "\n".join(md))
     return rdir
@@ -140,11 +184,19 @@ def _off_diagonal(mat: pd.DataFrame) -> np.ndarray:
 def _matrix_md(mat: pd.DataFrame) -> str:
     from ptrag.eval.tables import _md_table, format_value
 
-    return _md_table(["", *map(str, mat.columns)],
-                     [[str(i), *[format_value(float(v)) if pd.notna(v) else "–" for v in r]]
-                      for i, r in mat.iterrows()]) + "\n"
+    return (
+        _md_table(
+            ["", *map(str, mat.columns)],
+            [[str(i), *[format_value(float(v)) if pd.notna(v) else "–" for v in r]] for i, r in mat.iterrows()],
+        )
+        + "\n"
+    )
 
 
 def _range(values: np.ndarray) -> str:
     v = values[np.isfinite(values)]
-    return "no pair of cell types has a selection to compare" if not len(v) else f"{v.min():.3f}–{v.max():.3f} (mean {v.mean():.3f})"
+    return (
+        "no pair of cell types has a selection to compare"
+        if not len(v)
+        else f"{v.min():.3f}–{v.max():.3f} (mean {v.mean():.3f})"
+    )

@@ -4,9 +4,10 @@ The paper's sweeps are λ_sparse ∈ {0, 0.01, 0.1, 1} x K ∈ {16, 32} for PT-R
 K ∈ {2, 5, 10, 32} for Vanilla RAG (:data:`PAPER_SWEEPS`). Every grid point is one run
 (``runs/<variant>/``), its test predictions and the evaluation of all of them beside the
 baselines (:data:`ptrag.train.baselines.BASELINES`;
-:func:`ptrag.experiments.cross_celltype.run_target`, so a sweep resumes like the experiment). The summary gives, per variant, the mean of every test
-metric, the best validation energy and, for RAG models, the mean number of contexts a cell
-selects (PT-RAG) or receives (Vanilla RAG: all K); one line plot per metric.
+:func:`ptrag.experiments.cross_celltype.run_target`, so a sweep resumes like the
+experiment). The summary gives, per variant, the mean of every test metric, the best
+validation energy and, for RAG models, the mean number of contexts a cell selects (PT-RAG)
+or receives (Vanilla RAG: all K); one line plot per metric.
 
 Layout of ``OUT``::
 
@@ -52,8 +53,9 @@ PLOT_METRICS = {
 
 def variant_name(model: str, point: Mapping[str, Any]) -> str:
     """Folder-safe name of one grid point, e.g. ``pt_rag_lambda0.1_K16``."""
-    return model + "".join(f"_{SHORT.get(k, k)}{v:g}" if isinstance(v, float) else f"_{SHORT.get(k, k)}{v}"
-                           for k, v in point.items())
+    return model + "".join(
+        f"_{SHORT.get(k, k)}{v:g}" if isinstance(v, float) else f"_{SHORT.get(k, k)}{v}" for k, v in point.items()
+    )
 
 
 def grid_points(grid: Mapping[str, Sequence[Any]]) -> list[dict[str, Any]]:
@@ -64,7 +66,7 @@ def grid_points(grid: Mapping[str, Sequence[Any]]) -> list[dict[str, Any]]:
         if not len(vals):
             raise PtragError(f"the sweep gives no value for {k}.")
     keys = list(grid)
-    return [dict(zip(keys, combo)) for combo in itertools.product(*(grid[k] for k in keys))]
+    return [dict(zip(keys, combo, strict=True)) for combo in itertools.product(*(grid[k] for k in keys))]
 
 
 def mean_selected_contexts(retrieval_log: pd.DataFrame) -> float:
@@ -88,7 +90,9 @@ def parse_grid(items: Sequence[str]) -> dict[str, list[Any]]:
     def typed(name: str, text: str) -> Any:
         kind = type(getattr(TrainConfig(), name))
         try:
-            value: Any = {int: int, float: float, bool: lambda t: {"true": True, "false": False}[t.lower()]}.get(kind, str)(text)
+            value: Any = {int: int, float: float, bool: lambda t: {"true": True, "false": False}[t.lower()]}.get(
+                kind, str
+            )(text)
         except (ValueError, KeyError):
             raise PtragError(f"--grid {name}: {text!r} is not a valid {kind.__name__}.") from None
         return _coerce(name, value, f"--grid {name}")
@@ -158,7 +162,8 @@ def sweep(
         ``ground_truth``), the mean of every test metric,
         ``better_than_control`` (fraction of test groups whose PCA-50 energy beats the
         control baseline) and ``wilcoxon_p`` (paired test of that), and a last row for each
-        baseline of :data:`~ptrag.train.baselines.BASELINES` (``variant`` = its name). Also written as ``sweep.csv`` / ``sweep.md``, with ``sweep.png``.
+        baseline of :data:`~ptrag.train.baselines.BASELINES` (``variant`` = its name). Also
+        written as ``sweep.csv`` / ``sweep.md``, with ``sweep.png``.
     """
     from ptrag.experiments.cross_celltype import BASELINE, run_target
 
@@ -180,7 +185,7 @@ def sweep(
     vs = baseline_comparison(metrics, "energy", BASELINE).set_index("model")
     metric_cols = [i.column for i in _infos(str(metrics["mode"].iloc[0]), metrics.columns)]
     rows = []
-    for (name, cfg), point in zip(configs.items(), points):
+    for name, point in zip(configs, points, strict=False):
         m = metrics[metrics["model"] == name]
         summary = json.loads((out / "runs" / name / "train_summary.json").read_text())
         row: dict[str, Any] = {"variant": name, **point, "val_energy": summary["val_energy"]}
@@ -195,10 +200,21 @@ def sweep(
         rows.append(row)
     for name in BASELINES:
         base = metrics[metrics["model"] == name]
-        versus = {"better_than_control": np.nan, "wilcoxon_p": np.nan} if name == BASELINE else \
-            {c: vs.loc[name, c] for c in ("better_than_control", "wilcoxon_p")}
-        rows.append({"variant": name, **{k: np.nan for k in grid}, "val_energy": np.nan, "mean_contexts": np.nan,
-                     **base[metric_cols].mean().to_dict(), **versus})
+        versus = (
+            {"better_than_control": np.nan, "wilcoxon_p": np.nan}
+            if name == BASELINE
+            else {c: vs.loc[name, c] for c in ("better_than_control", "wilcoxon_p")}
+        )
+        rows.append(
+            {
+                "variant": name,
+                **{k: np.nan for k in grid},
+                "val_energy": np.nan,
+                "mean_contexts": np.nan,
+                **base[metric_cols].mean().to_dict(),
+                **versus,
+            }
+        )
     table = pd.DataFrame(rows)
     atomic_write_csv(out / "sweep.csv", table)
     atomic_write_text(out / "sweep.md", sweep_markdown(table, model, list(grid)))
@@ -225,19 +241,36 @@ def sweep_markdown(table: pd.DataFrame, model: str, options: Sequence[str]) -> s
     """The sweep table in Markdown (swept options, val energy, contexts, key test metrics)."""
     from ptrag.eval.tables import _md_table, format_value
 
-    cols = [*options, "val_energy", "mean_contexts", *[c for c in TRUTH_COLUMNS if c in table],
-            *[c for c in PLOT_METRICS if c in table], "better_than_control", "wilcoxon_p"]
-    names = {**{o: SHORT.get(o, o) for o in options}, "val_energy": "best val energy ↓",
-             "mean_contexts": "contexts per cell", "better_than_control": "energy < control (groups)",
-             "precision_topk": "precision Stage 1", "recall_topk": "recall Stage 1",
-             "precision_selected": "precision selected", "recall_selected": "recall selected",
-             "wilcoxon_p": "Wilcoxon p vs control",
-             **{c: lab for c, (lab, _) in PLOT_METRICS.items()}}
+    cols = [
+        *options,
+        "val_energy",
+        "mean_contexts",
+        *[c for c in TRUTH_COLUMNS if c in table],
+        *[c for c in PLOT_METRICS if c in table],
+        "better_than_control",
+        "wilcoxon_p",
+    ]
+    names = {
+        **{o: SHORT.get(o, o) for o in options},
+        "val_energy": "best val energy ↓",
+        "mean_contexts": "contexts per cell",
+        "better_than_control": "energy < control (groups)",
+        "precision_topk": "precision Stage 1",
+        "recall_topk": "recall Stage 1",
+        "precision_selected": "precision selected",
+        "recall_selected": "recall selected",
+        "wilcoxon_p": "Wilcoxon p vs control",
+        **{c: lab for c, (lab, _) in PLOT_METRICS.items()},
+    }
     rows = []
     for _, r in table.iterrows():
         label = f"{r['variant']} baseline" if r["variant"] in BASELINES else r["variant"]
-        rows.append([label, *("" if pd.isna(r[c]) else (_value(r[c]) if c in options else format_value(float(r[c])))
-                             for c in cols)])
+        rows.append(
+            [
+                label,
+                *("" if pd.isna(r[c]) else (_value(r[c]) if c in options else format_value(float(r[c]))) for c in cols),
+            ]
+        )
     return f"### Sweep of {model}\n\n" + _md_table(["variant", *[names[c] for c in cols]], rows) + "\n"
 
 
@@ -258,17 +291,23 @@ def plot_sweep(table: pd.DataFrame, options: Sequence[str], path: str | Path, ti
     bases = table[table["variant"].isin(BASELINES)].set_index("variant")
     x = options[0]
     hue = options[1] if len(options) > 1 else None
-    panels = [c for c in PLOT_METRICS if c in table] + (["mean_contexts"] if runs["mean_contexts"].notna().any() else [])
+    panels = [c for c in PLOT_METRICS if c in table] + (
+        ["mean_contexts"] if runs["mean_contexts"].notna().any() else []
+    )
     fig, axes = plt.subplots(1, len(panels), figsize=(3.4 * len(panels), 3.2), squeeze=False)
     xs = sorted(runs[x].unique())
     positions = {v: i for i, v in enumerate(xs)}  # evenly spaced: the paper's grids are not linear
-    for ax, col in zip(axes[0], panels):
+    for ax, col in zip(axes[0], panels, strict=True):
         groups = runs.groupby(hue, sort=True) if hue else [(None, runs)]
         for key, g in groups:
             g = g.sort_values(x)
-            ax.plot([positions[v] for v in g[x]], g[col], marker="o",
-                    label=f"{SHORT.get(hue, hue)} {_value(key)}" if hue else None)
-        for name, style in zip(bases.index, BASELINE_STYLES):
+            ax.plot(
+                [positions[v] for v in g[x]],
+                g[col],
+                marker="o",
+                label=f"{SHORT.get(hue, hue)} {_value(key)}" if hue else None,
+            )
+        for name, style in zip(bases.index, BASELINE_STYLES, strict=False):
             if col in bases and pd.notna(bases.loc[name, col]):
                 ax.axhline(float(bases.loc[name, col]), color=style[0], linestyle=style[1], linewidth=1, label=name)
         ax.set_xticks(range(len(xs)), [_value(v) for v in xs])

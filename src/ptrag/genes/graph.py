@@ -256,7 +256,7 @@ def embed_edges(edges: pd.DataFrame | PathLike, dim: int = 128, seed: int = 0) -
     keys_b = edges["b"].map(normalize_symbol)
     display = pd.Series(np.concatenate([edges["a"].to_numpy(), edges["b"].to_numpy()]))
     keys = pd.Index(np.concatenate([keys_a.to_numpy(), keys_b.to_numpy()]))
-    uniq, first = np.unique(keys, return_index=True)
+    _, first = np.unique(keys, return_index=True)
     order = np.sort(first)
     genes = pd.Index(keys[order])
     names = display.iloc[order].tolist()

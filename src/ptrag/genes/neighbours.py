@@ -73,7 +73,7 @@ def shared_genes(table: GeneTable, knowledge: Knowledge) -> list[str]:
         known = {normalize_symbol(g) for g in np.concatenate([a, b])}
     nz = table.nonzero()
     out, seen = [], set()
-    for name, ok in zip(table.names, nz):
+    for name, ok in zip(table.names, nz, strict=True):
         key = normalize_symbol(name)
         if ok and key in known and key not in seen:
             seen.add(key)
@@ -91,9 +91,7 @@ def _relation(knowledge: Knowledge, genes: list[str]) -> sp.csr_matrix:
             idx = {pos[k] for k in (normalize_symbol(g) for g in members) if k in pos}
             rows.extend(idx)
             cols.extend([t] * len(idx))
-        return sp.csr_matrix(
-            (np.ones(len(rows), dtype=np.float32), (rows, cols)), shape=(n, len(knowledge))
-        )
+        return sp.csr_matrix((np.ones(len(rows), dtype=np.float32), (rows, cols)), shape=(n, len(knowledge)))
     a, b = _edge_pairs(knowledge)
     ia = np.array([pos.get(normalize_symbol(g), -1) for g in a])
     ib = np.array([pos.get(normalize_symbol(g), -1) for g in b])

@@ -123,7 +123,9 @@ class ModelConfig:
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(values) - known)
         if unknown:
-            raise PtragError(f"unknown model option(s) {', '.join(unknown)}: known options are {', '.join(sorted(known))}.")
+            raise PtragError(
+                f"unknown model option(s) {', '.join(unknown)}: known options are {', '.join(sorted(known))}."
+            )
         cfg = cls(**dict(values))
         cfg.validate()
         return cfg

@@ -100,9 +100,7 @@ class PertEncoder(nn.Module):
         super().__init__()
         if pert_dim < 1 or hidden < 1:
             raise PtragError(f"PertEncoder needs pert_dim and hidden >= 1 (got {pert_dim}, {hidden}).")
-        self.net = nn.Sequential(
-            nn.Linear(pert_dim, hidden), nn.GELU(), nn.Dropout(dropout), nn.Linear(hidden, hidden)
-        )
+        self.net = nn.Sequential(nn.Linear(pert_dim, hidden), nn.GELU(), nn.Dropout(dropout), nn.Linear(hidden, hidden))
         self.pert_dim = pert_dim
         self.hidden = hidden
 

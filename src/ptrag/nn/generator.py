@@ -31,12 +31,22 @@ from torch import nn
 
 from ptrag.errors import PtragError
 from ptrag.nn.backbone import SetTransformer
-from ptrag.nn.encoders import CellEncoder, PertEncoder
 from ptrag.nn.config import CONDITIONINGS, EMPTY_SELECTIONS, EVAL_SELECTIONS, PRESETS, ModelConfig
+from ptrag.nn.encoders import CellEncoder, PertEncoder
 from ptrag.nn.retrieval import PerturbationIndex, TripletSelector
 
-__all__ = ["CONDITIONINGS", "EMPTY_SELECTIONS", "EVAL_SELECTIONS", "PRESETS", "Decoder", "ModelConfig",
-           "ModelOutput", "PerturbationModel", "count_parameters"]
+__all__ = [
+    "CONDITIONINGS",
+    "EMPTY_SELECTIONS",
+    "EVAL_SELECTIONS",
+    "PRESETS",
+    "Decoder",
+    "ModelConfig",
+    "ModelOutput",
+    "PerturbationModel",
+    "count_parameters",
+]
+
 
 @dataclass
 class ModelOutput:
@@ -272,8 +282,9 @@ class PerturbationModel(nn.Module):
                     mode = "sample" if sample_selection else "threshold"
                 rule = self.cfg.empty_selection
                 w, p_include = self.selector.select(logits, mode, "best" if rule == "best" else "none")
-                z = self.selector.aggregate(w, h_ctrl, h_pert, h_ctx, fused=fused, null=rule == "null",
-                                            mean=self.cfg.aggregation == "mean")
+                z = self.selector.aggregate(
+                    w, h_ctrl, h_pert, h_ctx, fused=fused, null=rule == "null", mean=self.cfg.aggregation == "mean"
+                )
                 if rule == "keep":
                     z = z + h_ctrl + h_pert[:, None, :]
                 out.weights, out.p_include = w, p_include

@@ -166,7 +166,9 @@ class PerturbationIndex(nn.Module):
             raise PtragError("this retrieval database was built without database_names: cannot look names up.")
         return build_query_index(names, self.names).to(self.raw.device)
 
-    def search(self, query_vec: torch.Tensor, k: int, exclude: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+    def search(
+        self, query_vec: torch.Tensor, k: int, exclude: torch.Tensor | None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """Top-K cosine candidates of raw query vectors ``[B, D]``; see :func:`retrieve`."""
         # float32 cosine search even under autocast: a bf16 matmul would reorder near ties
         with torch.autocast(device_type=query_vec.device.type, enabled=False):
@@ -180,13 +182,17 @@ class PerturbationIndex(nn.Module):
         names = state.get("names") if isinstance(state, dict) else None
         self.names = None if names is None else [str(x) for x in names]
 
-    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs):  # noqa: D401,E501
+    def _load_from_state_dict(
+        self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs
+    ):
         # Accept a database of another size: resize the buffers before the copy.
         for name in ("raw", "unit"):
             key = prefix + name
             if key in state_dict and state_dict[key].shape != getattr(self, name).shape:
                 setattr(self, name, torch.empty_like(state_dict[key], device=getattr(self, name).device))
-        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs)
+        super()._load_from_state_dict(
+            state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs
+        )
 
 
 from ptrag.nn.selector import TripletSelector  # noqa: E402  (Stage 2, re-exported)
