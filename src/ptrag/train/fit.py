@@ -71,6 +71,23 @@ class TrainResult:
     val_selected_contexts: float | None = None
 
 
+def step_progress_bar():
+    """Lightning's rich progress bar, its description fit for step-bound training: training
+    stops at ``max_steps`` (``max_epochs = -1``), so "Epoch 29/-2" becomes "Epoch 29 of 1500
+    steps"."""
+    from lightning.pytorch.callbacks import RichProgressBar
+
+    class StepProgressBar(RichProgressBar):
+        def _get_train_description(self, current_epoch: int) -> str:
+            t = self.trainer
+            if t.max_epochs is not None and t.max_epochs >= 0:
+                return super()._get_train_description(current_epoch)
+            text = f"Epoch {current_epoch} of {t.max_steps} steps"
+            return f"{text:{len(self.validation_description)}}"
+
+    return StepProgressBar()
+
+
 def write_run_files(cfg: TrainConfig, prep: PreparedRun, run_dir: Path) -> None:
     """Write config.toml, split.toml, genes.txt and pca.npz into the run folder."""
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -161,6 +178,8 @@ def train(
     ]
     if cfg.early_stopping and val_dl is not None:
         callbacks.append(EarlyStopping("val/energy", patience=cfg.early_stopping, mode="min"))
+    if progress:
+        callbacks.append(step_progress_bar())
     trainer = L.Trainer(
         max_steps=cfg.max_steps,
         val_check_interval=min(cfg.val_every, cfg.max_steps) if val_dl is not None else None,
@@ -184,7 +203,7 @@ def train(
     trainer.fit(plan, train_dl, val_dl, ckpt_path=str(last) if resume else None)
     # ModelCheckpoint writes last.ckpt at validations only; the steps after the last validation
     # would be lost, so the final state is saved as last.ckpt (atomically, by Lightning)
-    trainer.save_checkpoint(last)
+    trainer.save_checkpoint(last, weights_only=False)  # the full state: --resume needs it
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
     best = run_dir / "checkpoints" / "best.ckpt"
     best_score = callbacks[0].best_model_score
