@@ -28,6 +28,7 @@ import pandas as pd
 
 from ptrag.data.io import ColumnSpec
 from ptrag.errors import PtragError, atomic_save_figure, atomic_write_csv, atomic_write_text, check_choice
+from ptrag.experiments.split_step import BASELINE, run_target
 from ptrag.train.baselines import BASELINES
 from ptrag.train.config import MODELS, TrainConfig, resolve_config
 
@@ -165,7 +166,6 @@ def sweep(
         baseline of :data:`~ptrag.train.baselines.BASELINES` (``variant`` = its name). Also
         written as ``sweep.csv`` / ``sweep.md``, with ``sweep.png``.
     """
-    from ptrag.experiments.cross_celltype import BASELINE, run_target
 
     check_choice("--model", model, MODELS)
     points = grid_points(grid)
