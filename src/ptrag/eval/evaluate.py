@@ -16,16 +16,14 @@ from __future__ import annotations
 
 import json
 import logging
-import sys
 import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 from typing import Literal
 
 import numpy as np
 import pandas as pd
-import scipy.sparse as sp
 
 from ptrag.errors import (
     PtragError,
@@ -41,6 +39,9 @@ from ptrag.eval.gge import (
     first_condition,
     gge_group_metrics,
 )
+
+# the run folder and the prediction files are read in ptrag.eval.inputs (re-exported here)
+from ptrag.eval.inputs import Predictions, load_run, read_predictions
 from ptrag.eval.metrics import (
     COUNT_COLUMNS,
     ID_COLUMNS,
@@ -52,213 +53,9 @@ from ptrag.eval.pca import PCASpace
 from ptrag.eval.scoring import ControlSet, score_cell_type
 from ptrag.eval.tables import summary_markdown, summary_table
 
-if sys.version_info >= (3, 11):
-    import tomllib
-else:  # pragma: no cover
-    import tomli as tomllib
-
 log = logging.getLogger("ptrag")
 
 Mode = Literal["ptrag", "gge"]
-
-
-# --------------------------------------------------------------------------- the run
-
-
-@dataclass
-class RunInfo:
-    """What evaluation needs from a run folder.
-
-    Attributes
-    ----------
-    run_dir
-        The folder.
-    genes
-        The run's genes, in order (``genes.txt``).
-    data
-        The ``[data]`` table of ``config.toml`` (empty when absent).
-    model
-        The ``model`` key of ``config.toml`` (``None`` when absent).
-    """
-
-    run_dir: Path
-    genes: list[str]
-    data: dict
-    model: str | None
-
-    def pca(self) -> PCASpace:
-        """The run's PCA space (``pca.npz``), checked against the run's genes."""
-        space = PCASpace.load(self.run_dir / "pca.npz")
-        if space.n_genes != len(self.genes) or (space.gene_names and space.gene_names != self.genes):
-            raise PtragError(
-                f"{self.run_dir / 'pca.npz'} was fit on other genes than {self.run_dir / 'genes.txt'} "
-                f"({space.n_genes} vs {len(self.genes)} genes); the run folder is inconsistent: "
-                "re-create pca.npz with the run's genes."
-            )
-        return space
-
-
-def load_run(run_dir: str | Path) -> RunInfo:
-    """Read ``genes.txt`` and ``config.toml`` of a run folder.
-
-    Parameters
-    ----------
-    run_dir
-        The run folder (``--run``).
-
-    Returns
-    -------
-    RunInfo
-    """
-    run_dir = Path(run_dir)
-    if not run_dir.is_dir():
-        raise PtragError(f"run folder not found: {run_dir}. Pass the folder written by training to --run.")
-    gfile = run_dir / "genes.txt"
-    if not gfile.is_file():
-        raise PtragError(
-            f"{gfile} not found: --run must be a run folder written by training (it lists the run's genes)."
-        )
-    genes = [g.strip() for g in gfile.read_text().splitlines() if g.strip()]
-    if not genes:
-        raise PtragError(f"{gfile} lists no genes.")
-    if len(set(genes)) != len(genes):
-        dup = pd.Index(genes)[pd.Index(genes).duplicated()][0]
-        raise PtragError(f"{gfile} lists gene {dup!r} more than once.")
-    data, model = {}, None
-    cfile = run_dir / "config.toml"
-    if cfile.is_file():
-        try:
-            cfg = tomllib.loads(cfile.read_text())
-        except tomllib.TOMLDecodeError as exc:
-            raise PtragError(f"{cfile} is not valid TOML ({exc}).") from exc
-        data = dict(cfg.get("data", {}) or {})
-        model = cfg.get("model") if isinstance(cfg.get("model"), str) else None
-    return RunInfo(run_dir, genes, data, model)
-
-
-# ---------------------------------------------------------------------- predictions
-
-
-@dataclass
-class Predictions:
-    """One prediction file, restricted to the run's genes.
-
-    Attributes
-    ----------
-    path
-        The file.
-    model
-        Model name (``uns["ptrag"]["model"]``, else the file name).
-    X
-        Expression matrix (dense or CSR), columns = the run's genes in order.
-    perturbation, cell_type
-        Per-cell labels (str arrays).
-    is_control
-        Per-cell control flag.
-    control
-        The control label.
-    """
-
-    path: Path
-    model: str
-    X: object
-    perturbation: np.ndarray
-    cell_type: np.ndarray
-    is_control: np.ndarray
-    control: str
-
-    def groups(self) -> pd.DataFrame:
-        """Non-control groups: ``cell_type, perturbation, rows`` (row indices, file order)."""
-        df = pd.DataFrame({"cell_type": self.cell_type, "perturbation": self.perturbation})
-        df = df[~self.is_control]
-        out = [
-            {"cell_type": ct, "perturbation": p, "rows": idx.to_numpy()}
-            for (ct, p), idx in df.groupby(["cell_type", "perturbation"], sort=True).groups.items()
-        ]
-        return pd.DataFrame(out, columns=["cell_type", "perturbation", "rows"])
-
-    def control_rows(self, cell_type: str) -> np.ndarray:
-        """Rows of the control cells of a cell type."""
-        return np.flatnonzero(self.is_control & (self.cell_type == cell_type))
-
-    def cells(self, rows: np.ndarray) -> np.ndarray:
-        """Dense float32 expression of ``rows``."""
-        x = self.X[rows]
-        return (x.toarray() if sp.issparse(x) else np.asarray(x)).astype(np.float32, copy=False)
-
-
-def read_predictions(path: str | Path, genes: Sequence[str], default_control: str = "non-targeting") -> Predictions:
-    """Read a prediction file (written by ``ptrag predict``) and check it against the run.
-
-    Parameters
-    ----------
-    path
-        The ``.h5ad`` prediction file.
-    genes
-        The run's genes; the file must hold all of them (they are taken in this order).
-    default_control
-        Control label when the file does not state one in ``uns["ptrag"]["control"]``.
-
-    Returns
-    -------
-    Predictions
-    """
-    import anndata as ad
-    import h5py
-
-    path = Path(path)
-    if not path.is_file():
-        raise PtragError(f"prediction file not found: {path}. Check --pred.")
-    if not h5py.is_hdf5(path):
-        raise PtragError(f"{path} is not an .h5ad file; --pred takes the output of ptrag predict.")
-    try:
-        adata = ad.read_h5ad(path)
-    except (OSError, KeyError, ValueError, TypeError) as exc:
-        raise PtragError(f"{path} could not be read as AnnData ({exc}); is the file complete?") from exc
-    meta = adata.uns.get("ptrag", {}) or {}
-    meta = dict(meta) if hasattr(meta, "keys") else {}
-    pert_col = str(meta.get("pert_col", "perturbation"))
-    ct_col = str(meta.get("cell_type_col", "cell_type"))
-    control = str(meta.get("control", default_control))
-    model = str(meta.get("model") or path.stem)
-    for col, what in ((pert_col, "perturbation"), (ct_col, "cell type")):
-        if col not in adata.obs.columns:
-            raise PtragError(
-                f"{path}: obs column {col!r} ({what}) not found; a prediction file needs obs columns "
-                f"perturbation, cell_type and is_control (found: {', '.join(map(str, adata.obs.columns))})."
-            )
-    names = pd.Index(adata.var_names.astype(str))
-    missing = [g for g in genes if g not in names]
-    if missing:
-        raise PtragError(
-            f"{path}: {len(missing)} of the run's {len(genes)} genes are absent from the predictions "
-            f"(e.g. {', '.join(missing[:5])}); were they made with this --run?"
-        )
-    if names.has_duplicates:
-        raise PtragError(f"{path}: duplicated gene names in var_names (e.g. {names[names.duplicated()][0]!r}).")
-    X = adata.X
-    if X is None:
-        raise PtragError(f"{path}: X is empty.")
-    idx = names.get_indexer(list(genes))
-    if not np.array_equal(idx, np.arange(len(names))):
-        X = X[:, idx]
-    if sp.issparse(X):
-        X = sp.csr_matrix(X)
-        vals = X.data
-    else:
-        X = np.asarray(X)
-        vals = X
-    if not np.all(np.isfinite(vals)):
-        raise PtragError(f"{path}: predictions contain NaN or Inf values.")
-    pert = adata.obs[pert_col].astype(str).to_numpy()
-    ct = adata.obs[ct_col].astype(str).to_numpy()
-    if "is_control" in adata.obs.columns:
-        is_control = adata.obs["is_control"].astype(bool).to_numpy()
-    else:
-        is_control = pert == control
-    if (~is_control).sum() == 0:
-        raise PtragError(f"{path} holds no predicted (non-control) cells.")
-    return Predictions(path, model, X, pert, ct, is_control, control)
 
 
 # ----------------------------------------------------------------------- evaluation
