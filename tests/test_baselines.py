@@ -171,7 +171,7 @@ def test_predictions_are_relu_of_the_models_matched_controls_plus_shift(files, m
     monkeypatch.setattr(
         PerturbationPlan,
         "forward",
-        lambda self, batch, pert_vec=None, query_index=None: ModelOutput(pred=batch["ctrl_expr"]),
+        lambda self, batch, pert_vec=None, query_index=None, calibrated=False: ModelOutput(pred=batch["ctrl_expr"]),
     )
     identity = predict(run, data).adata
     ctrl = preds["control"].adata

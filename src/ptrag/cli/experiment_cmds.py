@@ -150,6 +150,14 @@ def cross_celltype_cmd(
             show_default=False,
         ),
     ] = None,
+    calibration: Annotated[
+        str | None,
+        typer.Option(
+            "--calibration",
+            help="none | validation: every model's calibration on the validation sets (see ptrag train --help).",
+            show_default=False,
+        ),
+    ] = None,
     sweeps: Annotated[
         bool,
         typer.Option(
@@ -186,7 +194,9 @@ def cross_celltype_cmd(
         fewshot,
         _seeds(seeds),
         preset,
-        _overrides(max_steps, topk=topk, sparsity_weight=sparsity_weight, residual_base=residual_base),
+        _overrides(
+            max_steps, topk=topk, sparsity_weight=sparsity_weight, residual_base=residual_base, calibration=calibration
+        ),
         spec,
         sweeps=sweeps,
         cost=cost,

@@ -9,6 +9,7 @@ import typer
 from rich.console import Console
 
 from ptrag.cli.options import Backed, Layer, ObsmKey
+from ptrag.errors import PtragError
 from ptrag.train.config import PRESETS, TrainConfig
 
 console = Console()
@@ -91,6 +92,15 @@ def train_cmd(
             "residual_base",
             "none (predict a change of the control cells) | "
             "context_mean (a change on top of the cell type's mean training change).",
+        ),
+    ] = None,
+    calibration: Annotated[
+        str | None,
+        _o(
+            "--calibration",
+            "calibration",
+            "none | validation (after training, scale the predicted change's set mean and per-cell spread "
+            "toward the residual base, two scalars fitted on the validation sets).",
         ),
     ] = None,
     empty_selection: Annotated[
@@ -318,10 +328,27 @@ def predict_cmd(
     )
 
 
+def calibrate_cmd(
+    run: Annotated[Path, typer.Option("--run", help="Run folder written by `ptrag train`.")],
+    data: Annotated[Path, typer.Option("--data", help="The run's h5ad file.")],
+    genes: Annotated[list[Path] | None, typer.Option("--genes", help="The run's gene table(s).")] = None,
+) -> None:
+    """Fit (or refit) a trained run's calibration on its validation sets (what
+    `ptrag train --calibration validation` does after training) and store it in its checkpoints."""
+    from ptrag.train.calibrate import calibrate_run
+
+    fitted = calibrate_run(run, data, list(genes or []))
+    if not fitted:
+        raise PtragError(f"{run}: the run has no validation sets to calibrate on; nothing was changed.")
+    for name, c in fitted.items():
+        console.print(f"{name}.ckpt: {c.describe()}")
+
+
 def register(app: typer.Typer) -> None:
     """Add ``train`` and ``predict``."""
     app.command("train")(train_cmd)
     app.command("predict")(predict_cmd)
+    app.command("calibrate")(calibrate_cmd)
     app.command("demo")(demo_cmd)
 
 

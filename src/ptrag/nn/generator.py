@@ -67,6 +67,8 @@ class ModelOutput:
         selects (its expectation for ``expected``); ``weights.mean()`` is the sparsity term.
     p_include
         ``[B, S, K]`` softmax include probability (PT-RAG only).
+    delta
+        ``[B, S, G]`` the decoder's change before the ReLU (``pred = relu(base + delta)``).
     """
 
     pred: torch.Tensor
@@ -74,6 +76,7 @@ class ModelOutput:
     similarity: torch.Tensor | None = None
     weights: torch.Tensor | None = None
     p_include: torch.Tensor | None = None
+    delta: torch.Tensor | None = None
 
 
 class Decoder(nn.Module):
@@ -288,8 +291,8 @@ class PerturbationModel(nn.Module):
                 if rule == "keep":
                     z = z + h_ctrl + h_pert[:, None, :]
                 out.weights, out.p_include = w, p_include
-        delta = self.decoder(self.backbone(z))
-        out.pred = torch.relu(ctrl_expr + delta)
+        out.delta = self.decoder(self.backbone(z))
+        out.pred = torch.relu(ctrl_expr + out.delta)
         return out
 
 

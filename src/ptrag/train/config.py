@@ -60,6 +60,11 @@ class TrainConfig:
         residual) or ``context_mean`` (the control cells shifted by the mean change of their
         cell type's training groups, arc-state's ContextMean baseline; the network learns the
         residual on top of it).
+    calibration
+        ``validation``: after training, fit two scales of the network's change on the
+        validation sets (its set mean, ``alpha``, and each cell's deviation from it, ``beta``;
+        :mod:`ptrag.train.calibrate`), applied by ``ptrag predict``; ``none``: predict with the
+        network as trained.
     sparsity_scale
         ``control`` (the sparsity term is lambda x the batch's predict-the-control energy x
         mean(w): lambda is relative to the data's energy scale) or ``absolute`` (lambda x
@@ -132,6 +137,7 @@ class TrainConfig:
     sparsity_weight: float = 0.1
     sparsity_scale: Literal["control", "absolute"] = "control"
     residual_base: Literal["none", "context_mean"] = "none"
+    calibration: Literal["none", "validation"] = "none"
     empty_selection: Literal["best", "null", "paper", "keep"] = "best"
     aggregation: Literal["sum", "mean"] = "sum"
     train_selection: Literal["sample", "threshold", "expected"] = "sample"

@@ -88,11 +88,21 @@ def step_progress_bar():
     return StepProgressBar()
 
 
+def _calibrate(cfg: TrainConfig, checkpoints: Sequence[Path], val_dl, pca) -> dict:
+    """``--calibration validation``: fit and store each checkpoint's calibration."""
+    if cfg.calibration == "none":
+        return {}
+    from ptrag.train.calibrate import calibrate_checkpoint
+
+    fitted = {p.stem: calibrate_checkpoint(p, val_dl, pca) for p in checkpoints if p.is_file()}
+    return {k: c.to_dict() for k, c in fitted.items() if c is not None}
+
+
 def write_run_files(cfg: TrainConfig, prep: PreparedRun, run_dir: Path) -> None:
     """Write config.toml, split.toml, genes.txt and pca.npz into the run folder."""
     run_dir.mkdir(parents=True, exist_ok=True)
     cfg.to_toml(run_dir / "config.toml")
-    prep.split.to_toml(run_dir / "split.toml")
+    (prep.source_split or prep.split).to_toml(run_dir / "split.toml")
     atomic_write_text(run_dir / "genes.txt", "\n".join(prep.genes) + "\n")
     prep.pca.save(run_dir / "pca.npz")
 
@@ -206,6 +216,7 @@ def train(
     trainer.save_checkpoint(last, weights_only=False)  # the full state: --resume needs it
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
     best = run_dir / "checkpoints" / "best.ckpt"
+    calibration = _calibrate(cfg, [best, last], val_dl, prep.pca) if trainer.is_global_zero else {}
     best_score = callbacks[0].best_model_score
     result = TrainResult(
         run_dir=run_dir,
@@ -226,6 +237,7 @@ def train(
                 "val_energy_last": metrics.get("val/energy"),
                 "val_energy_control": result.val_energy_control,
                 "n_parameters": result.n_parameters,
+                "calibration": calibration,
                 "metrics": metrics,
             },
             indent=2,

@@ -25,6 +25,22 @@ from ptrag.nn.generator import ModelConfig, ModelOutput, PerturbationModel
 ENERGY_REF = 10.0
 
 
+def calibrated_prediction(base: torch.Tensor, delta: torch.Tensor, alpha: float, beta: float) -> torch.Tensor:
+    """The network's cells ``y = relu(base + delta)`` moved toward the residual base's cells
+    ``b = relu(base)``, per set (dim 1): the set mean becomes ``mean(b) + alpha * (mean(y) -
+    mean(b))`` and each cell's deviation from it ``beta * (y - mean(y)) + (1 - beta) * (b -
+    mean(b))``; the result is clipped at 0. ``alpha = beta = 1`` is the network as trained,
+    ``alpha = beta = 0`` the residual base's cells, ``alpha = 1, beta = 0`` the base's cells
+    shifted to the network's mean."""
+    y = torch.relu(base + delta)
+    if alpha == 1.0 and beta == 1.0:
+        return y
+    b = torch.relu(base)
+    y_mean, b_mean = y.mean(1, keepdim=True), b.mean(1, keepdim=True)
+    mean = b_mean + alpha * (y_mean - b_mean)
+    return torch.relu(mean + beta * (y - y_mean) + (1.0 - beta) * (b - b_mean))
+
+
 class PerturbationPlan(L.LightningModule):
     """Train a :class:`PerturbationModel` on cell sets.
 
@@ -63,6 +79,14 @@ class PerturbationPlan(L.LightningModule):
         ``[n_cell_types, n_genes]`` shift added to the control cells before the network's
         change (``--residual-base context_mean``: each cell type's mean training change);
         ``None``: no shift. A cell type outside ``cell_types`` gets none.
+
+    Notes
+    -----
+    The ``calibration`` buffer ``[alpha, beta]`` (identity ``[1, 1]`` until
+    :func:`ptrag.train.calibrate.calibrate_checkpoint` fits it on the validation sets) scales
+    the network's departure from the residual base at prediction (:func:`calibrated_prediction`:
+    ``alpha`` that of the set mean, ``beta`` that of each cell's deviation from it). Training and validation losses
+    never use it (``forward(..., calibrated=False)``).
     """
 
     def __init__(
@@ -116,19 +140,30 @@ class PerturbationPlan(L.LightningModule):
             self.register_buffer("base_shift", shift)
         else:
             self.base_shift = None
+        self.register_buffer("calibration", torch.ones(2))
 
     # --------------------------------------------------------------- forward
     def forward(
-        self, batch: dict, pert_vec: torch.Tensor | None = None, query_index: torch.Tensor | None = None
+        self,
+        batch: dict,
+        pert_vec: torch.Tensor | None = None,
+        query_index: torch.Tensor | None = None,
+        calibrated: bool = False,
     ) -> ModelOutput:
         """Predict the perturbed sets of a batch.
 
-        ``pert_vec`` / ``query_index`` override the table lookup (unseen perturbations).
+        ``pert_vec`` / ``query_index`` override the table lookup (unseen perturbations);
+        ``calibrated`` applies the ``calibration`` buffer (prediction only).
         """
         if pert_vec is None:
             pert_vec = self.pert_table[batch["pert_id"]]
             query_index = self.pert_to_db[batch["pert_id"]]
-        return self.model(self.residual_base(batch), batch["cell_input"], pert_vec, query_index)
+        base = self.residual_base(batch)
+        out = self.model(base, batch["cell_input"], pert_vec, query_index)
+        if calibrated:
+            alpha, beta = (float(v) for v in self.calibration)
+            out.pred = calibrated_prediction(base, out.delta, alpha, beta)
+        return out
 
     def residual_base(self, batch: dict) -> torch.Tensor:
         """What the network's change is added to: the control cells, shifted by their cell
@@ -184,6 +219,10 @@ class PerturbationPlan(L.LightningModule):
         self.log(f"{stage}/loss", terms["loss"], batch_size=bs, sync_dist=sync)
         return terms["loss"]
 
+    def on_train_start(self) -> None:
+        # a resumed checkpoint may carry the calibration of its run; training refits it at the end
+        self.calibration.fill_(1.0)
+
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
         return self._loss(batch, "train")
 
@@ -202,6 +241,8 @@ class PerturbationPlan(L.LightningModule):
         checkpoint["ptrag_rng"] = rng
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
+        # checkpoints written before calibration existed load with the identity
+        checkpoint.get("state_dict", {}).setdefault("calibration", torch.ones(2))
         self._pending_rng = checkpoint.get("ptrag_rng")
         sampler = self.train_sampler
         if sampler is not None and "global_step" in checkpoint:

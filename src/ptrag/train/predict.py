@@ -224,7 +224,7 @@ def _run_network(
                 qidx = torch.tensor(
                     [int(plan.pert_to_db[pert_index[n]]) if n in pert_index else -1 for n in names], device=device
                 )
-                out = plan(batch, pert_vec=vec, query_index=qidx)
+                out = plan(batch, pert_vec=vec, query_index=qidx, calibrated=True)
                 for cs_i, p in zip(idxs[start : start + batch_size], out.pred.cpu().numpy(), strict=True):
                     outputs[cs_i] = p
                 if out.candidates is not None:

@@ -37,6 +37,10 @@ class PreparedRun:
         The data set.
     split
         The split (groups whose perturbation cannot be represented are removed).
+    source_split
+        The split as given or made, before that removal: what the run folder's ``split.toml``
+        holds (cell-load's format lists only the held-out groups, so a removed held-out group
+        written out would read back as a training group).
     genes
         Output genes, in order.
     pert_names, pert_vectors
@@ -66,6 +70,7 @@ class PreparedRun:
     pca: object
     cell_types: list[str] = field(default_factory=list)
     base_shift: np.ndarray | None = None
+    source_split: Split | None = None
 
 
 def training_rows(data: PerturbData, split: Split) -> np.ndarray:
@@ -148,6 +153,7 @@ def prepare_run(
         seed=cfg.seed,
     )
     train_perts = split.perturbations("train")
+    source_split = split
     if cfg.uses_gene_table:
         pert_names = sorted(split.table["perturbation"].unique())
         pert_vectors, _ = perturbation_vectors(pert_names, table, "error")
@@ -190,6 +196,7 @@ def prepare_run(
         pca=pca,
         cell_types=cell_types,
         base_shift=_base_shift(cfg, data, split, genes, pert_names, cell_types),
+        source_split=source_split,
     )
 
 
