@@ -152,7 +152,7 @@ def test_out_of_memory_suggests_backed_mode(tmp_path, monkeypatch, capsys):
 
 
 def test_file_larger_than_memory_is_refused_before_loading(tmp_path, monkeypatch, capsys):
-    import ptrag.data.io as io
+    import ptrag.data.checks as io
 
     a = make_adata()
     a.write_h5ad(tmp_path / "d.h5ad")

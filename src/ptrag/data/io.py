@@ -20,6 +20,7 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
+from ptrag.data.checks import available_memory, check_fits_in_memory, check_labels, check_names
 from ptrag.errors import PtragError
 
 log = logging.getLogger("ptrag")
@@ -347,7 +348,7 @@ def read_perturbseq(
             "(e.g. scanpy.read_10x_h5 / anndata.read_csv, then .write_h5ad)."
         )
     if not backed:
-        _check_fits_in_memory(path)
+        check_fits_in_memory(path)
     h5file = None
     try:
         adata = ad.read_h5ad(path, backed="r") if backed else ad.read_h5ad(path)
@@ -355,6 +356,7 @@ def read_perturbseq(
         raise PtragError(f"{path} could not be read as AnnData ({exc}); is the file complete?") from exc
     if adata.n_obs == 0 or adata.n_vars == 0:
         raise PtragError(f"{path} holds no cells or no genes ({adata.n_obs} x {adata.n_vars}).")
+    check_names(adata.obs_names, None if spec.obsm_key else adata.var_names, path)
 
     spec = _resolve_columns(adata.obs, spec, set(spec_is_default), path)
     obs = _normalised_obs(adata.obs, spec, path)
@@ -365,59 +367,6 @@ def read_perturbseq(
     data._obsm = adata.obsm
     _check_values(data)
     return data
-
-
-def available_memory() -> int | None:
-    """Bytes of memory available to a new allocation (Linux ``MemAvailable``), else ``None``."""
-    try:
-        with open("/proc/meminfo") as f:
-            for line in f:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        return None
-    return None
-
-
-def h5ad_memory_bytes(path: str | Path) -> int:
-    """Uncompressed size of every array in an ``.h5ad`` file: what ``anndata.read_h5ad`` loads.
-
-    Parameters
-    ----------
-    path
-        An HDF5 file.
-
-    Returns
-    -------
-    int
-        Sum over datasets of ``size * itemsize`` (string datasets count their element size).
-    """
-    total = 0
-
-    def visit(_name: str, obj) -> None:
-        nonlocal total
-        if isinstance(obj, h5py.Dataset):
-            total += int(obj.size or 0) * int(obj.dtype.itemsize)
-
-    with h5py.File(path, "r") as f:
-        f.visititems(visit)
-    return total
-
-
-def _check_fits_in_memory(path: Path, headroom: float = 0.8) -> None:
-    free = available_memory()
-    if free is None:
-        return
-    try:
-        need = h5ad_memory_bytes(path)
-    except OSError:  # unreadable: anndata's reader below gives the message
-        return
-    if need > headroom * free:
-        gib = 1024**3
-        raise PtragError(
-            f"{path} needs about {need / gib:.1f} GiB in memory but only {free / gib:.1f} GiB are available: "
-            "pass --backed to stream the expression matrix from disk instead of loading it."
-        )
 
 
 def _backed_uns(adata) -> dict:
@@ -462,9 +411,11 @@ def _resolve_columns(obs: pd.DataFrame, spec: ColumnSpec, defaults: set[str], pa
                 f"{path}: obs column {spec.batch_col!r} (batch) not found; pass --batch-col '' for none "
                 f"or one of: {', '.join(cols)}."
             )
-    labels = obs[spec.pert_col].astype(str)
+    check_labels(obs, ColumnSpec(**{**asdict(spec), **changes}), path)
+    labels = obs[spec.pert_col].astype(str).str.strip()  # labels are compared stripped
     if not (labels == spec.control).any():
-        alt = [c for c in _ALTERNATIVES["control"] if (labels == c).any() and c != spec.control]
+        alt = [c for c in labels.unique() if c.lower() == spec.control.strip().lower()]
+        alt += [c for c in _ALTERNATIVES["control"] if (labels == c).any() and c != spec.control]
         common = labels.value_counts().index[:5].tolist()
         hint = (
             f" This file labels controls {alt[0]!r}: pass --control {alt[0]}."

@@ -152,6 +152,8 @@ def train(
     from ptrag.nn.generator import count_parameters
 
     run_dir = Path(out_dir)
+    if run_dir.exists() and not run_dir.is_dir():
+        raise PtragError(f"--out {run_dir} is a file; a run is a folder: choose another --out or remove the file.")
     last = run_dir / "checkpoints" / "last.ckpt"
     if resume and not last.is_file():
         raise PtragError(f"--resume: no checkpoint to resume from at {last}; start the run without --resume.")
