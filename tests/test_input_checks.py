@@ -77,3 +77,22 @@ def test_train_out_naming_a_file_is_refused_before_any_work(tmp_path, capsys):
     err = " ".join(capsys.readouterr().err.split())
     assert "is a file; a run is a folder" in err and "Traceback" not in err
     assert out.read_text() == "keep me"
+
+
+def test_evaluation_summary_of_a_screen_without_cell_types():
+    """The implicit cell type of a screen without a cell-type column is called "all", like the
+    pooled scope; the summary of several predictions used to crash on the duplicated index."""
+    import pandas as pd
+
+    from ptrag.eval.tables import summary_markdown, summary_table
+
+    rows = [
+        {"model": m, "cell_type": "all", "perturbation": p, "pearson_delta": v, "mse": v / 10}
+        for m, base in (("state", 0.3), ("control", 0.0))
+        for p, v in (("P0", base + 0.1), ("P1", base + 0.3))
+    ]
+    summary = summary_table(pd.DataFrame(rows))
+    assert len(summary) == 2 and set(summary["cell_type"]) == {"all"}
+    assert summary.set_index("model").loc["state", "pearson_delta_mean"] == pytest.approx(0.5)
+    text = summary_markdown(summary)
+    assert text.count("## All cell types") == 1 and "Cell type all" not in text

@@ -90,8 +90,10 @@ def summary_table(metrics: pd.DataFrame, mode: Literal["ptrag", "gge"] = "ptrag"
     infos = _infos(mode, metrics.columns)
     rows = []
     for model, gm in metrics.groupby("model", sort=True):
-        scopes = [(ALL, gm)] + [(ct, g) for ct, g in gm.groupby("cell_type", sort=True)]
-        for ct, g in scopes:
+        per_type = list(gm.groupby("cell_type", sort=True))
+        if len(per_type) == 1 and per_type[0][0] == ALL:  # a screen without a cell-type column
+            per_type = []  # its one implicit cell type, "all", is the pooled scope itself
+        for ct, g in [(ALL, gm), *per_type]:
             row: dict[str, object] = {"model": model, "cell_type": ct, "n_groups": len(g)}
             for m in infos:
                 v = g[m.column].astype(float)
