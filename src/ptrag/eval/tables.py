@@ -90,10 +90,8 @@ def summary_table(metrics: pd.DataFrame, mode: Literal["ptrag", "gge"] = "ptrag"
     infos = _infos(mode, metrics.columns)
     rows = []
     for model, gm in metrics.groupby("model", sort=True):
-        per_type = list(gm.groupby("cell_type", sort=True))
-        if len(per_type) == 1 and per_type[0][0] == ALL:  # a screen without a cell-type column
-            per_type = []  # its one implicit cell type, "all", is the pooled scope itself
-        for ct, g in [(ALL, gm), *per_type]:
+        single = (gm["cell_type"] == ALL).all()  # no cell-type column: its one cell type is the pooled scope
+        for ct, g in [(ALL, gm)] + ([] if single else list(gm.groupby("cell_type", sort=True))):
             row: dict[str, object] = {"model": model, "cell_type": ct, "n_groups": len(g)}
             for m in infos:
                 v = g[m.column].astype(float)
