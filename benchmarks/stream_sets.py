@@ -65,7 +65,7 @@ def main() -> None:
     t_open = time.perf_counter() - t
     genes = data.var_names
     if args.hvg:
-        from ptrag.data.io import select_hvg
+        from ptrag.data.hvg import select_hvg
 
         t = time.perf_counter()
         genes = select_hvg(data, np.arange(data.n_cells), args.hvg, max_cells=20_000)

@@ -7,7 +7,8 @@ import pytest
 import scanpy as sc
 from _data import make_adata
 
-from ptrag.data.io import ColumnSpec, detect_counts, read_perturbseq, select_hvg
+from ptrag.data.hvg import select_hvg
+from ptrag.data.io import ColumnSpec, detect_counts, read_perturbseq
 from ptrag.errors import PtragError
 
 

@@ -10,6 +10,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 import pandas as pd
+import scipy.sparse as sp
 
 from ptrag.errors import PtragError
 
@@ -126,3 +127,56 @@ def check_fits_in_memory(path: Path, headroom: float = 0.8) -> None:
             f"{path} needs about {need / gib:.1f} GiB in memory but only {free / gib:.1f} GiB are available: "
             "pass --backed to stream the expression matrix from disk instead of loading it."
         )
+
+
+def detect_counts(matrix, uns, obsm: bool = False, n_rows: int = 2000) -> bool:
+    """Decide whether a matrix holds raw counts rather than log-normalised values.
+
+    Counts: all sampled non-zero values are integers and ``uns`` has no ``log1p`` entry.
+    ``obsm`` embeddings are never counts.
+
+    Parameters
+    ----------
+    matrix
+        In-memory or backed cells x genes matrix.
+    uns
+        The file's ``uns`` mapping.
+    obsm
+        Whether the matrix comes from ``obsm``.
+    n_rows
+        How many leading rows to sample.
+
+    Returns
+    -------
+    bool
+    """
+    if obsm or "log1p" in uns:
+        return False
+    n = min(n_rows, matrix.shape[0])
+    block = matrix[np.arange(n)] if isinstance(matrix, h5py.Dataset) else matrix[:n]
+    vals = block.data if sp.issparse(block) else np.asarray(block).ravel()
+    vals = vals[np.isfinite(vals) & (vals != 0)]
+    if vals.size == 0:
+        return False
+    return bool(np.all(np.equal(np.mod(vals, 1), 0)) and vals.max() > 1)
+
+
+def check_values(data) -> None:
+    """Refuse NaN / Inf expression, and negative values in what should be counts or log-expression."""
+    where = (
+        f"layer {data.spec.layer!r}"
+        if data.spec.layer
+        else (f"obsm {data.spec.obsm_key!r}" if data.spec.obsm_key else "X")
+    )
+    from ptrag.data.io import raw_chunks  # io imports this module: imported when called
+
+    for _, block in raw_chunks(data):
+        vals = block.data if sp.issparse(block) else np.asarray(block)
+        if not np.all(np.isfinite(vals)):
+            raise PtragError(f"{data.path}: {where} contains NaN or Inf values; fix or drop those cells before use.")
+        if data.spec.obsm_key is None and np.any(vals < 0):
+            raise PtragError(
+                f"{data.path}: {where} contains negative expression values; ptrag expects counts or "
+                "log1p-normalised expression (scaled / centred data cannot be used: pass --layer with "
+                "the unscaled values)."
+            )

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import anndata as ad
@@ -20,66 +19,14 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
-from ptrag.data.checks import available_memory, check_fits_in_memory, check_labels, check_names
+from ptrag.data.checks import available_memory, check_fits_in_memory, check_names, check_values, detect_counts
+from ptrag.data.columns import DEFAULT_SPEC, ColumnSpec, normalised_obs, resolve_columns
 from ptrag.errors import PtragError
 
 log = logging.getLogger("ptrag")
 
-#: Alternatives that users' files often carry instead of the defaults.
-_ALTERNATIVES = {
-    "pert_col": ("target_gene", "perturbation", "gene_symbol", "condition", "guide_target", "gene"),
-    "cell_type_col": ("cell_line", "celltype", "cell_type", "cell_type_name"),
-    "batch_col": ("batch", "gem_group", "gemgroup", "plate"),
-    "control": ("non-targeting", "control", "ctrl", "non_targeting", "NT", "nontargeting"),
-}
-
 #: Cells read per chunk when streaming a backed file.
 CHUNK_CELLS = 20_000
-
-
-@dataclass(frozen=True)
-class ColumnSpec:
-    """Where the metadata and the expression of a Perturb-seq file are.
-
-    Parameters
-    ----------
-    pert_col
-        obs column with the perturbed gene of each cell.
-    cell_type_col
-        obs column with the cell type; ``None`` for a data set with one cell type.
-    batch_col
-        obs column with the batch (gem group); ``None`` for none.
-    control
-        Label of control cells in ``pert_col``.
-    layer
-        Read expression from ``adata.layers[layer]`` instead of ``X``.
-    obsm_key
-        Read expression from ``adata.obsm[obsm_key]`` instead of ``X``.
-    """
-
-    pert_col: str = "gene"
-    cell_type_col: str | None = "cell_type"
-    batch_col: str | None = "gem_group"
-    control: str = "non-targeting"
-    layer: str | None = None
-    obsm_key: str | None = None
-
-    def to_dict(self) -> dict:
-        """The spec as a TOML-friendly dict (``None`` written as ``""``)."""
-        return {k: ("" if v is None else v) for k, v in asdict(self).items()}
-
-    @classmethod
-    def from_dict(cls, d: dict) -> ColumnSpec:
-        """Inverse of :meth:`to_dict`."""
-        fields = {f: d.get(f, getattr(cls(), f)) for f in cls.__dataclass_fields__}
-        for k in ("cell_type_col", "batch_col", "layer", "obsm_key"):
-            if fields[k] == "":
-                fields[k] = None
-        return cls(**fields)
-
-
-#: Column defaults that are silently dropped when absent (optional metadata).
-_DEFAULT = ColumnSpec()
 
 
 class PerturbData:
@@ -337,7 +284,7 @@ def read_perturbseq(
     spec = spec or ColumnSpec()
     path = Path(path)
     if spec_is_default is None:
-        spec_is_default = [f for f in ColumnSpec.__dataclass_fields__ if getattr(spec, f) == getattr(_DEFAULT, f)]
+        spec_is_default = [f for f in ColumnSpec.__dataclass_fields__ if getattr(spec, f) == getattr(DEFAULT_SPEC, f)]
     if not path.exists():
         raise PtragError(f"data file not found: {path}. Check the path given to --data.")
     if path.is_dir():
@@ -358,14 +305,14 @@ def read_perturbseq(
         raise PtragError(f"{path} holds no cells or no genes ({adata.n_obs} x {adata.n_vars}).")
     check_names(adata.obs_names, None if spec.obsm_key else adata.var_names, path)
 
-    spec = _resolve_columns(adata.obs, spec, set(spec_is_default), path)
-    obs = _normalised_obs(adata.obs, spec, path)
+    spec = resolve_columns(adata.obs, spec, set(spec_is_default), path)
+    obs = normalised_obs(adata.obs, spec, path)
 
     var_names, matrix, h5file = _expression_source(adata, spec, path, backed)
     is_counts = detect_counts(matrix, adata.uns if not backed else _backed_uns(adata), obsm=spec.obsm_key is not None)
     data = PerturbData(path, spec, obs, var_names, matrix, is_counts, backed, h5file)
     data._obsm = adata.obsm
-    _check_values(data)
+    check_values(data)
     return data
 
 
@@ -374,101 +321,6 @@ def _backed_uns(adata) -> dict:
         return dict(adata.uns)
     except Exception:  # noqa: BLE001 -- uns is optional metadata
         return {}
-
-
-def _resolve_columns(obs: pd.DataFrame, spec: ColumnSpec, defaults: set[str], path: Path) -> ColumnSpec:
-    cols = list(obs.columns)
-
-    def suggest(kind: str, current: str | None) -> list[str]:
-        return [c for c in _ALTERNATIVES[kind] if c in cols and c != current]
-
-    if spec.pert_col not in cols:
-        alt = suggest("pert_col", spec.pert_col)
-        hint = (
-            f" This file has {alt[0]!r}: pass --pert-col {alt[0]}."
-            if alt
-            else f" Its obs columns are: {', '.join(cols)}."
-        )
-        raise PtragError(f"{path}: obs column {spec.pert_col!r} (perturbation) not found.{hint}")
-    changes = {}
-    if spec.cell_type_col is not None and spec.cell_type_col not in cols:
-        alt = suggest("cell_type_col", spec.cell_type_col)
-        if "cell_type_col" in defaults and not alt:
-            log.info("%s has no %r column: treating it as one cell type.", path.name, spec.cell_type_col)
-            changes["cell_type_col"] = None
-        else:
-            hint = (
-                f" This file has {alt[0]!r}: pass --cell-type-col {alt[0]}."
-                if alt
-                else f" Pass --cell-type-col '' for a single cell type; obs columns are: {', '.join(cols)}."
-            )
-            raise PtragError(f"{path}: obs column {spec.cell_type_col!r} (cell type) not found.{hint}")
-    if spec.batch_col is not None and spec.batch_col not in cols:
-        if "batch_col" in defaults:
-            changes["batch_col"] = None
-        else:
-            raise PtragError(
-                f"{path}: obs column {spec.batch_col!r} (batch) not found; pass --batch-col '' for none "
-                f"or one of: {', '.join(cols)}."
-            )
-    check_labels(obs, ColumnSpec(**{**asdict(spec), **changes}), path)
-    labels = obs[spec.pert_col].astype(str).str.strip()  # labels are compared stripped
-    if not (labels == spec.control).any():
-        alt = [c for c in labels.unique() if c.lower() == spec.control.strip().lower()]
-        alt += [c for c in _ALTERNATIVES["control"] if (labels == c).any() and c != spec.control]
-        common = labels.value_counts().index[:5].tolist()
-        hint = (
-            f" This file labels controls {alt[0]!r}: pass --control {alt[0]}."
-            if alt
-            else f" Most common labels: {', '.join(common)}."
-        )
-        raise PtragError(
-            f"{path}: control label {spec.control!r} does not occur in obs column {spec.pert_col!r}.{hint}"
-        )
-    if changes:
-        spec = ColumnSpec(**{**asdict(spec), **changes})
-    return spec
-
-
-def _normalised_obs(obs: pd.DataFrame, spec: ColumnSpec, path: Path) -> pd.DataFrame:
-    pert = obs[spec.pert_col].astype(str).str.strip().to_numpy()
-    if spec.cell_type_col is not None:
-        ct = obs[spec.cell_type_col].astype(str).to_numpy()
-    else:
-        ct = np.full(len(obs), "all", dtype=object)
-    is_control = pert == spec.control
-    combo = np.array(["+" in p for p in pert]) & ~is_control
-    # GEARS style "A+ctrl": a single perturbation written as a combination with the control.
-    single = pert.copy()
-    for i in np.flatnonzero(combo):
-        parts = [p for p in pert[i].split("+") if p and p not in (spec.control, "ctrl")]
-        if len(parts) == 1:
-            single[i] = parts[0]
-            combo[i] = False
-        elif not parts:
-            is_control[i] = True
-            combo[i] = False
-    if combo.any():
-        n_pert = len(set(pert[combo]))
-        log.warning(
-            "%s: excluded %d cells of %d combination perturbations (e.g. %s): ptrag predicts "
-            "single-gene perturbations.",
-            path.name,
-            int(combo.sum()),
-            n_pert,
-            pert[combo][0],
-        )
-    out = pd.DataFrame(
-        {
-            "perturbation": np.where(is_control, spec.control, single),
-            "cell_type": ct,
-            "batch": obs[spec.batch_col].astype(str).to_numpy() if spec.batch_col else None,
-            "is_control": is_control,
-            "keep": ~combo,
-        },
-        index=obs.index.astype(str),
-    )
-    return out
 
 
 def _expression_source(adata, spec: ColumnSpec, path: Path, backed: bool):
@@ -528,57 +380,8 @@ def _h5_matrix(node):
     return ad.io.sparse_dataset(node)
 
 
-def detect_counts(matrix, uns, obsm: bool = False, n_rows: int = 2000) -> bool:
-    """Decide whether a matrix holds raw counts rather than log-normalised values.
-
-    Counts: all sampled non-zero values are integers and ``uns`` has no ``log1p`` entry.
-    ``obsm`` embeddings are never counts.
-
-    Parameters
-    ----------
-    matrix
-        In-memory or backed cells x genes matrix.
-    uns
-        The file's ``uns`` mapping.
-    obsm
-        Whether the matrix comes from ``obsm``.
-    n_rows
-        How many leading rows to sample.
-
-    Returns
-    -------
-    bool
-    """
-    if obsm or "log1p" in uns:
-        return False
-    n = min(n_rows, matrix.shape[0])
-    block = matrix[np.arange(n)] if isinstance(matrix, h5py.Dataset) else matrix[:n]
-    vals = block.data if sp.issparse(block) else np.asarray(block).ravel()
-    vals = vals[np.isfinite(vals) & (vals != 0)]
-    if vals.size == 0:
-        return False
-    return bool(np.all(np.equal(np.mod(vals, 1), 0)) and vals.max() > 1)
-
-
-def _check_values(data: PerturbData) -> None:
-    where = (
-        f"layer {data.spec.layer!r}"
-        if data.spec.layer
-        else (f"obsm {data.spec.obsm_key!r}" if data.spec.obsm_key else "X")
-    )
-    for _, block in _raw_chunks(data):
-        vals = block.data if sp.issparse(block) else np.asarray(block)
-        if not np.all(np.isfinite(vals)):
-            raise PtragError(f"{data.path}: {where} contains NaN or Inf values; fix or drop those cells before use.")
-        if data.spec.obsm_key is None and np.any(vals < 0):
-            raise PtragError(
-                f"{data.path}: {where} contains negative expression values; ptrag expects counts or "
-                "log1p-normalised expression (scaled / centred data cannot be used: pass --layer with "
-                "the unscaled values)."
-            )
-
-
-def _raw_chunks(data: PerturbData):
+def raw_chunks(data: PerturbData):
+    """``(rows, block)`` over the raw expression: the whole matrix in memory, chunks when backed."""
     m = data._matrix
     if not data.backed:
         yield None, m
@@ -586,50 +389,3 @@ def _raw_chunks(data: PerturbData):
     for start in range(0, data.n_cells, CHUNK_CELLS):
         r = np.arange(start, min(start + CHUNK_CELLS, data.n_cells))
         yield r, data._read_rows(r)
-
-
-# ------------------------------------------------------------------------- HVGs
-def select_hvg(
-    data: PerturbData,
-    rows: np.ndarray,
-    n_top: int = 2000,
-    max_cells: int = 100_000,
-    seed: int = 0,
-) -> list[str]:
-    """Highly variable genes (scanpy, ``seurat`` flavour) on the given (training) cells.
-
-    Parameters
-    ----------
-    data
-        The data set.
-    rows
-        Cells to compute dispersions on (training cells only, so that held-out data do not
-        leak into the gene choice).
-    n_top
-        Number of genes; all genes (file order) when the file has at most ``n_top``.
-    max_cells
-        Subsample the rows (seeded) beyond this number.
-    seed
-        Seed of the subsample.
-
-    Returns
-    -------
-    list of str
-        Selected genes in file order.
-    """
-    import scanpy as sc
-
-    if n_top < 1:
-        raise PtragError(f"--n-genes must be at least 1 (got {n_top}).")
-    if len(data.var_names) <= n_top:
-        return list(data.var_names)
-    rows = np.asarray(rows)
-    if len(rows) > max_cells:
-        rows = np.sort(np.random.default_rng(seed).choice(rows, max_cells, replace=False))
-    x = np.concatenate([e for _, e in data.iter_chunks(rows)]) if data.backed else data.expression(rows)
-    sub = ad.AnnData(x, var=pd.DataFrame(index=data.var_names))
-    sc.pp.highly_variable_genes(sub, n_top_genes=n_top, flavor="seurat")
-    # scanpy may return more than n_top genes on ties; keep exactly n_top by rank.
-    disp = np.nan_to_num(sub.var["dispersions_norm"].to_numpy(dtype=float), nan=-np.inf)
-    top = np.sort(np.argsort(-disp, kind="stable")[:n_top])
-    return [data.var_names[i] for i in top]

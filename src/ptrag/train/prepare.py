@@ -18,7 +18,8 @@ import numpy as np
 import torch
 
 from ptrag.data.embeddings import load_gene_tables, one_hot, perturbation_vectors
-from ptrag.data.io import PerturbData, read_perturbseq, select_hvg
+from ptrag.data.hvg import select_hvg
+from ptrag.data.io import PerturbData, read_perturbseq
 from ptrag.data.sets import SetDataset, SetSampler
 from ptrag.data.splits import Split, load_split
 from ptrag.errors import PtragError
