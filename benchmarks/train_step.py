@@ -1,6 +1,6 @@
 """What does a training step cost, per model, and how close is it to the machine's peak?
 
-For each preset (``cpu``, ``paper``) and each of the four models, side by side in one run:
+For each preset (``cpu``, ``paper``) and each of the five models, side by side in one run:
 
 * milliseconds per training step (forward + energy loss + backward + AdamW step) on random
   data of the preset's shape (batch x S cells x G genes, a retrieval database of N training
@@ -31,20 +31,34 @@ import torch
 from geomloss import SamplesLoss
 
 from ptrag.nn.generator import PRESETS, PerturbationModel, count_parameters
+from ptrag.nn.responses import ResponseIndex
 from ptrag.train.config import MODEL_KINDS
 from ptrag.train.config import PRESETS as TRAIN_PRESETS
 from ptrag.train.cost import count_flops, interleaved_times, matmul_peak, paired_ratio, time_interleaved
 
-MODELS = ("state", "state_genept", "vanilla_rag", "pt_rag")
+MODELS = ("state", "state_genept", "vanilla_rag", "pt_rag", "pt_rag_response")
+N_CELL_TYPES = 4  # pt_rag_response: the paper's four cell types, every perturbation trains in each
+
+
+def response_db(n_db: int, emb_dim: int, n_genes: int) -> ResponseIndex:
+    """A response database of the paper's size: ``n_db`` perturbations x 4 cell types."""
+    gen = torch.Generator().manual_seed(2)
+    e = n_db * N_CELL_TYPES
+    vec = torch.randn(n_db, emb_dim, generator=gen)
+    pert = torch.arange(n_db).repeat(N_CELL_TYPES)
+    ct = torch.arange(N_CELL_TYPES).repeat_interleave(n_db)
+    shift = 0.1 * torch.randn(e, n_genes, generator=gen)
+    return ResponseIndex(vec[pert], pert, ct, shift, torch.randn(e, 51, generator=gen))
 
 
 def build(model: str, preset: str, n_genes: int, n_db: int, emb_dim: int, fused: bool, device):
     conditioning, kind = MODEL_KINDS[model]
     cfg = dataclasses.replace(PRESETS[preset], conditioning=conditioning, fused_triplets=fused)
     pert_dim = n_db if kind == "onehot" else emb_dim
-    db = torch.randn(n_db, pert_dim) if conditioning != "none" else None
+    db = torch.randn(n_db, pert_dim) if conditioning in ("vanilla_rag", "pt_rag") else None
+    responses = response_db(n_db, pert_dim, n_genes) if conditioning == "pt_rag_response" else None
     torch.manual_seed(0)
-    m = PerturbationModel(cfg, n_genes, n_genes, pert_dim, database=db).to(device)
+    m = PerturbationModel(cfg, n_genes, n_genes, pert_dim, database=db, responses=responses).to(device)
     return m, cfg, pert_dim
 
 
@@ -54,15 +68,16 @@ def batch(b: int, s: int, g: int, pert_dim: int, n_db: int, device):
     target = torch.rand(b, s, g, generator=gen).to(device)
     pert = torch.randn(b, pert_dim, generator=gen).to(device)
     qidx = torch.randint(0, n_db, (b,), generator=gen).to(device)
-    return ctrl, target, pert, qidx
+    qct = torch.randint(0, N_CELL_TYPES, (b,), generator=gen).to(device)
+    return ctrl, target, pert, qidx, qct
 
 
 def step_fn(m, opt, energy, data, bf16: bool, device):
-    ctrl, target, pert, qidx = data
+    ctrl, target, pert, qidx, qct = data
 
     def step():
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
-            out = m(ctrl, ctrl, pert, qidx)
+            out = m(ctrl, ctrl, pert, qidx, query_cell_type=qct)
             loss = energy(out.pred.float(), target).mean()
             if out.weights is not None:
                 loss = loss + 0.1 * out.weights.mean()

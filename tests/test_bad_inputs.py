@@ -65,6 +65,8 @@ def w(tmp_path_factory):
     # configs
     (d / "unknown_key.toml").write_text('model = "state"\nhiden = 64\n')
     (d / "wrong_type.toml").write_text('model = "state"\nhidden = "big"\n')
+    (d / "broken.toml").write_text('model = "state\nhidden = \n')
+    (d / "notalog.csv").write_text("a,b\n1,2\n")
     # a trained run, then a truncated copy of its checkpoint
     run = d / "run"
     assert (
@@ -211,6 +213,124 @@ CASES = [
         ["nope_pred.h5ad"],
     ),
     ("simulate-bad-option", lambda w, o: ["simulate", "--out", str(o), "--n-cell-types", "0"], ["--n-cell-types"]),
+    # reliability II: further malformed inputs across the commands
+    (
+        "train-unknown-target-cell-type",
+        lambda w, o: [*_train(w), "--target-cell-type", "CT9", "--out", str(o)],
+        ["CT9"],
+    ),
+    ("train-missing-pert-column", lambda w, o: [*_train(w), "--pert-col", "guide", "--out", str(o)], ["guide"]),
+    ("train-missing-cell-type-column", lambda w, o: [*_train(w), "--cell-type-col", "line", "--out", str(o)], ["line"]),
+    ("train-missing-layer", lambda w, o: [*_train(w), "--layer", "raw", "--out", str(o)], ["raw"]),
+    ("train-missing-obsm-key", lambda w, o: [*_train(w), "--obsm-key", "X_emb", "--out", str(o)], ["X_emb"]),
+    ("train-fewshot-above-one", lambda w, o: [*_train(w), "--fewshot", "1.5", "--out", str(o)], ["--fewshot"]),
+    ("train-val-every-zero", lambda w, o: [*_train(w), "--val-every", "0", "--out", str(o)], ["--val-every"]),
+    ("train-obsm-encoder-without-key", lambda w, o: [*_train(w), "--cell-encoder", "obsm", "--out", str(o)], ["obsm"]),
+    ("train-bad-toml", lambda w, o: [*_train(w), "--config", str(w / "broken.toml"), "--out", str(o)], ["broken.toml"]),
+    (
+        "train-response-topk-above-groups",
+        lambda w, o: [*_train(w, model="pt_rag_response"), "--topk", "40", "--out", str(o)],
+        ["--topk", "training groups"],
+    ),
+    (
+        "predict-unknown-cell-type",
+        lambda w, o: [
+            "predict",
+            "--run",
+            str(w / "run"),
+            "--data",
+            str(w / "d.h5ad"),
+            "--perturbations",
+            "P1",
+            "--cell-type",
+            "CT9",
+            "--out",
+            str(o) + ".h5ad",
+        ],
+        ["CT9"],
+    ),
+    (
+        "predict-unknown-checkpoint",
+        lambda w, o: [
+            "predict",
+            "--run",
+            str(w / "run"),
+            "--data",
+            str(w / "d.h5ad"),
+            "--checkpoint",
+            "epoch3",
+            "--out",
+            str(o) + ".h5ad",
+        ],
+        ["epoch3"],
+    ),
+    (
+        "predict-zero-cells",
+        lambda w, o: [
+            "predict",
+            "--run",
+            str(w / "run"),
+            "--data",
+            str(w / "d.h5ad"),
+            "--n-cells",
+            "0",
+            "--out",
+            str(o) + ".h5ad",
+        ],
+        ["--n-cells"],
+    ),
+    (
+        "predict-unknown-baseline",
+        lambda w, o: [
+            "predict",
+            "--run",
+            str(w / "run"),
+            "--data",
+            str(w / "d.h5ad"),
+            "--baseline",
+            "oracle",
+            "--out",
+            str(o) + ".h5ad",
+        ],
+        ["oracle"],
+    ),
+    (
+        "evaluate-data-file-as-prediction",
+        lambda w, o: [
+            "evaluate",
+            "--pred",
+            str(w / "text.h5ad"),
+            "--real",
+            str(w / "d.h5ad"),
+            "--run",
+            str(w / "run"),
+            "--out",
+            str(o),
+        ],
+        ["text.h5ad"],
+    ),
+    ("compare-missing-evaluation", lambda w, o: ["compare", str(w / "noeval"), "--out", str(o)], ["noeval"]),
+    ("retrieval-missing-log", lambda w, o: ["retrieval", "--log", str(w / "none.csv"), "--out", str(o)], ["none.csv"]),
+    (
+        "retrieval-log-without-columns",
+        lambda w, o: ["retrieval", "--log", str(w / "notalog.csv"), "--out", str(o)],
+        ["notalog.csv"],
+    ),
+    (
+        "split-unknown-target",
+        lambda w, o: ["split", "--data", str(w / "d.h5ad"), "--target-cell-type", "CT9", "--out", str(o) + ".toml"],
+        ["CT9"],
+    ),
+    (
+        "describe-missing-cell-type-column",
+        lambda w, o: ["describe", "--data", str(w / "d.h5ad"), "--cell-type-col", "line"],
+        ["line"],
+    ),
+    (
+        "experiment-unknown-model",
+        lambda w, o: ["experiment", "cross-celltype", "--out", str(o), "--models", "state,gpt"],
+        ["gpt"],
+    ),
     (
         "genes-coverage-missing-table",
         lambda w, o: ["genes", "coverage", "--data", str(w / "d.h5ad"), "--genes", str(w / "none.pkl")],
@@ -232,10 +352,11 @@ def test_bad_input(case, w, tmp_path, capsys):
     for word in words:
         assert word in flat, (name, word, flat)
     assert not out.exists() and not (tmp_path / "out.h5ad").exists() and not (tmp_path / "out.csv").exists()
+    assert not (tmp_path / "out.toml").exists()
 
 
 def test_matrix_is_large_enough():
-    assert len(CASES) >= 25
+    assert len(CASES) >= 25 + 20
 
 
 def test_with_data_columns_gives_every_command_the_same_flags():

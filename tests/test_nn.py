@@ -521,14 +521,15 @@ def test_each_distinct_context_is_encoded_once_with_the_same_values() -> None:
     idx = torch.tensor([[3, 7, 3, 1], [7, 7, 0, 3]])
     calls = []
     hook = m.pert_encoder.register_forward_hook(lambda mod, inp, out: calls.append(inp[0].shape[0]))
-    got = m._encode_contexts(idx, torch.float32)
+    got = m._encode_contexts(idx, lambda rows: m.pert_encoder(m.index.raw[rows]))
     hook.remove()
     assert calls == [4]  # rows 0, 1, 3, 7
     want = m.pert_encoder(m.index.raw[idx])
     torch.testing.assert_close(got, want, rtol=1e-6, atol=1e-6)
     # with dropout in training, every retrieval draws its own mask: no sharing
     d = make_model("pt_rag", dropout=0.5).train()
-    assert not torch.equal(*d._encode_contexts(torch.tensor([[2, 2]]), torch.float32)[0])
+    enc = d._encode_contexts(torch.tensor([[2, 2]]), lambda rows: d.pert_encoder(d.index.raw[rows]))
+    assert not torch.equal(*enc[0])
 
 
 def test_paired_ratio_is_the_median_of_per_round_ratios() -> None:

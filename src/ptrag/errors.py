@@ -8,6 +8,7 @@ prints that message and exits with status 2, without a traceback (unless ``--deb
 from __future__ import annotations
 
 import contextlib
+import glob
 import os
 import tempfile
 from collections.abc import Iterator
@@ -38,7 +39,9 @@ def check_choice(name: str, value: object, choices: tuple | list) -> None:
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary path beside ``path``; rename it onto ``path`` only on success.
 
-    An interrupted or failed write never leaves a half-written file at ``path``.
+    An interrupted or failed write never leaves a half-written file at ``path``. The temporary
+    file is hidden and named after its writer's pid (``.NAME.ptrag-PID.XXXX.tmpSUFFIX``): one
+    left by a killed writer (SIGKILL cannot be caught) is removed by the next write of ``path``.
 
     Parameters
     ----------
@@ -52,18 +55,76 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=f".tmp{path.suffix}", dir=path.parent)
+    _remove_stale_temporaries(path)
+    fd, tmp = tempfile.mkstemp(
+        prefix=f".{path.name}.ptrag-{os.getpid()}.", suffix=f".tmp{path.suffix}", dir=path.parent
+    )
     os.close(fd)
     tmp_path = Path(tmp)
     try:
         yield tmp_path
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp_path, 0o666 & ~umask)  # mkstemp creates 0600; give the usual permissions
+        os.chmod(tmp_path, 0o666 & ~_umask())  # mkstemp creates 0600; give the usual permissions
         os.replace(tmp_path, path)
     finally:
         if tmp_path.exists():
             tmp_path.unlink()
+
+
+@contextlib.contextmanager
+def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
+    """Yield a temporary folder beside ``path``; its files appear in ``path`` only on success.
+
+    A new ``path`` is the temporary folder renamed (all files at once); into an existing folder
+    the files are renamed one by one (each whole). A killed writer leaves only the hidden
+    ``.NAME.ptrag-PID.XXXX.tmpdir``, removed by the next write of ``path``.
+    """
+    import shutil
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    _remove_stale_temporaries(path)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.ptrag-{os.getpid()}.", suffix=".tmpdir", dir=path.parent))
+    try:
+        yield tmp
+        if not path.exists():
+            os.chmod(tmp, 0o777 & ~_umask())
+            os.replace(tmp, path)
+        else:
+            for f in sorted(tmp.iterdir()):
+                os.replace(f, path / f.name)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _umask() -> int:
+    umask = os.umask(0)
+    os.umask(umask)
+    return umask
+
+
+def pid_alive(pid: int) -> bool:
+    """Whether a process with ``pid`` runs on this machine."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # exists, owned by another user
+        return True
+    return True
+
+
+def _remove_stale_temporaries(path: Path) -> None:
+    """Remove the temporaries of ``path`` left by writers that no longer run."""
+    for tmp in path.parent.glob(f".{glob.escape(path.name)}.ptrag-*.tmp*"):
+        pid = tmp.name[len(path.name) + 8 :].split(".", 1)[0]
+        if pid.isdigit() and not pid_alive(int(pid)):
+            if tmp.is_dir():
+                import shutil
+
+                shutil.rmtree(tmp, ignore_errors=True)
+            else:
+                tmp.unlink(missing_ok=True)
 
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> None:

@@ -121,7 +121,7 @@ def cross_celltype_cmd(
     genes: Genes = None,
     models: Annotated[
         str, typer.Option("--models", help="Comma-separated models.")
-    ] = "state,state_genept,vanilla_rag,pt_rag",
+    ] = "state,state_genept,vanilla_rag,pt_rag,pt_rag_response",
     cell_types: Annotated[
         str | None,
         typer.Option("--cell-types", help="Comma-separated target cell types. [default: all]", show_default=False),
@@ -251,7 +251,9 @@ def sweep_cmd(
     elif model in PAPER_SWEEPS:
         g = PAPER_SWEEPS[model]
     else:
-        raise PtragError(f"the paper sweeps only pt_rag and vanilla_rag: give --grid option=v1,v2 for {model}.")
+        raise PtragError(
+            f"the paper sweeps only pt_rag, pt_rag_response and vanilla_rag: give --grid option=v1,v2 for {model}."
+        )
     table = sweep(
         data,
         split,

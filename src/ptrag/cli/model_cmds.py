@@ -29,7 +29,9 @@ def _o(flag: str, name: str, text: str):
 def train_cmd(
     data: Annotated[Path, typer.Option("--data", help="Perturb-seq AnnData file (.h5ad).")],
     out: Annotated[Path, typer.Option("--out", help="Run folder to write.")],
-    model: Annotated[str | None, _o("--model", "model", "state | state_genept | vanilla_rag | pt_rag.")] = None,
+    model: Annotated[
+        str | None, _o("--model", "model", "state | state_genept | vanilla_rag | pt_rag | pt_rag_response.")
+    ] = None,
     genes: Annotated[
         list[Path] | None,
         typer.Option(
@@ -203,8 +205,9 @@ def train_cmd(
 ) -> None:
     """Train STATE, STATE+GenePT, Vanilla RAG or PT-RAG; write a run folder."""
     local = dict(locals())
-    from ptrag.train.config import read_run_config, resolve_config
+    from ptrag.train.config import config_file_values, read_run_config, resolve_config
     from ptrag.train.fit import train
+    from ptrag.train.resume import resume_config
 
     data_over = {
         k: local[k]
@@ -232,8 +235,9 @@ def train_cmd(
     over = {k: v for k, v in local.items() if k not in skip}
     if data_over:
         over["data"] = data_over
-    if resume and config is None and (out / "config.toml").is_file():
-        cfg = read_run_config(out)
+    if resume and (out / "config.toml").is_file():
+        file_keys = config_file_values(config) if config is not None else {}
+        cfg = resume_config(read_run_config(out), {**file_keys, **over, "preset": preset}, out)
     else:
         cfg = resolve_config(over, config, preset)
     result = train(cfg, data, out, split, list(genes or []), backed=backed, resume=resume, gene_aliases=gene_aliases)
@@ -363,7 +367,7 @@ def demo_cmd(
     seed: Annotated[int, typer.Option("--seed", help="Seed of the splits and the trainings.")] = 0,
     models: Annotated[
         str, typer.Option("--models", help="Comma-separated models to train.")
-    ] = "state,state_genept,vanilla_rag,pt_rag",
+    ] = "state,state_genept,vanilla_rag,pt_rag,pt_rag_response",
     cell_types: Annotated[
         str,
         typer.Option(

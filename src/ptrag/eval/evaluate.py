@@ -27,9 +27,7 @@ import pandas as pd
 
 from ptrag.errors import (
     PtragError,
-    atomic_path,
-    atomic_write_csv,
-    atomic_write_text,
+    atomic_dir,
     check_choice,
 )
 from ptrag.eval.gge import (
@@ -233,12 +231,12 @@ def write_outputs(metrics: pd.DataFrame, out_dir: str | Path, mode: Mode, info: 
         raise PtragError(f"--out {out_dir} exists and is not a folder.")
     summary = summary_table(metrics, mode)
     md = summary_markdown(summary, mode)
-    with atomic_path(out_dir / "metrics.parquet") as tmp:
-        metrics.to_parquet(tmp, index=False)
-    atomic_write_csv(out_dir / "metrics.csv", metrics)
-    atomic_write_csv(out_dir / "summary.csv", summary)
-    atomic_write_text(out_dir / "summary.md", md)
-    atomic_write_text(out_dir / "evaluation.json", json.dumps(info or {}, indent=2, default=str) + "\n")
+    with atomic_dir(out_dir) as tmp:  # the five files appear together, or none does
+        metrics.to_parquet(tmp / "metrics.parquet", index=False)
+        metrics.to_csv(tmp / "metrics.csv", index=False)
+        summary.to_csv(tmp / "summary.csv", index=False)
+        (tmp / "summary.md").write_text(md)
+        (tmp / "evaluation.json").write_text(json.dumps(info or {}, indent=2, default=str) + "\n")
 
 
 def evaluate(

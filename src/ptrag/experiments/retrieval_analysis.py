@@ -53,7 +53,7 @@ def retrieval_analysis(
     md: list[str] = []
     paths = {
         (model, seed, t): out / f"seed{seed}" / t / "pred" / f"{model}.retrieval.csv"
-        for model in (("vanilla_rag", "pt_rag") if ground_truth else ("pt_rag",))
+        for model in (("vanilla_rag", "pt_rag", "pt_rag_response") if ground_truth else ("pt_rag",))
         for seed in seeds
         for t in targets
     }
@@ -158,8 +158,9 @@ def retrieval_analysis(
             summ = allpr.groupby("model")[cols].mean()
             md.append(
                 "Against the simulator's ground truth (informative context pairs), macro-averaged over "
-                "test queries, targets and seeds: Stage-1 top-K for both RAG models, Stage-2 selection for "
-                "PT-RAG (`retrieval/precision_recall.csv`):\n\n"
+                "test queries, targets and seeds: Stage-1 top-K for the RAG models, Stage-2 selection for "
+                "PT-RAG and PT-RAG over responses (scored on its candidates of the query's own cell type: "
+                "the truth is per cell type; `retrieval/precision_recall.csv`):\n\n"
                 + _md_table(
                     ["model", *cols],
                     [[m, *[format_value(float(v)) if pd.notna(v) else "–" for v in r]] for m, r in summ.iterrows()],

@@ -38,6 +38,7 @@ log = logging.getLogger("ptrag")
 PAPER_SWEEPS: dict[str, dict[str, list[Any]]] = {
     "pt_rag": {"sparsity_weight": [0.0, 0.01, 0.1, 1.0], "topk": [16, 32]},
     "vanilla_rag": {"topk": [2, 5, 10, 32]},
+    "pt_rag_response": {"sparsity_weight": [0.0, 0.01, 0.1, 1.0], "topk": [16, 32]},  # PT-RAG's grid
 }
 
 #: Short names of swept options in variant names and plots.

@@ -13,9 +13,10 @@ from typing import Literal
 
 from ptrag.errors import PtragError, check_choice
 
-CONDITIONINGS = ("none", "vanilla_rag", "pt_rag")
+CONDITIONINGS = ("none", "vanilla_rag", "pt_rag", "pt_rag_response")
 EMPTY_SELECTIONS = ("best", "null", "paper", "keep")
-EVAL_SELECTIONS = ("expected", "threshold", "sample")
+EVAL_SELECTIONS = ("expected", "threshold", "sample", "all")
+RESPONSE_CANDIDATES = ("both", "same", "other")
 
 
 @dataclass
@@ -25,7 +26,9 @@ class ModelConfig:
     Parameters
     ----------
     conditioning
-        ``"none"`` (STATE / STATE+GenePT), ``"vanilla_rag"`` or ``"pt_rag"``.
+        ``"none"`` (STATE / STATE+GenePT), ``"vanilla_rag"``, ``"pt_rag"`` or
+        ``"pt_rag_response"`` (PT-RAG over the training groups' observed responses,
+        :mod:`ptrag.nn.responses`).
     hidden
         Width ``H`` of ``h_ctrl``, ``h_pert``, contexts and the backbone.
     n_layers
@@ -58,12 +61,24 @@ class ModelConfig:
     eval_selection
         Selection in eval mode: ``"expected"`` (the expectation of the training selection,
         ``E[w_k]``, noise-free and deterministic), ``"threshold"`` (include iff
-        ``p_include > 0.5``) or ``"sample"`` (Gumbel noise, as in training).
+        ``p_include > 0.5``) or ``"sample"`` (Gumbel noise, as in training). ``"all"`` (train
+        and eval): every candidate with weight 1, no selection (an ablation).
     fused_triplets
         Exact memory-light PT-RAG computation that never builds the ``[B, S, K, 3H]`` triplets.
+    response_candidates
+        ``pt_rag_response``'s Stage-1 rule (:func:`ptrag.nn.responses.candidate_scores`):
+        ``"both"`` (the query's own entries in other cell types, then its cell type's entries),
+        ``"same"`` (its cell type's entries only) or ``"other"`` (other cell types' first).
+    response_context
+        ``pt_rag_response``: the context part of a triplet encodes the entry's observed response
+        (``h_k = PertEnc(gene) + RespEnc(summary) + e_same``); ``False``: gene vector and flag only.
+    response_readout
+        ``pt_rag_response``: the prediction starts from the selected entries' mean observed
+        shift, ``relu(ctrl + sum_k w_k shift_k / sum_k w_k + Decoder(...))``; ``False``: from the
+        control cells, as the other models.
     """
 
-    conditioning: Literal["none", "vanilla_rag", "pt_rag"] = "none"
+    conditioning: Literal["none", "vanilla_rag", "pt_rag", "pt_rag_response"] = "none"
     hidden: int = 128
     n_layers: int = 4
     n_heads: int = 8
@@ -74,10 +89,13 @@ class ModelConfig:
     tau: float = 0.5
     empty_selection: Literal["best", "null", "paper", "keep"] = "best"
     aggregation: Literal["sum", "mean"] = "sum"
-    train_selection: Literal["sample", "threshold", "expected"] = "sample"
+    train_selection: Literal["sample", "threshold", "expected", "all"] = "sample"
     identity_init: bool = True
-    eval_selection: Literal["expected", "threshold", "sample"] = "expected"
+    eval_selection: Literal["expected", "threshold", "sample", "all"] = "expected"
     fused_triplets: bool = True
+    response_candidates: Literal["both", "same", "other"] = "both"
+    response_context: bool = True
+    response_readout: bool = True
 
     def validate(self) -> None:
         """Raise :class:`PtragError` naming the first out-of-range option."""
@@ -86,6 +104,7 @@ class ModelConfig:
         check_choice("eval_selection", self.eval_selection, EVAL_SELECTIONS)
         check_choice("aggregation", self.aggregation, ("sum", "mean"))
         check_choice("train_selection", self.train_selection, EVAL_SELECTIONS)
+        check_choice("response_candidates", self.response_candidates, RESPONSE_CANDIDATES)
         for name in ("hidden", "n_layers", "n_heads", "ffn", "cell_encoder_layers", "topk"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
@@ -99,8 +118,9 @@ class ModelConfig:
             raise PtragError(f"model option dropout must be in [0, 1) (got {self.dropout!r}).")
         if not isinstance(self.tau, (int, float)) or isinstance(self.tau, bool) or not float(self.tau) > 0.0:
             raise PtragError(f"model option tau (Gumbel-Softmax temperature) must be > 0 (got {self.tau!r}).")
-        if not isinstance(self.fused_triplets, bool):
-            raise PtragError(f"model option fused_triplets must be true or false (got {self.fused_triplets!r}).")
+        for name in ("fused_triplets", "identity_init", "response_context", "response_readout"):
+            if not isinstance(getattr(self, name), bool):
+                raise PtragError(f"model option {name} must be true or false (got {getattr(self, name)!r}).")
 
     def to_dict(self) -> dict:
         """Plain dict of the options (for hparams / TOML)."""

@@ -7,6 +7,8 @@ Both encoders map their input to the model's hidden width ``H``:
 * :class:`PertEncoder` reads one vector per perturbation (a one-hot code or a gene embedding
   such as GenePT) and returns ``h_pert`` of shape ``[..., H]``. The same encoder embeds the
   query perturbation and the retrieved context perturbations, so that the two live in one space.
+
+:class:`Decoder` maps the backbone's output back to a per-gene change.
 """
 
 from __future__ import annotations
@@ -118,3 +120,18 @@ class PertEncoder(nn.Module):
             ``[..., H]`` perturbation embeddings.
         """
         return self.net(pert_vec)
+
+
+class Decoder(nn.Module):
+    """Backbone output to per-gene expression change: ``Linear(H, H) -> GELU -> Linear(H, G)``.
+
+    Parameter count: ``H*H + H + H*G + G``.
+    """
+
+    def __init__(self, hidden: int, n_genes: int) -> None:
+        super().__init__()
+        self.net = nn.Sequential(nn.Linear(hidden, hidden), nn.GELU(), nn.Linear(hidden, n_genes))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """``[..., H] -> [..., G]``."""
+        return self.net(x)

@@ -10,13 +10,19 @@ STATE         ``none``, one-hot                ``h_ctrl + h_pert``
 STATE+GenePT  ``none``, gene embeddings        ``h_ctrl + h_pert``
 Vanilla RAG   ``vanilla_rag``, embeddings      ``q + CrossAttn(q, h_1..h_K)``, ``q = h_ctrl + h_pert``
 PT-RAG        ``pt_rag``, embeddings           ``sum_k w_k h'_k``, ``h'_k = proj([h_ctrl; h_pert; h_k])``
+PT-RAG-R      ``pt_rag_response``, embeddings  as PT-RAG over training *groups*, ``h_k`` with
+                                               their observed responses (:mod:`ptrag.nn.responses`)
 ============  ===============================  =========================================
 
 PT-RAG follows the paper's Eq. 7: the cell and its perturbation reach the backbone only through
 the selected triplets. ``empty_selection`` says what a cell whose selection is empty gets:
 ``"best"`` (default) its highest-scoring candidate; ``"null"`` a null-context triplet
 ``proj([h_ctrl; h_pert; 0])`` always added; ``"paper"`` nothing (``z = 0``); ``"keep"``
-``h_ctrl + h_pert`` always added (ptrag's first form). The backbone is a bidirectional, position-free Llama stack
+``h_ctrl + h_pert`` always added (ptrag's first form). ``pt_rag_response`` retrieves
+(perturbation, cell type) training groups, encodes ``h_k = PertEnc(gene_k) + RespEnc(summary_k) +
+e_same``, selects them as PT-RAG does and, with ``response_readout``, starts its prediction from
+the selected groups' mean observed shift: ``relu(ctrl + sum_k w_k shift_k / sum_k w_k +
+Decoder(backbone(z)))``. The backbone is a bidirectional, position-free Llama stack
 (:class:`ptrag.nn.backbone.SetTransformer`); the prediction is
 ``relu(ctrl_expr + Decoder(backbone(z)))``.
 """
@@ -32,7 +38,8 @@ from torch import nn
 from ptrag.errors import PtragError
 from ptrag.nn.backbone import SetTransformer
 from ptrag.nn.config import CONDITIONINGS, EMPTY_SELECTIONS, EVAL_SELECTIONS, PRESETS, ModelConfig
-from ptrag.nn.encoders import CellEncoder, PertEncoder
+from ptrag.nn.encoders import CellEncoder, Decoder, PertEncoder
+from ptrag.nn.responses import ResponseIndex
 from ptrag.nn.retrieval import PerturbationIndex, TripletSelector
 
 __all__ = [
@@ -68,7 +75,10 @@ class ModelOutput:
     p_include
         ``[B, S, K]`` softmax include probability (PT-RAG only).
     delta
-        ``[B, S, G]`` the decoder's change before the ReLU (``pred = relu(base + delta)``).
+        ``[B, S, G]`` the change before the ReLU (``pred = relu(base + delta)``): the decoder's,
+        plus the selected entries' mean observed shift for ``pt_rag_response``.
+    same_cell_type
+        ``[B, K]`` bool, the candidate entry is of the query's cell type (``pt_rag_response``).
     """
 
     pred: torch.Tensor
@@ -77,21 +87,7 @@ class ModelOutput:
     weights: torch.Tensor | None = None
     p_include: torch.Tensor | None = None
     delta: torch.Tensor | None = None
-
-
-class Decoder(nn.Module):
-    """Backbone output to per-gene expression change: ``Linear(H, H) -> GELU -> Linear(H, G)``.
-
-    Parameter count: ``H*H + H + H*G + G``.
-    """
-
-    def __init__(self, hidden: int, n_genes: int) -> None:
-        super().__init__()
-        self.net = nn.Sequential(nn.Linear(hidden, hidden), nn.GELU(), nn.Linear(hidden, n_genes))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """``[..., H] -> [..., G]``."""
-        return self.net(x)
+    same_cell_type: torch.Tensor | None = None
 
 
 class PerturbationModel(nn.Module):
@@ -114,6 +110,9 @@ class PerturbationModel(nn.Module):
         another number of rows) may be passed; ``load_state_dict`` restores vectors and names.
     database_names
         Names of the database rows (kept as ``database_names`` and in the ``state_dict``).
+    responses
+        The response database of ``pt_rag_response`` (training groups only); a placeholder of the
+        right widths (:func:`ptrag.nn.responses.placeholder_index`) to rebuild from a checkpoint.
 
     Notes
     -----
@@ -125,6 +124,7 @@ class PerturbationModel(nn.Module):
         decoder        H*H + H + H*G + G
         vanilla_rag    + 4H^2 + 4H                       (nn.MultiheadAttention)
         pt_rag         + 6H + (3H^2 + H) + (2H + 2) + (3H^2 + H)
+        pt_rag_resp.   pt_rag + 2H (e_same) + R*H + H + H*H + H (response encoder, R summary width)
     """
 
     def __init__(
@@ -135,6 +135,7 @@ class PerturbationModel(nn.Module):
         pert_dim: int,
         database: torch.Tensor | None = None,
         database_names: Sequence[str] | None = None,
+        responses: ResponseIndex | None = None,
     ) -> None:
         super().__init__()
         cfg.validate()
@@ -155,7 +156,10 @@ class PerturbationModel(nn.Module):
         self.index: PerturbationIndex | None = None
         self.cross_attn: nn.MultiheadAttention | None = None
         self.selector: TripletSelector | None = None
-        if cfg.conditioning != "none":
+        self.responses: ResponseIndex | None = None
+        if cfg.conditioning == "pt_rag_response":
+            self._init_responses(responses)
+        elif cfg.conditioning != "none":
             if database is None:
                 raise PtragError(
                     f"conditioning {cfg.conditioning!r} needs a retrieval database (the training "
@@ -176,6 +180,29 @@ class PerturbationModel(nn.Module):
                 self.cross_attn = nn.MultiheadAttention(h, cfg.n_heads, dropout=cfg.dropout, batch_first=True)
             else:
                 self.selector = TripletSelector(h, cfg.tau, identity_init=cfg.identity_init)
+
+    def _init_responses(self, responses: ResponseIndex | None) -> None:
+        """The response database and the parts that read it (``pt_rag_response``)."""
+        cfg, h = self.cfg, self.cfg.hidden
+        if responses is None:
+            raise PtragError("conditioning 'pt_rag_response' needs a response database (the training groups).")
+        if responses.raw.shape[1] != self.pert_dim or responses.shift.shape[1] != self.n_genes:
+            raise PtragError(
+                f"response database must have [E, pert_dim={self.pert_dim}] vectors and [E, n_genes={self.n_genes}] "
+                f"shifts (got {tuple(responses.raw.shape)} and {tuple(responses.shift.shape)})."
+            )
+        if cfg.topk > len(responses) - 1:
+            raise PtragError(
+                f"model option topk = {cfg.topk} exceeds the {len(responses)} training groups of the response "
+                f"database minus the query's own: use topk <= {len(responses) - 1}."
+            )
+        self.responses = responses
+        self.selector = TripletSelector(h, cfg.tau, identity_init=cfg.identity_init)
+        self.response_encoder = (
+            PertEncoder(responses.summary.shape[1], h, cfg.dropout) if cfg.response_context else None
+        )
+        self.same_cell_type = nn.Embedding(2, h)  # e_same: the entry is of the query's cell type or not
+        nn.init.normal_(self.same_cell_type.weight, std=0.02)
 
     # ------------------------------------------------------------------ helpers
     @property
@@ -214,19 +241,18 @@ class PerturbationModel(nn.Module):
             raise PtragError(f"query_index must be [B={b}] (got {tuple(query_index.shape)}).")
 
     # ------------------------------------------------------------------ forward
-    def _encode_contexts(self, idx: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-        """``h_ctx`` of the retrieved candidates ``idx`` ``[B, K]`` -> ``[B, K, H]``.
+    def _encode_contexts(self, idx: torch.Tensor, encode) -> torch.Tensor:
+        """``encode(rows)`` of the retrieved candidates ``idx`` ``[B, K]`` -> ``[B, K, H]``.
 
         The sets of a batch retrieve overlapping candidates (similar queries have similar
         neighbours), so each distinct database row is encoded once and gathered: the same
         values as encoding every ``(b, k)``, with fewer rows through the encoder. With dropout
         in training every retrieval is encoded on its own, so each draws its own mask.
         """
-        assert self.index is not None
         if self.training and self.cfg.dropout > 0:
-            return self.pert_encoder(self.index.raw[idx].to(dtype))
+            return encode(idx)
         rows, inverse = torch.unique(idx, return_inverse=True)
-        return self.pert_encoder(self.index.raw[rows].to(dtype))[inverse]
+        return encode(rows)[inverse]
 
     def forward(
         self,
@@ -235,6 +261,7 @@ class PerturbationModel(nn.Module):
         pert_vec: torch.Tensor,
         query_index: torch.Tensor,
         sample_selection: bool | None = None,
+        query_cell_type: torch.Tensor | None = None,
     ) -> ModelOutput:
         """Predict the perturbed set of each control set.
 
@@ -248,11 +275,15 @@ class PerturbationModel(nn.Module):
             ``[B, Dp]`` query perturbation vectors.
         query_index
             ``[B]`` long: the query's row in the retrieval database, ``-1`` when absent; that
-            row is excluded from the query's candidates. Ignored for ``conditioning="none"``.
+            row is excluded from the query's candidates. For ``pt_rag_response``: the query's
+            perturbation id in the response database (``-1``: no training group), whose entry
+            in ``query_cell_type`` is excluded. Ignored for ``conditioning="none"``.
         sample_selection
             PT-RAG only. ``None``: Gumbel sampling in training, ``cfg.eval_selection`` in eval.
             ``True``: always sample. ``False``: always the noise-free threshold (with the
             straight-through gradient of ``p_include`` when gradients are enabled).
+        query_cell_type
+            ``[B]`` long cell-type id of each set (``pt_rag_response``; ``-1``: unknown).
 
         Returns
         -------
@@ -263,37 +294,82 @@ class PerturbationModel(nn.Module):
         h_ctrl = self.cell_encoder(cell_input)  # [B, S, H]
         h_pert = self.pert_encoder(pert_vec)  # [B, H]
         out = ModelOutput(pred=ctrl_expr)
+        readout = None
+        if self.responses is not None:
+            if query_cell_type is None:
+                query_cell_type = torch.full_like(query_index, -1)
+            query_cell_type = query_cell_type.to(query_index.device)
+            if self.response_encoder is not None:  # the query's own response elsewhere joins h_pert
+                own = self.responses.own_summary(query_index, query_cell_type)
+                h_pert = h_pert + self.response_encoder(own.to(h_pert.dtype))
+            if self.cfg.response_readout:  # the set's control sampling error leaves the mean
+                readout = self.responses.centred_base(ctrl_expr, query_cell_type) - ctrl_expr
         if self.cfg.conditioning == "none":
             z = h_ctrl + h_pert[:, None, :]
+        elif self.cfg.conditioning == "vanilla_rag":
+            h_ctx = self._retrieve(pert_vec, query_index, out)
+            q = h_ctrl + h_pert[:, None, :]
+            attn, _ = self.cross_attn(q, h_ctx, h_ctx, need_weights=False)
+            z = q + attn
         else:
-            assert self.index is not None
-            sim, idx = self.index.search(pert_vec, self.cfg.topk, query_index.to(pert_vec.device))
-            h_ctx = self._encode_contexts(idx, pert_vec.dtype)  # [B, K, H]
-            out.candidates, out.similarity = idx, sim
-            if self.cfg.conditioning == "vanilla_rag":
-                assert self.cross_attn is not None
-                q = h_ctrl + h_pert[:, None, :]
-                attn, _ = self.cross_attn(q, h_ctx, h_ctx, need_weights=False)
-                z = q + attn
+            if self.responses is None:
+                h_ctx = self._retrieve(pert_vec, query_index, out)
             else:
-                assert self.selector is not None
-                fused = self.cfg.fused_triplets
-                logits = self.selector.scores(h_ctrl, h_pert, h_ctx, fused=fused)  # [B, S, K, 2]
-                if sample_selection is None:
-                    mode = self.cfg.train_selection if self.training else self.cfg.eval_selection
-                else:
-                    mode = "sample" if sample_selection else "threshold"
-                rule = self.cfg.empty_selection
-                w, p_include = self.selector.select(logits, mode, "best" if rule == "best" else "none")
-                z = self.selector.aggregate(
-                    w, h_ctrl, h_pert, h_ctx, fused=fused, null=rule == "null", mean=self.cfg.aggregation == "mean"
-                )
-                if rule == "keep":
-                    z = z + h_ctrl + h_pert[:, None, :]
-                out.weights, out.p_include = w, p_include
+                h_ctx = self._retrieve_responses(pert_vec, query_index, query_cell_type, out)
+            z = self._select(h_ctrl, h_pert, h_ctx, sample_selection, out)
+            if self.responses is not None and self.cfg.response_readout:
+                assert out.weights is not None and out.candidates is not None
+                w = out.weights / out.weights.sum(-1, keepdim=True).clamp_min(1e-6)
+                readout = readout + torch.bmm(w, self.responses.shift[out.candidates].to(w.dtype))  # [B, S, G]
         out.delta = self.decoder(self.backbone(z))
+        if readout is not None:
+            out.delta = out.delta + readout
         out.pred = torch.relu(ctrl_expr + out.delta)
         return out
+
+    def _retrieve(self, pert_vec: torch.Tensor, query_index: torch.Tensor, out: ModelOutput) -> torch.Tensor:
+        """Stage 1 over the gene vectors of the training perturbations; ``h_ctx`` ``[B, K, H]``."""
+        assert self.index is not None
+        sim, idx = self.index.search(pert_vec, self.cfg.topk, query_index.to(pert_vec.device))
+        out.candidates, out.similarity = idx, sim
+        raw = self.index.raw
+        return self._encode_contexts(idx, lambda rows: self.pert_encoder(raw[rows].to(pert_vec.dtype)))
+
+    def _retrieve_responses(
+        self, pert_vec: torch.Tensor, query_pert: torch.Tensor, query_ct: torch.Tensor, out: ModelOutput
+    ) -> torch.Tensor:
+        """Stage 1 over the training groups; ``h_k = PertEnc(gene_k) + RespEnc(summary_k) + e_same``."""
+        assert self.responses is not None
+        db = self.responses
+        sim, idx, same = db.search(pert_vec, query_pert, query_ct, self.cfg.topk, self.cfg.response_candidates)
+        out.candidates, out.similarity, out.same_cell_type = idx, sim, same
+
+        def encode(rows: torch.Tensor) -> torch.Tensor:
+            h = self.pert_encoder(db.raw[rows].to(pert_vec.dtype))
+            if self.response_encoder is not None:
+                h = h + self.response_encoder(db.summary[rows].to(pert_vec.dtype))
+            return h
+
+        return self._encode_contexts(idx, encode) + self.same_cell_type(same.long())
+
+    def _select(self, h_ctrl, h_pert, h_ctx, sample_selection: bool | None, out: ModelOutput) -> torch.Tensor:
+        """PT-RAG's Stage 2 and aggregation: ``z`` ``[B, S, H]``; sets ``out.weights`` / ``p_include``."""
+        assert self.selector is not None
+        fused = self.cfg.fused_triplets
+        logits = self.selector.scores(h_ctrl, h_pert, h_ctx, fused=fused)  # [B, S, K, 2]
+        if sample_selection is None:
+            mode = self.cfg.train_selection if self.training else self.cfg.eval_selection
+        else:
+            mode = "sample" if sample_selection else "threshold"
+        rule = self.cfg.empty_selection
+        w, p_include = self.selector.select(logits, mode, "best" if rule == "best" else "none")
+        z = self.selector.aggregate(
+            w, h_ctrl, h_pert, h_ctx, fused=fused, null=rule == "null", mean=self.cfg.aggregation == "mean"
+        )
+        if rule == "keep":
+            z = z + h_ctrl + h_pert[:, None, :]
+        out.weights, out.p_include = w, p_include
+        return z
 
 
 def count_parameters(model: nn.Module, trainable_only: bool = False) -> int:

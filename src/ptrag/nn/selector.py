@@ -250,7 +250,7 @@ class TripletSelector(nn.Module):
     def select(
         self,
         logits: torch.Tensor,
-        mode: Literal["sample", "threshold", "expected"],
+        mode: Literal["sample", "threshold", "expected", "all"],
         empty: Literal["none", "best"] = "none",
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Selection weights from logits.
@@ -260,7 +260,8 @@ class TripletSelector(nn.Module):
         ``p_k = softmax(logits)[..., 1]`` (the hard sample is the argmax of the perturbed
         logits, whatever ``tau``), the gradient is that of the soft Gumbel sample.
         ``expected``: the expectation of the training selection, ``E[w_k]`` (no noise; soft
-        values in ``[0, 1]``, differentiable). ``threshold``: ``w = [p_k > 0.5]`` with the
+        values in ``[0, 1]``, differentiable). ``all``: every candidate (no selection).
+        ``threshold``: ``w = [p_k > 0.5]`` with the
         straight-through gradient of ``p_k`` when gradients are enabled.
 
         ``empty="best"``: a cell whose selection is empty gets its highest-scoring candidate
@@ -285,9 +286,11 @@ class TripletSelector(nn.Module):
         p_include : torch.Tensor
             ``[..., K]`` softmax include probability.
         """
-        check_choice("selection mode", mode, ("sample", "threshold", "expected"))
+        check_choice("selection mode", mode, ("sample", "threshold", "expected", "all"))
         check_choice("empty-selection rule", empty, ("none", "best"))
         p_include = logits.softmax(dim=-1)[..., 1]
+        if mode == "all":  # no selection (an ablation): every candidate, weight 1
+            return torch.ones_like(p_include), p_include
         best = None
         if empty == "best":
             best = F.one_hot(p_include.argmax(dim=-1), p_include.shape[-1]).to(p_include.dtype)

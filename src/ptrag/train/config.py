@@ -24,7 +24,7 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover
     import tomli as tomllib
 
-ModelName = Literal["state", "state_genept", "vanilla_rag", "pt_rag"]
+ModelName = Literal["state", "state_genept", "vanilla_rag", "pt_rag", "pt_rag_response"]
 MODELS: tuple[str, ...] = get_args(ModelName)
 
 #: The conditioning and the perturbation representation of each model of the paper.
@@ -33,6 +33,7 @@ MODEL_KINDS: dict[str, tuple[str, str]] = {
     "state_genept": ("none", "genes"),
     "vanilla_rag": ("vanilla_rag", "genes"),
     "pt_rag": ("pt_rag", "genes"),
+    "pt_rag_response": ("pt_rag_response", "genes"),
 }
 
 
@@ -43,7 +44,8 @@ class TrainConfig:
     Parameters
     ----------
     model
-        ``state`` (one-hot), ``state_genept``, ``vanilla_rag`` or ``pt_rag``.
+        ``state`` (one-hot), ``state_genept``, ``vanilla_rag``, ``pt_rag`` or ``pt_rag_response``
+        (PT-RAG over the training groups' observed responses; docs/training.md).
     preset
         ``cpu`` (small, minutes on 2 cores) or ``paper`` (hidden 128, S = 64, batch 64,
         K = 32, 50k steps).
@@ -78,7 +80,12 @@ class TrainConfig:
         PT-RAG's ``sum`` (Eq. 7) or ``mean`` of the selected projected triplets.
     eval_selection
         PT-RAG's selection at evaluation: ``expected`` (the expectation of the training
-        selection), ``threshold`` (p_include > 0.5) or ``sample``.
+        selection), ``threshold`` (p_include > 0.5) or ``sample``; ``all`` (train and eval):
+        every candidate, no selection (an ablation).
+    response_candidates, response_context, response_readout
+        ``pt_rag_response``'s Stage-1 rule, whether the contexts encode the observed responses
+        and whether the prediction starts from the selected groups' mean shift (see
+        :class:`ptrag.nn.generator.ModelConfig`; ablations, set in a ``--config`` TOML).
     cell_set_size
         S, cells per set.
     batch_size
@@ -140,9 +147,12 @@ class TrainConfig:
     calibration: Literal["none", "validation"] = "none"
     empty_selection: Literal["best", "null", "paper", "keep"] = "best"
     aggregation: Literal["sum", "mean"] = "sum"
-    train_selection: Literal["sample", "threshold", "expected"] = "sample"
+    train_selection: Literal["sample", "threshold", "expected", "all"] = "sample"
     identity_init: bool = True
-    eval_selection: Literal["expected", "threshold", "sample"] = "expected"
+    eval_selection: Literal["expected", "threshold", "sample", "all"] = "expected"
+    response_candidates: Literal["both", "same", "other"] = "both"
+    response_context: bool = True
+    response_readout: bool = True
     cell_set_size: int = 32
     batch_size: int = 16
     n_genes: int = 2000
@@ -200,6 +210,9 @@ class TrainConfig:
             train_selection=self.train_selection,
             identity_init=self.identity_init,
             eval_selection=self.eval_selection,
+            response_candidates=self.response_candidates,
+            response_context=self.response_context,
+            response_readout=self.response_readout,
         )
 
     def validate(self) -> None:
@@ -310,6 +323,22 @@ def _coerce(name: str, value: Any, source: str) -> Any:
     raise PtragError(f"{source}: {name} = {value!r} has the wrong type; expected {base.__name__}.")
 
 
+def config_file_values(config_file: str | Path) -> dict[str, Any]:
+    """The options a TOML config file sets (checked and coerced; a ``[data]`` table completed)."""
+    path = Path(config_file)
+    if not path.is_file():
+        raise PtragError(f"config file not found: {path}.")
+    try:
+        raw = tomllib.loads(path.read_text())
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise PtragError(f"{path} is not valid TOML: {exc}") from exc
+    known = {f.name for f in fields(TrainConfig)}
+    unknown = set(raw) - known
+    if unknown:
+        raise PtragError(f"{path}: unknown key(s) {sorted(unknown)}; known keys: {', '.join(sorted(known))}.")
+    return {k: _coerce(k, v, str(path)) for k, v in raw.items()}
+
+
 def resolve_config(
     overrides: dict[str, Any] | None = None,
     config_file: str | Path | None = None,
@@ -331,20 +360,8 @@ def resolve_config(
     TrainConfig
     """
     values: dict[str, Any] = {}
-    file_values: dict[str, Any] = {}
     known = {f.name for f in fields(TrainConfig)}
-    if config_file is not None:
-        path = Path(config_file)
-        if not path.is_file():
-            raise PtragError(f"config file not found: {path}.")
-        try:
-            raw = tomllib.loads(path.read_text())
-        except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
-            raise PtragError(f"{path} is not valid TOML: {exc}") from exc
-        unknown = set(raw) - known
-        if unknown:
-            raise PtragError(f"{path}: unknown key(s) {sorted(unknown)}; known keys: {', '.join(sorted(known))}.")
-        file_values = {k: _coerce(k, v, str(path)) for k, v in raw.items()}
+    file_values = config_file_values(config_file) if config_file is not None else {}
     overrides = {k: v for k, v in (overrides or {}).items() if v is not None}
     unknown = set(overrides) - known
     if unknown:

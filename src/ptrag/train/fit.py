@@ -16,6 +16,7 @@ and fits the PCA-50 space on training cells.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 from collections.abc import Sequence
@@ -25,7 +26,8 @@ from pathlib import Path
 import torch
 
 from ptrag.errors import PtragError, atomic_path, atomic_write_text
-from ptrag.train.config import TrainConfig
+from ptrag.train.config import TrainConfig, read_run_config
+from ptrag.train.lock import run_lock
 from ptrag.train.prepare import (  # noqa: F401  (re-exported: the run's inputs)
     PreparedRun,
     build_plan,
@@ -34,6 +36,7 @@ from ptrag.train.prepare import (  # noqa: F401  (re-exported: the run's inputs)
     prepare_run,
     training_rows,
 )
+from ptrag.train.resume import resume_config
 
 log = logging.getLogger("ptrag")
 
@@ -118,7 +121,7 @@ def train(
     progress: bool = True,
     gene_aliases: str | Path | None = None,
 ) -> TrainResult:
-    """Train one model and write its run folder.
+    """Train one model and write its run folder (locked: one process per folder).
 
     Parameters
     ----------
@@ -145,12 +148,6 @@ def train(
     -------
     TrainResult
     """
-    import lightning as L
-    from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
-    from lightning.pytorch.loggers import CSVLogger
-
-    from ptrag.nn.generator import count_parameters
-
     run_dir = Path(out_dir)
     if run_dir.exists() and not run_dir.is_dir():
         raise PtragError(f"--out {run_dir} is a file; a run is a folder: choose another --out or remove the file.")
@@ -161,7 +158,36 @@ def train(
         raise PtragError(
             f"{run_dir} already holds a trained run; pass --resume to continue it or choose another --out."
         )
+    if resume:
+        cfg = resume_config(read_run_config(run_dir), dataclasses.asdict(cfg), run_dir)
+    with run_lock(run_dir):
+        return _fit(cfg, data_path, run_dir, split_path, gene_tables, backed, resume, progress, gene_aliases)
+
+
+def _check_split(cfg: TrainConfig, prep) -> None:
+    """Refuse a split that leaves nothing to validate or test for the model, before any step."""
+    if prep.split.groups("val").empty and prep.split.groups("test").empty:
+        hint = (
+            " --model state represents only perturbations that train (one-hot), so a held-out perturbation "
+            "that trains in no cell type cannot be predicted: use state_genept, vanilla_rag, pt_rag or "
+            "pt_rag_response, or a few-shot split."
+            if not cfg.uses_gene_table
+            else " Hold some groups out (--fewshot, --task, or a split file with val / test groups)."
+        )
+        raise PtragError(f"the split leaves no validation or test group for --model {cfg.model}.{hint}")
+
+
+def _fit(cfg, data_path, run_dir: Path, split_path, gene_tables, backed, resume, progress, gene_aliases):
+    """The body of :func:`train`, run under the folder's lock."""
+    import lightning as L
+    from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
+    from lightning.pytorch.loggers import CSVLogger
+
+    from ptrag.nn.generator import count_parameters
+
+    last = run_dir / "checkpoints" / "last.ckpt"
     prep = prepare_run(cfg, data_path, split_path, gene_tables, backed, gene_aliases)
+    _check_split(cfg, prep)
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     plan = build_plan(cfg, prep)
     write_run_files(cfg, prep, run_dir)

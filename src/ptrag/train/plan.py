@@ -15,6 +15,7 @@ import torch
 from geomloss import SamplesLoss
 
 from ptrag.nn.generator import ModelConfig, ModelOutput, PerturbationModel
+from ptrag.nn.responses import ResponseIndex, placeholder_index
 
 #: Energy scale of the paper's data (its Table 1 energies are 9.3-9.4; the issue that set this
 #: measured the paper's lambda = 0.1 against energies of about 9 on 2,000 Replogle genes).
@@ -39,6 +40,26 @@ def calibrated_prediction(base: torch.Tensor, delta: torch.Tensor, alpha: float,
     y_mean, b_mean = y.mean(1, keepdim=True), b.mean(1, keepdim=True)
     mean = b_mean + alpha * (y_mean - b_mean)
     return torch.relu(mean + beta * (y - y_mean) + (1.0 - beta) * (b - b_mean))
+
+
+def _response_index(cfg, responses, pert_vectors, pert_names, cell_types, n_genes, summary_dim):
+    """``pt_rag_response``'s :class:`ResponseIndex` (a placeholder when rebuilt from a checkpoint)."""
+    if cfg.conditioning != "pt_rag_response":
+        return None
+    if responses is None:
+        index = placeholder_index(n_genes, pert_vectors.shape[1], summary_dim, cfg.topk + 1)
+        index.control_mean = torch.zeros(max(len(cell_types), 1), n_genes)
+        return index
+    return ResponseIndex(
+        pert_vectors[responses["entry_pert"]],
+        responses["entry_pert"],
+        responses["entry_ct"],
+        responses["shift"],
+        responses["summary"],
+        pert_names,
+        cell_types,
+        responses.get("control_mean"),
+    )
 
 
 class PerturbationPlan(L.LightningModule):
@@ -107,10 +128,12 @@ class PerturbationPlan(L.LightningModule):
         cell_types: Sequence[str] = (),
         base_shift: torch.Tensor | None = None,
         residual_base: str = "none",
+        responses: dict[str, torch.Tensor] | None = None,
+        response_summary_dim: int = 0,
     ) -> None:
         super().__init__()
         # The vectors live in buffers (state_dict), not in the hyper-parameters.
-        self.save_hyperparameters(ignore=["pert_vectors", "base_shift"])
+        self.save_hyperparameters(ignore=["pert_vectors", "base_shift", "responses"])
         cfg = ModelConfig(**model_cfg)
         self.rag = cfg.conditioning != "none"
         if pert_vectors is None:  # rebuilt from a checkpoint: load_state_dict fills the buffers
@@ -118,14 +141,17 @@ class PerturbationPlan(L.LightningModule):
         pert_vectors = torch.as_tensor(pert_vectors, dtype=torch.float32)
         db_pos = {n: i for i, n in enumerate(database_names)}
         pert_pos = {n: i for i, n in enumerate(pert_names)}
-        database = pert_vectors[[pert_pos[n] for n in database_names]] if self.rag else None
+        database = pert_vectors[[pert_pos[n] for n in database_names]] if database_names else None
         self.model = PerturbationModel(
             cfg,
             n_genes,
             cell_input_dim,
             pert_dim,
             database=database,
-            database_names=list(database_names) if self.rag else None,
+            database_names=list(database_names) if database is not None else None,
+            responses=_response_index(
+                cfg, responses, pert_vectors, pert_names, cell_types, n_genes, response_summary_dim
+            ),
         )
         self.pert_names = list(pert_names)
         self.register_buffer("pert_table", pert_vectors.clone())
@@ -157,13 +183,22 @@ class PerturbationPlan(L.LightningModule):
         """
         if pert_vec is None:
             pert_vec = self.pert_table[batch["pert_id"]]
-            query_index = self.pert_to_db[batch["pert_id"]]
+            query_index = self.query_rows(batch["pert_id"])
         base = self.residual_base(batch)
-        out = self.model(base, batch["cell_input"], pert_vec, query_index)
+        out = self.model(base, batch["cell_input"], pert_vec, query_index, query_cell_type=batch.get("ct_id"))
         if calibrated:
             alpha, beta = (float(v) for v in self.calibration)
             out.pred = calibrated_prediction(base, out.delta, alpha, beta)
         return out
+
+    def query_rows(self, pert_id: torch.Tensor) -> torch.Tensor:
+        """The model's ``query_index`` of perturbation-table rows (``-1``: not in the table): the
+        retrieval-database row (``-1`` when the perturbation does not train), or for
+        ``pt_rag_response`` the table row itself (the response database's perturbation ids)."""
+        if self.model.responses is not None:
+            return pert_id
+        rows = self.pert_to_db[pert_id.clamp_min(0)]
+        return torch.where(pert_id >= 0, rows, torch.full_like(rows, -1))
 
     def residual_base(self, batch: dict) -> torch.Tensor:
         """What the network's change is added to: the control cells, shifted by their cell

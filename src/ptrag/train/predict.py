@@ -64,30 +64,28 @@ def _collate(items: list[dict]) -> dict:
 
 
 def _retrieval_rows(plan, out, sets: list[CellSet]) -> list[dict]:
+    """One row per (set, candidate); ``pt_rag_response`` rows also name the candidate's cell type."""
+    responses = plan.model.responses
     names = plan.model.database_names
     rows = []
     for b, cs in enumerate(sets):
         cand = out.candidates[b].tolist()
         sim = out.similarity[b].tolist()
         frac = out.weights[b].float().mean(0).tolist() if out.weights is not None else [float("nan")] * len(cand)
-        for c, s, f in zip(cand, sim, frac, strict=True):
-            rows.append(
-                dict(
-                    cell_type=cs.cell_type,
-                    query=cs.perturbation,
-                    candidate=names[c],
-                    similarity=s,
-                    selected_fraction=f,
-                    n_cells=len(cs.pert_rows),
-                )
-            )
+        labels = responses.labels(cand) if responses is not None else [(names[c], None) for c in cand]
+        for (name, ct), s, f in zip(labels, sim, frac, strict=True):
+            row = dict(cell_type=cs.cell_type, query=cs.perturbation, candidate=name)
+            if ct is not None:
+                row["candidate_cell_type"] = ct
+            rows.append(row | dict(similarity=s, selected_fraction=f, n_cells=len(cs.pert_rows)))
     return rows
 
 
 def _aggregate_retrieval(rows: list[dict]) -> pd.DataFrame:
     df = pd.DataFrame(rows)
     df["w"] = df["selected_fraction"] * df["n_cells"]
-    g = df.groupby(["cell_type", "query", "candidate"], sort=False)
+    keys = ["cell_type", "query", "candidate"] + (["candidate_cell_type"] if "candidate_cell_type" in df else [])
+    g = df.groupby(keys, sort=False)
     # min_count=1: a Vanilla RAG log (no selection, NaN fractions) stays NaN instead of summing to 0
     out = g.agg(similarity=("similarity", "first"), n_cells=("n_cells", "sum")).reset_index()
     out["w"] = g["w"].sum(min_count=1).to_numpy()
@@ -150,6 +148,8 @@ def predict(
     -------
     Prediction
     """
+    if n_cells is not None and n_cells < 1:
+        raise PtragError(f"--n-cells must be at least 1 (got {n_cells}): the cells to predict per new perturbation.")
     if control_baseline:
         if baseline not in (None, "control"):
             raise PtragError(f"--control-baseline and --baseline {baseline} disagree: give one of them.")
@@ -221,9 +221,7 @@ def _run_network(
                 vec = torch.stack(
                     [extra_vec[n] if n in extra_vec else plan.pert_table[pert_index[n]] for n in names]
                 ).to(device)
-                qidx = torch.tensor(
-                    [int(plan.pert_to_db[pert_index[n]]) if n in pert_index else -1 for n in names], device=device
-                )
+                qidx = plan.query_rows(torch.tensor([pert_index.get(n, -1) for n in names], device=device))
                 out = plan(batch, pert_vec=vec, query_index=qidx, calibrated=True)
                 for cs_i, p in zip(idxs[start : start + batch_size], out.pred.cpu().numpy(), strict=True):
                     outputs[cs_i] = p

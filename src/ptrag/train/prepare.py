@@ -58,6 +58,8 @@ class PreparedRun:
         The data's cell types (rows of the plan's per-cell-type table).
     base_shift
         ``[n_cell_types, n_genes]`` residual base shift (``--residual-base``), or ``None``.
+    responses
+        ``pt_rag_response``'s database (:func:`response_database`), else ``None``.
     """
 
     data: PerturbData
@@ -72,6 +74,7 @@ class PreparedRun:
     cell_types: list[str] = field(default_factory=list)
     base_shift: np.ndarray | None = None
     source_split: Split | None = None
+    responses: dict[str, np.ndarray] | None = None
 
 
 def training_rows(data: PerturbData, split: Split) -> np.ndarray:
@@ -172,14 +175,22 @@ def prepare_run(
                 split.table[split.table["perturbation"].isin(train_perts)].reset_index(drop=True), split.dataset
             )
         pert_vectors = one_hot(pert_names, pert_names)
-    database_names = train_perts if cfg.conditioning != "none" else []
-    if cfg.conditioning != "none" and cfg.topk > len(database_names) - 1:
+    database_names = train_perts if cfg.conditioning in ("vanilla_rag", "pt_rag") else []
+    if database_names and cfg.topk > len(database_names) - 1:
         raise PtragError(
             f"--topk {cfg.topk} is larger than the retrieval database allows: {len(database_names)} training "
             f"perturbations minus the query. Use --topk {max(len(database_names) - 1, 1)} or less."
         )
     rows = training_rows(data, split)
     genes = select_hvg(data, rows, cfg.n_genes, seed=cfg.seed)
+    if len(genes) < cfg.n_genes:
+        log.info(
+            "--n-genes %d: %s offers %d genes to select from; all %d are used.",
+            cfg.n_genes,
+            data_path,
+            len(genes),
+            len(genes),
+        )
     rng = np.random.default_rng(cfg.seed)
     fit_rows = np.sort(rng.choice(rows, min(len(rows), 50_000), replace=False))
     pca = PCASpace.fit(data.expression(fit_rows, genes), n_components=50, seed=cfg.seed, gene_names=genes)
@@ -198,7 +209,54 @@ def prepare_run(
         cell_types=cell_types,
         base_shift=_base_shift(cfg, data, split, genes, pert_names, cell_types),
         source_split=source_split,
+        responses=response_database(data, split, genes, pert_names, cell_types, pca, cfg.topk)
+        if cfg.conditioning == "pt_rag_response"
+        else None,
     )
+
+
+def response_database(data, split, genes, pert_names, cell_types, pca, topk: int) -> dict[str, np.ndarray]:
+    """``pt_rag_response``'s database: one entry per training group (its cells and its cell
+    type's controls only), with its mean ``shift`` over ``genes`` and a ``summary`` (the shift's
+    PCA-50 scores and log cell count, each column standardised over the entries).
+
+    Returns
+    -------
+    dict
+        ``entry_pert`` (rows of ``pert_names``), ``entry_ct`` (rows of ``cell_types``),
+        ``shift`` ``[E, G]``, ``summary`` ``[E, 51]`` (float32), ``n_cells``, ``control_mean``
+        (``[n_cell_types, G]``, each cell type's control cells).
+    """
+    from ptrag.train.baselines import group_mean_changes
+
+    train = split.groups("train")
+    train = train[train["perturbation"].isin(set(pert_names))].reset_index(drop=True)
+    if len(train) - 1 < topk:
+        raise PtragError(
+            f"--topk {topk} is larger than the response database allows: {len(train)} training groups minus "
+            f"the query's own. Use --topk {max(len(train) - 1, 1)} or less."
+        )
+    changes = group_mean_changes(data, train, genes)
+    gidx = data.gene_index(list(genes))
+    control_mean = np.zeros((len(cell_types), len(genes)), dtype=np.float32)
+    for i, ct in enumerate(cell_types):
+        rows = data.rows_of(ct, data.spec.control)
+        if len(rows):
+            control_mean[i] = data.expression(rows, gidx).mean(0)
+    pert_pos = {p: i for i, p in enumerate(pert_names)}
+    ct_pos = {c: i for i, c in enumerate(cell_types)}
+    n_cells = train["n_cells"].to_numpy(dtype=np.float64) if "n_cells" in train else np.ones(len(train))
+    summary = np.column_stack([changes.delta @ pca.components.T, np.log1p(n_cells)])
+    spread = summary.std(axis=0)
+    summary = (summary - summary.mean(axis=0)) / np.where(spread > 0, spread, 1.0)
+    return {
+        "entry_pert": np.array([pert_pos[p] for p in train["perturbation"]], dtype=np.int64),
+        "entry_ct": np.array([ct_pos[c] for c in train["cell_type"]], dtype=np.int64),
+        "shift": changes.delta.astype(np.float32),
+        "summary": summary.astype(np.float32),
+        "n_cells": n_cells,
+        "control_mean": control_mean,
+    }
 
 
 def _base_shift(cfg: TrainConfig, data, split, genes, pert_names, cell_types) -> np.ndarray | None:
@@ -234,6 +292,8 @@ def build_plan(cfg: TrainConfig, prep: PreparedRun):
         cell_types=prep.cell_types,
         base_shift=None if prep.base_shift is None else torch.from_numpy(prep.base_shift),
         residual_base=cfg.residual_base,
+        responses=None if prep.responses is None else {k: torch.as_tensor(v) for k, v in prep.responses.items()},
+        response_summary_dim=0 if prep.responses is None else prep.responses["summary"].shape[1],
     )
 
 

@@ -1,0 +1,198 @@
+"""Response-aware retrieval (``conditioning="pt_rag_response"``; pure torch).
+
+The database holds one entry per *training* (perturbation, cell type) group, with what the
+training cells observed about it: its mean change from its cell type's control mean over the
+run's genes (``shift``, ``[E, G]``), a compact summary of that change (``summary``, ``[E, R]``:
+its PCA-50 scores and its log cell count, standardised) and the perturbation's gene vector.
+:class:`ResponseIndex` keeps all of it as buffers, so it travels in the checkpoint.
+
+Stage 1 (fixed) ranks the entries of a query ``(p, t)`` by tiers, then by the cosine of the gene
+vectors (:func:`candidate_scores`); ``candidates="both"`` (the default):
+
+1. ``p``'s own entries in the other cell types (what the query did elsewhere);
+2. the entries of ``t`` (how this cell type responded to similar perturbations);
+3. the other cell types' entries of other perturbations, only to fill ``K`` when the first two
+   tiers hold fewer than ``K`` entries.
+
+The query's own entry ``(p, t)`` is never a candidate (it is a held-out group at prediction
+and the answer itself in training). ``"same"`` drops tier 1 (tier 3 then takes its place as a
+last resort), ``"other"`` ranks tier 3 before the target's entries. A perturbation that no cell
+type trained (``p = -1``) has no tier 1: it gets its cell type's gene-vector neighbours.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+
+from ptrag.errors import PtragError
+from ptrag.nn.retrieval import l2_normalise
+
+#: Rank offsets of the three tiers (cosines lie in [-1, 1], so tiers never interleave).
+_TIER = {"own": 8.0, "same": 4.0, "other": 0.0, "last": -4.0}
+CANDIDATE_RULES = ("both", "same", "other")
+
+
+def candidate_scores(
+    sim: torch.Tensor,
+    entry_pert: torch.Tensor,
+    entry_ct: torch.Tensor,
+    query_pert: torch.Tensor,
+    query_ct: torch.Tensor,
+    rule: str = "both",
+) -> torch.Tensor:
+    """Stage-1 ranking scores ``[B, E]`` of every entry for every query (higher is first).
+
+    Parameters
+    ----------
+    sim
+        ``[B, E]`` cosine of the query's gene vector to each entry's.
+    entry_pert, entry_ct
+        ``[E]`` perturbation and cell-type ids of the entries.
+    query_pert, query_ct
+        ``[B]`` ids of the queries (``-1``: unknown to the database).
+    rule
+        ``"both"``, ``"same"`` or ``"other"`` (module docstring).
+
+    Returns
+    -------
+    torch.Tensor
+        ``sim`` plus each entry's tier offset; ``-inf`` for the query's own entry.
+    """
+    own = entry_pert[None, :] == query_pert[:, None]
+    same = entry_ct[None, :] == query_ct[:, None]
+    tier = {
+        "both": (_TIER["own"], _TIER["same"], _TIER["other"]),
+        "same": (_TIER["last"], _TIER["same"], _TIER["other"]),
+        "other": (_TIER["own"], _TIER["other"], _TIER["same"]),
+    }[rule]
+    offset = torch.where(same, tier[1], tier[2])
+    offset = torch.where(own & ~same, tier[0], offset)
+    scores = sim + offset
+    return scores.masked_fill(own & same & (query_pert[:, None] >= 0), float("-inf"))
+
+
+class ResponseIndex(nn.Module):
+    """Training groups with their observed responses, as buffers (see the module docstring).
+
+    Parameters
+    ----------
+    vectors
+        ``[E, D]`` gene vector of each entry's perturbation.
+    entry_pert, entry_ct
+        ``[E]`` long ids: the perturbation (a row of the run's perturbation table) and the cell
+        type of each entry.
+    shift
+        ``[E, G]`` mean change of each entry from its cell type's control mean (training cells).
+    summary
+        ``[E, R]`` what the context encoder reads of the response.
+    pert_names, cell_type_names
+        Names of the perturbation and cell-type ids (for the retrieval log).
+    control_mean
+        ``[n_cell_types, G]`` mean of each cell type's control cells (``None``: zeros).
+    """
+
+    def __init__(
+        self,
+        vectors: torch.Tensor,
+        entry_pert: torch.Tensor,
+        entry_ct: torch.Tensor,
+        shift: torch.Tensor,
+        summary: torch.Tensor,
+        pert_names: Sequence[str] = (),
+        cell_type_names: Sequence[str] = (),
+        control_mean: torch.Tensor | None = None,
+    ) -> None:
+        super().__init__()
+        e = vectors.shape[0]
+        n_ct = int(entry_ct.max()) + 1 if e else 1
+        if control_mean is None:
+            control_mean = torch.zeros(max(n_ct, len(cell_type_names)), shift.shape[1])
+        for name, t in (("entry_pert", entry_pert), ("entry_ct", entry_ct), ("shift", shift), ("summary", summary)):
+            if t.shape[0] != e:
+                raise PtragError(f"response database: {name} has {t.shape[0]} rows for {e} entries.")
+        for name, t in (("vectors", vectors), ("shift", shift), ("summary", summary)):
+            if not bool(torch.isfinite(t).all()):
+                raise PtragError(f"response database: {name} holds NaN or infinite values.")
+        self.register_buffer("raw", vectors.detach().float().clone())
+        self.register_buffer("unit", l2_normalise(self.raw))
+        self.register_buffer("entry_pert", entry_pert.detach().long().clone())
+        self.register_buffer("entry_ct", entry_ct.detach().long().clone())
+        self.register_buffer("shift", shift.detach().float().clone())
+        self.register_buffer("summary", summary.detach().float().clone())
+        self.register_buffer("control_mean", torch.as_tensor(control_mean).detach().float().clone())
+        self.pert_names = [str(x) for x in pert_names]
+        self.cell_type_names = [str(x) for x in cell_type_names]
+
+    def __len__(self) -> int:
+        return int(self.raw.shape[0])
+
+    def search(
+        self, query_vec: torch.Tensor, query_pert: torch.Tensor, query_ct: torch.Tensor, k: int, rule: str = "both"
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Top-K entries of each query.
+
+        Returns
+        -------
+        sim : torch.Tensor
+            ``[B, K]`` cosine of the gene vectors (not the tiered score).
+        idx : torch.Tensor
+            ``[B, K]`` long entry rows, in rank order.
+        same : torch.Tensor
+            ``[B, K]`` bool, the entry is of the query's cell type.
+        """
+        if k > len(self) - 1:
+            raise PtragError(f"topk = {k} exceeds the {len(self)} response-database entries minus the query's own.")
+        with torch.no_grad(), torch.autocast(device_type=query_vec.device.type, enabled=False):
+            cos = l2_normalise(query_vec.detach().float()) @ self.unit.T
+            scores = candidate_scores(cos, self.entry_pert, self.entry_ct, query_pert, query_ct, rule)
+            _, idx = torch.topk(scores, k, dim=1)
+            sim = cos.gather(1, idx)
+        return sim, idx, self.entry_ct[idx] == query_ct[:, None]
+
+    def own_summary(self, query_pert: torch.Tensor, query_ct: torch.Tensor) -> torch.Tensor:
+        """``[B, R]`` mean summary of each query's own entries in the *other* cell types (what
+        the query perturbation did elsewhere; zeros where it trains nowhere else)."""
+        own = (self.entry_pert[None, :] == query_pert[:, None]) & (self.entry_ct[None, :] != query_ct[:, None])
+        own = own & (query_pert[:, None] >= 0)
+        w = own.float()
+        return (w @ self.summary) / w.sum(1, keepdim=True).clamp_min(1.0)
+
+    def centred_base(self, ctrl_expr: torch.Tensor, query_ct: torch.Tensor) -> torch.Tensor:
+        """``ctrl - mean_set(ctrl) + control_mean[ct]``: the control cells with their set's
+        sampling error removed from the mean (a cell type outside the table keeps its set mean)."""
+        known = (query_ct >= 0) & (query_ct < self.control_mean.shape[0])
+        pop = self.control_mean[query_ct.clamp(0, self.control_mean.shape[0] - 1)]
+        set_mean = ctrl_expr.mean(1)
+        centre = torch.where(known[:, None], pop.to(ctrl_expr.dtype), set_mean)
+        return ctrl_expr - set_mean[:, None, :] + centre[:, None, :]
+
+    def labels(self, rows: Sequence[int]) -> list[tuple[str, str]]:
+        """``(perturbation, cell type)`` names of entry rows."""
+        perts, cts = self.entry_pert[list(rows)].tolist(), self.entry_ct[list(rows)].tolist()
+        return [(self.pert_names[p], self.cell_type_names[c]) for p, c in zip(perts, cts, strict=True)]
+
+    def get_extra_state(self) -> dict:
+        return {"pert_names": list(self.pert_names), "cell_type_names": list(self.cell_type_names)}
+
+    def set_extra_state(self, state: dict) -> None:
+        self.pert_names = [str(x) for x in state.get("pert_names", [])]
+        self.cell_type_names = [str(x) for x in state.get("cell_type_names", [])]
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        # a placeholder database (rebuilt from a checkpoint) takes the checkpoint's sizes
+        for name, _ in self.named_buffers(recurse=False):
+            key = prefix + name
+            if key in state_dict and state_dict[key].shape != getattr(self, name).shape:
+                setattr(self, name, torch.empty_like(state_dict[key], device=getattr(self, name).device))
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
+
+def placeholder_index(n_genes: int, pert_dim: int, summary_dim: int, n_entries: int = 2) -> ResponseIndex:
+    """A database of the right widths (``n_entries`` zero rows), replaced by ``load_state_dict``."""
+    z, e = torch.zeros, n_entries
+    return ResponseIndex(
+        z(e, pert_dim), torch.arange(e), torch.zeros(e, dtype=torch.long), z(e, n_genes), z(e, summary_dim)
+    )

@@ -1,0 +1,172 @@
+"""pt_rag_response: a database of training groups with their observed responses, no leakage."""
+
+from __future__ import annotations
+
+import pickle
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from ptrag.cli import main
+from ptrag.nn.responses import ResponseIndex, candidate_scores, placeholder_index
+from ptrag.train.config import TrainConfig
+from ptrag.train.prepare import build_plan, make_loader, prepare_run
+from tests._data import TINY_MODEL, make_adata
+
+NET = dict(hidden=16, n_heads=2, ffn=32, n_genes=20, topk=5, batch_size=4, cell_set_size=8)
+
+
+def test_candidate_rule_orders_own_then_same_cell_type_and_excludes_the_query_pair():
+    # entries: (pert, ct) = (0,0) (0,1) (1,0) (2,0) (1,1) (3,2)
+    entry_pert = torch.tensor([0, 0, 1, 2, 1, 3])
+    entry_ct = torch.tensor([0, 1, 0, 0, 1, 2])
+    sim = torch.tensor([[1.0, 1.0, 0.2, 0.9, 0.2, 0.95]])
+    q_pert, q_ct = torch.tensor([0]), torch.tensor([0])
+    scores = candidate_scores(sim, entry_pert, entry_ct, q_pert, q_ct, "both")
+    assert scores[0, 0] == float("-inf")  # the query's own (pert, cell type) entry
+    order = torch.argsort(scores[0], descending=True).tolist()
+    # own entry elsewhere, then cell type 0 by cosine (pert 2, pert 1), then the rest by cosine
+    assert order[:5] == [1, 3, 2, 5, 4]
+    same = torch.argsort(candidate_scores(sim, entry_pert, entry_ct, q_pert, q_ct, "same")[0], descending=True)
+    assert same.tolist()[:2] == [3, 2] and same.tolist()[-2:] == [1, 0]  # own-elsewhere last, query pair -inf
+    other = torch.argsort(candidate_scores(sim, entry_pert, entry_ct, q_pert, q_ct, "other")[0], descending=True)
+    assert other.tolist()[:3] == [1, 5, 4]  # own elsewhere, then other cell types; cell type 0 after
+    # a perturbation no cell type trained (-1): nothing excluded, its cell type first
+    unseen = candidate_scores(sim, entry_pert, entry_ct, torch.tensor([-1]), q_ct, "both")
+    assert torch.isfinite(unseen).all() and torch.argsort(unseen[0], descending=True).tolist()[:3] == [0, 3, 2]
+
+
+def test_response_index_round_trips_through_a_placeholder():
+    g = torch.Generator().manual_seed(0)
+    idx = ResponseIndex(
+        torch.randn(5, 4, generator=g), torch.arange(5), torch.tensor([0, 0, 1, 1, 2]),
+        torch.randn(5, 7, generator=g), torch.randn(5, 3, generator=g), ["a", "b", "c", "d", "e"], ["x", "y", "z"],
+    )  # fmt: skip
+    copy = placeholder_index(7, 4, 3)
+    copy.load_state_dict(idx.state_dict())
+    for name, buf in idx.named_buffers():
+        assert torch.equal(buf, getattr(copy, name)), name
+    assert copy.labels([4, 0]) == [("e", "z"), ("a", "x")]
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory):
+    d = tmp_path_factory.mktemp("response")
+    a = make_adata(n_cell_types=3, n_perts=8, cells=12, n_controls=24, n_genes=30)
+    a.write_h5ad(d / "d.h5ad")
+    rng = np.random.default_rng(1)
+    with open(d / "g.pkl", "wb") as f:
+        pickle.dump({f"P{i}": rng.normal(size=12).tolist() for i in range(8)}, f)
+    return d, a
+
+
+def _prepare(path, genes):
+    cfg = TrainConfig(model="pt_rag_response", target_cell_type="CT0", fewshot=0.5, seed=0, **NET)
+    return cfg, prepare_run(cfg, path, gene_tables=[genes])
+
+
+def test_database_holds_training_groups_only_and_ignores_held_out_cells(files, tmp_path):
+    d, a = files
+    cfg, prep = _prepare(d / "d.h5ad", d / "g.pkl")
+    train = prep.split.groups("train")
+    held = pd.concat([prep.split.groups("val"), prep.split.groups("test")])
+    entries = {
+        (prep.pert_names[p], prep.cell_types[c])
+        for p, c in zip(prep.responses["entry_pert"], prep.responses["entry_ct"], strict=True)
+    }
+    assert entries == set(zip(train["perturbation"], train["cell_type"], strict=True))
+    assert not entries & set(zip(held["perturbation"], held["cell_type"], strict=True)) and len(held) > 0
+    # alter every held-out cell: the database, the genes and the whole initial model are bit-identical
+    b = a.copy()
+    mask = (
+        (b.obs["cell_type"].astype(str) + "/" + b.obs["gene"].astype(str))
+        .isin(held["cell_type"] + "/" + held["perturbation"])
+        .to_numpy()
+    )
+    x = b.X.toarray()
+    x[mask] = x[mask] * 3.0 + 1.0
+    b.X = type(a.X)(x)
+    b.write_h5ad(tmp_path / "altered.h5ad")
+    _, prep2 = _prepare(tmp_path / "altered.h5ad", d / "g.pkl")
+    assert prep2.genes == prep.genes
+    for k, v in prep.responses.items():
+        assert np.array_equal(v, prep2.responses[k]), k
+    torch.manual_seed(0)
+    plan1 = build_plan(cfg, prep)
+    torch.manual_seed(0)
+    plan2 = build_plan(cfg, prep2)
+    s1, s2 = plan1.state_dict(), plan2.state_dict()
+    assert s1.keys() == s2.keys()
+    for k in s1:  # tensors bit for bit; the databases' names (extra state) equal
+        assert torch.equal(s1[k], s2[k]) if torch.is_tensor(s1[k]) else s1[k] == s2[k], k
+    # ...so the predictions of the training groups are bit-identical too
+    loader1, loader2 = (
+        make_loader(cfg, prep, "train", freeze_epoch=True),
+        make_loader(cfg, prep2, "train", freeze_epoch=True),
+    )
+    plan1.eval(), plan2.eval()
+    with torch.no_grad():
+        for b1, b2 in zip(loader1, loader2, strict=True):
+            assert torch.equal(plan1(b1).pred, plan2(b2).pred)
+
+
+def test_query_pair_is_never_a_candidate_in_any_batch(files):
+    d, _ = files
+    cfg, prep = _prepare(d / "d.h5ad", d / "g.pkl")
+    torch.manual_seed(0)
+    plan = build_plan(cfg, prep)
+    db = plan.model.responses
+    seen = 0
+    for which in ("train", "val", "test"):
+        for batch in make_loader(cfg, prep, which):
+            out = plan(batch)
+            q = plan.query_rows(batch["pert_id"])
+            cand_pert, cand_ct = db.entry_pert[out.candidates], db.entry_ct[out.candidates]
+            clash = (cand_pert == q[:, None]) & (cand_ct == batch["ct_id"][:, None])
+            assert not bool(clash.any()), which
+            # the query's own entries in other cell types are always retrieved (they rank first)
+            own = (db.entry_pert[None, :] == q[:, None]) & (db.entry_ct[None, :] != batch["ct_id"][:, None])
+            assert torch.equal(((cand_pert == q[:, None]) & ~clash).sum(1), own.sum(1).clamp_max(cfg.topk))
+            seen += len(q)
+    assert seen > 0
+
+
+def test_readout_starts_from_the_selected_groups_mean_shift(files):
+    d, _ = files
+    cfg, prep = _prepare(d / "d.h5ad", d / "g.pkl")
+    torch.manual_seed(0)
+    plan = build_plan(cfg, prep).eval()
+    torch.nn.init.zeros_(plan.model.decoder.net[2].weight)
+    torch.nn.init.zeros_(plan.model.decoder.net[2].bias)
+    batch = next(iter(make_loader(cfg, prep, "train")))
+    with torch.no_grad():
+        out = plan(batch)
+    db = plan.model.responses
+    w = out.weights / out.weights.sum(-1, keepdim=True)
+    # delta = the control set's mean replaced by its cell type's control mean + the selected shifts
+    centring = db.control_mean[batch["ct_id"]][:, None, :] - batch["ctrl_expr"].mean(1, keepdim=True)
+    expected = centring + torch.einsum("bsk,bkg->bsg", w, db.shift[out.candidates])
+    torch.testing.assert_close(out.delta, expected)
+    # the control means are those of the cell types' control cells
+    _, a = files
+    ct0 = a[(a.obs["cell_type"] == "CT0") & (a.obs["gene"] == "non-targeting"), prep.genes].X.toarray().mean(0)
+    np.testing.assert_allclose(db.control_mean[prep.cell_types.index("CT0")].numpy(), ct0, rtol=1e-5, atol=1e-6)
+
+
+def test_train_predict_and_log_candidate_cell_types(files, tmp_path):
+    d, _ = files
+    run = tmp_path / "run"
+    args = ["train", "--data", str(d / "d.h5ad"), "--genes", str(d / "g.pkl"), "--model", "pt_rag_response"]
+    args += ["--target-cell-type", "CT0", "--max-steps", "4", "--val-every", "2", "--fewshot", "0.5", *TINY_MODEL]
+    assert main([*args, "--out", str(run)]) == 0
+    out = tmp_path / "pred.h5ad"
+    assert main(["predict", "--run", str(run), "--data", str(d / "d.h5ad"), "--out", str(out)]) == 0
+    log = pd.read_csv(out.with_suffix(".retrieval.csv"))
+    assert {"candidate", "candidate_cell_type", "selected_fraction"} <= set(log.columns)
+    assert set(log["candidate_cell_type"]) <= {"CT0", "CT1", "CT2"}
+    # every test query of CT0 retrieves its own entries in CT1 and CT2 (it trains there), never (query, CT0)
+    mine = log[log["candidate"] == log["query"]]
+    assert set(mine["candidate_cell_type"]) == {"CT1", "CT2"}
+    assert mine.groupby("query").size().eq(2).all()
