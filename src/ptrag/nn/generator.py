@@ -124,7 +124,7 @@ class PerturbationModel(nn.Module):
         decoder        H*H + H + H*G + G
         vanilla_rag    + 4H^2 + 4H                       (nn.MultiheadAttention)
         pt_rag         + 6H + (3H^2 + H) + (2H + 2) + (3H^2 + H)
-        pt_rag_resp.   pt_rag + 2H (e_same) + R*H + H + H*H + H (response encoder, R summary width)
+        pt_rag_resp.   pt_rag + 2H (e_same) + 2 (R*H + H + H*H + H) (response, elsewhere encoders; R summary width)
     """
 
     def __init__(
@@ -198,9 +198,9 @@ class PerturbationModel(nn.Module):
             )
         self.responses = responses
         self.selector = TripletSelector(h, cfg.tau, identity_init=cfg.identity_init)
-        self.response_encoder = (
-            PertEncoder(responses.summary.shape[1], h, cfg.dropout) if cfg.response_context else None
-        )
+        r = responses.summary.shape[1]
+        self.response_encoder = PertEncoder(r, h, cfg.dropout) if cfg.response_context else None
+        self.elsewhere_encoder = PertEncoder(r, h, cfg.dropout) if cfg.response_context else None
         self.same_cell_type = nn.Embedding(2, h)  # e_same: the entry is of the query's cell type or not
         nn.init.normal_(self.same_cell_type.weight, std=0.02)
 
@@ -301,7 +301,7 @@ class PerturbationModel(nn.Module):
             query_cell_type = query_cell_type.to(query_index.device)
             if self.response_encoder is not None:  # the query's own response elsewhere joins h_pert
                 own = self.responses.own_summary(query_index, query_cell_type)
-                h_pert = h_pert + self.response_encoder(own.to(h_pert.dtype))
+                h_pert = h_pert + self.elsewhere_encoder(own.to(h_pert.dtype))
             if self.cfg.response_readout:  # the set's control sampling error leaves the mean
                 readout = self.responses.centred_base(ctrl_expr, query_cell_type) - ctrl_expr
         if self.cfg.conditioning == "none":
@@ -338,7 +338,8 @@ class PerturbationModel(nn.Module):
     def _retrieve_responses(
         self, pert_vec: torch.Tensor, query_pert: torch.Tensor, query_ct: torch.Tensor, out: ModelOutput
     ) -> torch.Tensor:
-        """Stage 1 over the training groups; ``h_k = PertEnc(gene_k) + RespEnc(summary_k) + e_same``."""
+        """Stage 1 over the training groups; ``h_k = PertEnc(gene_k) + RespEnc(summary_k) + e_same +
+        ElseEnc(summary of gene_k elsewhere)``."""
         assert self.responses is not None
         db = self.responses
         sim, idx, same = db.search(pert_vec, query_pert, query_ct, self.cfg.topk, self.cfg.response_candidates)
@@ -350,7 +351,11 @@ class PerturbationModel(nn.Module):
                 h = h + self.response_encoder(db.summary[rows].to(pert_vec.dtype))
             return h
 
-        return self._encode_contexts(idx, encode) + self.same_cell_type(same.long())
+        h_ctx = self._encode_contexts(idx, encode) + self.same_cell_type(same.long())
+        if self.elsewhere_encoder is not None:  # what each candidate's perturbation did elsewhere
+            other = db.elsewhere(db.entry_pert[idx], db.entry_ct[idx], query_ct)
+            h_ctx = h_ctx + self.elsewhere_encoder(other.to(h_ctx.dtype))
+        return h_ctx
 
     def _select(self, h_ctrl, h_pert, h_ctx, sample_selection: bool | None, out: ModelOutput) -> torch.Tensor:
         """PT-RAG's Stage 2 and aggregation: ``z`` ``[B, S, H]``; sets ``out.weights`` / ``p_include``."""

@@ -155,10 +155,18 @@ class ResponseIndex(nn.Module):
     def own_summary(self, query_pert: torch.Tensor, query_ct: torch.Tensor) -> torch.Tensor:
         """``[B, R]`` mean summary of each query's own entries in the *other* cell types (what
         the query perturbation did elsewhere; zeros where it trains nowhere else)."""
-        own = (self.entry_pert[None, :] == query_pert[:, None]) & (self.entry_ct[None, :] != query_ct[:, None])
-        own = own & (query_pert[:, None] >= 0)
-        w = own.float()
-        return (w @ self.summary) / w.sum(1, keepdim=True).clamp_min(1.0)
+        return self.elsewhere(query_pert[:, None], query_ct[:, None], query_ct)[:, 0]
+
+    def elsewhere(self, pert: torch.Tensor, ct: torch.Tensor, query_ct: torch.Tensor) -> torch.Tensor:
+        """``[B, K, R]`` mean summary of perturbation ``pert[b, k]``'s entries in the cell types other
+        than ``ct[b, k]`` and the query's ``query_ct[b]`` (zeros where there are none): what a
+        candidate did elsewhere, comparable with what the query did elsewhere, and never reading
+        the query's own cell type (whose group is the training target)."""
+        e_pert, e_ct = self.entry_pert[None, None, :], self.entry_ct[None, None, :]
+        mask = (e_pert == pert[..., None]) & (e_ct != ct[..., None]) & (e_ct != query_ct[:, None, None])
+        mask = mask & (pert[..., None] >= 0)
+        w = mask.to(self.summary.dtype)
+        return (w @ self.summary) / w.sum(-1, keepdim=True).clamp_min(1.0)
 
     def centred_base(self, ctrl_expr: torch.Tensor, query_ct: torch.Tensor) -> torch.Tensor:
         """``ctrl - mean_set(ctrl) + control_mean[ct]``: the control cells with their set's
