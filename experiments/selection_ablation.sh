@@ -8,14 +8,7 @@
 #   bash experiments/selection_ablation.sh [OUT_DIR] [TARGET] [SEED]
 #
 # About 15 minutes on 2 cores (16 trainings of about 45 s, their predictions and evaluations).
-set -euo pipefail
-OUT=${1:-selection_ablation}
-TARGET=${2:-cellA}
-SEED=${3:-0}
-mkdir -p "$OUT"
-[ -f "$OUT/data/perturbseq.h5ad" ] || ptrag simulate --out "$OUT/data"
-[ -f "$OUT/split.toml" ] || ptrag split --data "$OUT/data/perturbseq.h5ad" --target-cell-type "$TARGET" --seed "$SEED" --out "$OUT/split.toml"
-ptrag experiment sweep --data "$OUT/data/perturbseq.h5ad" --split "$OUT/split.toml" --genes "$OUT/data/genept.pkl" \
-    --ground-truth "$OUT/data/ground_truth.csv" --model pt_rag --seed "$SEED" --out "$OUT/sweep" \
-    --grid empty_selection=keep,paper,null,best --grid sparsity_weight=0,0.01,0.1,1
+DEFAULT_OUT=selection_ablation
+source "$(dirname "$0")/synthetic_sweep.sh"
+sweep pt_rag sweep --grid empty_selection=keep,paper,null,best --grid sparsity_weight=0,0.01,0.1,1
 echo "table: $OUT/sweep/sweep.md"

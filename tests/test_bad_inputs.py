@@ -95,6 +95,10 @@ def w(tmp_path_factory):
     return d
 
 
+def _predict(w, o, *extra, data="d.h5ad"):
+    return ["predict", "--run", str(w / "run"), "--data", str(w / data), *extra, "--out", str(o) + ".h5ad"]
+
+
 def _train(w, *extra, data="d.h5ad", model="pt_rag", genes="genes.pkl"):
     g = ["--genes", str(w / genes)] if genes else []
     return ["train", "--data", str(w / data), "--model", model, *g, *TINY, *extra]
@@ -164,34 +168,8 @@ CASES = [
         lambda w, o: ["predict", "--run", str(w / "run_trunc"), "--data", str(w / "d.h5ad"), "--out", str(o) + ".h5ad"],
         ["last.ckpt"],
     ),
-    (
-        "predict-other-gene-set",
-        lambda w, o: [
-            "predict",
-            "--run",
-            str(w / "run"),
-            "--data",
-            str(w / "othergenes.h5ad"),
-            "--out",
-            str(o) + ".h5ad",
-        ],
-        ["othergenes.h5ad"],
-    ),
-    (
-        "predict-unknown-split",
-        lambda w, o: [
-            "predict",
-            "--run",
-            str(w / "run"),
-            "--data",
-            str(w / "d.h5ad"),
-            "--split",
-            "holdout",
-            "--out",
-            str(o) + ".h5ad",
-        ],
-        ["holdout"],
-    ),
+    ("predict-other-gene-set", lambda w, o: _predict(w, o, data="othergenes.h5ad"), ["othergenes.h5ad"]),
+    ("predict-unknown-split", lambda w, o: _predict(w, o, "--split", "holdout"), ["holdout"]),
     (
         "predict-not-h5ad-output",
         lambda w, o: ["predict", "--run", str(w / "run"), "--data", str(w / "d.h5ad"), "--out", str(o) + ".csv"],
@@ -234,66 +212,12 @@ CASES = [
     ),
     (
         "predict-unknown-cell-type",
-        lambda w, o: [
-            "predict",
-            "--run",
-            str(w / "run"),
-            "--data",
-            str(w / "d.h5ad"),
-            "--perturbations",
-            "P1",
-            "--cell-type",
-            "CT9",
-            "--out",
-            str(o) + ".h5ad",
-        ],
+        lambda w, o: _predict(w, o, "--perturbations", "P1", "--cell-type", "CT9"),
         ["CT9"],
     ),
-    (
-        "predict-unknown-checkpoint",
-        lambda w, o: [
-            "predict",
-            "--run",
-            str(w / "run"),
-            "--data",
-            str(w / "d.h5ad"),
-            "--checkpoint",
-            "epoch3",
-            "--out",
-            str(o) + ".h5ad",
-        ],
-        ["epoch3"],
-    ),
-    (
-        "predict-zero-cells",
-        lambda w, o: [
-            "predict",
-            "--run",
-            str(w / "run"),
-            "--data",
-            str(w / "d.h5ad"),
-            "--n-cells",
-            "0",
-            "--out",
-            str(o) + ".h5ad",
-        ],
-        ["--n-cells"],
-    ),
-    (
-        "predict-unknown-baseline",
-        lambda w, o: [
-            "predict",
-            "--run",
-            str(w / "run"),
-            "--data",
-            str(w / "d.h5ad"),
-            "--baseline",
-            "oracle",
-            "--out",
-            str(o) + ".h5ad",
-        ],
-        ["oracle"],
-    ),
+    ("predict-unknown-checkpoint", lambda w, o: _predict(w, o, "--checkpoint", "epoch3"), ["epoch3"]),
+    ("predict-zero-cells", lambda w, o: _predict(w, o, "--n-cells", "0"), ["--n-cells"]),
+    ("predict-unknown-baseline", lambda w, o: _predict(w, o, "--baseline", "oracle"), ["oracle"]),
     (
         "evaluate-data-file-as-prediction",
         lambda w, o: [

@@ -148,3 +148,21 @@ def atomic_save_figure(fig, path: str | os.PathLike, dpi: int = 120) -> Path:
         fig.savefig(tmp, dpi=dpi, format="png")
     plt.close(fig)
     return path
+
+
+def read_toml(path: str | os.PathLike, kind: str, hint: str = "") -> dict:
+    """Parse a TOML file, or raise :class:`PtragError` naming it (``kind``: "split file", ...)."""
+    import sys
+
+    if sys.version_info >= (3, 11):
+        import tomllib
+    else:  # pragma: no cover
+        import tomli as tomllib
+
+    path = Path(path)
+    if not path.is_file():
+        raise PtragError(f"{kind} not found: {path}.{(' ' + hint) if hint else ''}")
+    try:
+        return tomllib.loads(path.read_text())
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise PtragError(f"{path} is not a valid TOML {kind}: {exc}") from exc

@@ -16,7 +16,6 @@ actually used is written back as cell-load TOML with :meth:`Split.to_toml`.
 
 from __future__ import annotations
 
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -24,12 +23,7 @@ from typing import Literal
 import pandas as pd
 import tomli_w
 
-from ptrag.errors import PtragError, atomic_write_text, check_choice
-
-if sys.version_info >= (3, 11):
-    import tomllib
-else:  # pragma: no cover
-    import tomli as tomllib
+from ptrag.errors import PtragError, atomic_write_text, check_choice, read_toml
 
 SplitName = Literal["train", "val", "test"]
 SPLITS: tuple[str, ...] = ("train", "val", "test")
@@ -75,12 +69,7 @@ def read_split_toml(path: str | Path) -> SplitSpec:
         If the file is missing, is not TOML, or its sections have the wrong shape.
     """
     path = Path(path)
-    if not path.is_file():
-        raise PtragError(f"split file not found: {path}. Check the path given to --split.")
-    try:
-        raw = tomllib.loads(path.read_text())
-    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
-        raise PtragError(f"{path} is not a valid TOML split file: {exc}") from exc
+    raw = read_toml(path, "split file", "Check the path given to --split.")
     unknown = set(raw) - {"datasets", "training", "zeroshot", "fewshot"}
     if unknown:
         raise PtragError(

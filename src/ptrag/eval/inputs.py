@@ -3,7 +3,6 @@ files (``ptrag predict``'s format), each read and checked against the other."""
 
 from __future__ import annotations
 
-import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -12,14 +11,8 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
-from ptrag.errors import PtragError
+from ptrag.errors import PtragError, read_toml
 from ptrag.eval.pca import PCASpace
-
-if sys.version_info >= (3, 11):
-    import tomllib
-else:  # pragma: no cover
-    import tomli as tomllib
-
 
 # --------------------------------------------------------------------------- the run
 
@@ -86,10 +79,7 @@ def load_run(run_dir: str | Path) -> RunInfo:
     data, model = {}, None
     cfile = run_dir / "config.toml"
     if cfile.is_file():
-        try:
-            cfg = tomllib.loads(cfile.read_text())
-        except tomllib.TOMLDecodeError as exc:
-            raise PtragError(f"{cfile} is not valid TOML ({exc}).") from exc
+        cfg = read_toml(cfile, "run configuration")
         data = dict(cfg.get("data", {}) or {})
         model = cfg.get("model") if isinstance(cfg.get("model"), str) else None
     return RunInfo(run_dir, genes, data, model)

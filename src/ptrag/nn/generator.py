@@ -20,9 +20,10 @@ the selected triplets. ``empty_selection`` says what a cell whose selection is e
 ``proj([h_ctrl; h_pert; 0])`` always added; ``"paper"`` nothing (``z = 0``); ``"keep"``
 ``h_ctrl + h_pert`` always added (ptrag's first form). ``pt_rag_response`` retrieves
 (perturbation, cell type) training groups, encodes ``h_k = PertEnc(gene_k) + RespEnc(summary_k) +
-e_same``, selects them as PT-RAG does and, with ``response_readout``, starts its prediction from
-the selected groups' mean observed shift: ``relu(ctrl + sum_k w_k shift_k / sum_k w_k +
-Decoder(backbone(z)))``. The backbone is a bidirectional, position-free Llama stack
+e_same + ElseEnc(gene_k's summary elsewhere)``, selects them as PT-RAG does and, with
+``response_readout``, starts its prediction from the selected groups' mean observed shift:
+``relu(ctrl - mean_set(ctrl) + mu_ctrl + sum_k w_k shift_k / sum_k w_k + Decoder(backbone(z)))``.
+The backbone is a bidirectional, position-free Llama stack
 (:class:`ptrag.nn.backbone.SetTransformer`); the prediction is
 ``relu(ctrl_expr + Decoder(backbone(z)))``.
 """
@@ -294,16 +295,13 @@ class PerturbationModel(nn.Module):
         h_ctrl = self.cell_encoder(cell_input)  # [B, S, H]
         h_pert = self.pert_encoder(pert_vec)  # [B, H]
         out = ModelOutput(pred=ctrl_expr)
-        readout = None
         if self.responses is not None:
             if query_cell_type is None:
                 query_cell_type = torch.full_like(query_index, -1)
             query_cell_type = query_cell_type.to(query_index.device)
-            if self.response_encoder is not None:  # the query's own response elsewhere joins h_pert
+            if self.elsewhere_encoder is not None:  # the query's own response elsewhere joins h_pert
                 own = self.responses.own_summary(query_index, query_cell_type)
                 h_pert = h_pert + self.elsewhere_encoder(own.to(h_pert.dtype))
-            if self.cfg.response_readout:  # the set's control sampling error leaves the mean
-                readout = self.responses.centred_base(ctrl_expr, query_cell_type) - ctrl_expr
         if self.cfg.conditioning == "none":
             z = h_ctrl + h_pert[:, None, :]
         elif self.cfg.conditioning == "vanilla_rag":
@@ -317,15 +315,19 @@ class PerturbationModel(nn.Module):
             else:
                 h_ctx = self._retrieve_responses(pert_vec, query_index, query_cell_type, out)
             z = self._select(h_ctrl, h_pert, h_ctx, sample_selection, out)
-            if self.responses is not None and self.cfg.response_readout:
-                assert out.weights is not None and out.candidates is not None
-                w = out.weights / out.weights.sum(-1, keepdim=True).clamp_min(1e-6)
-                readout = readout + torch.bmm(w, self.responses.shift[out.candidates].to(w.dtype))  # [B, S, G]
         out.delta = self.decoder(self.backbone(z))
-        if readout is not None:
-            out.delta = out.delta + readout
+        if self.responses is not None and self.cfg.response_readout:
+            out.delta = out.delta + self._readout(ctrl_expr, query_cell_type, out)
         out.pred = torch.relu(ctrl_expr + out.delta)
         return out
+
+    def _readout(self, ctrl_expr: torch.Tensor, query_ct: torch.Tensor, out: ModelOutput) -> torch.Tensor:
+        """``pt_rag_response``'s starting change: the selected entries' weighted mean shift plus the
+        set's control centring (``[B, S, G]``)."""
+        assert self.responses is not None and out.weights is not None and out.candidates is not None
+        w = out.weights / out.weights.sum(-1, keepdim=True).clamp_min(1e-6)
+        shift = torch.bmm(w, self.responses.shift[out.candidates].to(w.dtype))
+        return shift + self.responses.set_centring(ctrl_expr, query_ct)
 
     def _retrieve(self, pert_vec: torch.Tensor, query_index: torch.Tensor, out: ModelOutput) -> torch.Tensor:
         """Stage 1 over the gene vectors of the training perturbations; ``h_ctx`` ``[B, K, H]``."""

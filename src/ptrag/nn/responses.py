@@ -28,7 +28,7 @@ import torch
 from torch import nn
 
 from ptrag.errors import PtragError
-from ptrag.nn.retrieval import l2_normalise
+from ptrag.nn.retrieval import l2_normalise, resize_buffers
 
 #: Rank offsets of the three tiers (cosines lie in [-1, 1], so tiers never interleave).
 _TIER = {"own": 8.0, "same": 4.0, "other": 0.0, "last": -4.0}
@@ -168,14 +168,13 @@ class ResponseIndex(nn.Module):
         w = mask.to(self.summary.dtype)
         return (w @ self.summary) / w.sum(-1, keepdim=True).clamp_min(1.0)
 
-    def centred_base(self, ctrl_expr: torch.Tensor, query_ct: torch.Tensor) -> torch.Tensor:
-        """``ctrl - mean_set(ctrl) + control_mean[ct]``: the control cells with their set's
-        sampling error removed from the mean (a cell type outside the table keeps its set mean)."""
+    def set_centring(self, ctrl_expr: torch.Tensor, query_ct: torch.Tensor) -> torch.Tensor:
+        """``[B, 1, G]`` ``control_mean[ct] - mean_set(ctrl)``: added to the control cells, it takes
+        their set's sampling error out of the mean (zero for a cell type outside the table)."""
         known = (query_ct >= 0) & (query_ct < self.control_mean.shape[0])
-        pop = self.control_mean[query_ct.clamp(0, self.control_mean.shape[0] - 1)]
+        pop = self.control_mean[query_ct.clamp(0, self.control_mean.shape[0] - 1)].to(ctrl_expr.dtype)
         set_mean = ctrl_expr.mean(1)
-        centre = torch.where(known[:, None], pop.to(ctrl_expr.dtype), set_mean)
-        return ctrl_expr - set_mean[:, None, :] + centre[:, None, :]
+        return torch.where(known[:, None], pop - set_mean, torch.zeros_like(set_mean))[:, None, :]
 
     def labels(self, rows: Sequence[int]) -> list[tuple[str, str]]:
         """``(perturbation, cell type)`` names of entry rows."""
@@ -190,11 +189,7 @@ class ResponseIndex(nn.Module):
         self.cell_type_names = [str(x) for x in state.get("cell_type_names", [])]
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
-        # a placeholder database (rebuilt from a checkpoint) takes the checkpoint's sizes
-        for name, _ in self.named_buffers(recurse=False):
-            key = prefix + name
-            if key in state_dict and state_dict[key].shape != getattr(self, name).shape:
-                setattr(self, name, torch.empty_like(state_dict[key], device=getattr(self, name).device))
+        resize_buffers(self, state_dict, prefix)  # a placeholder database takes the checkpoint's sizes
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
 

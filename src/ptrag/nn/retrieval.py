@@ -95,6 +95,16 @@ def retrieve(
     return sim, idx
 
 
+def resize_buffers(module: nn.Module, state_dict: dict, prefix: str) -> None:
+    """Give ``module``'s own buffers the shapes they have in ``state_dict`` before it is loaded, so
+    that a database rebuilt with placeholder sizes takes the checkpoint's (call it first in
+    ``_load_from_state_dict``)."""
+    for name, buf in module.named_buffers(recurse=False):
+        key = prefix + name
+        if key in state_dict and state_dict[key].shape != buf.shape:
+            setattr(module, name, torch.empty_like(state_dict[key], device=buf.device))
+
+
 def build_query_index(query_names: Sequence[str], database_names: Sequence[str]) -> torch.Tensor:
     """Map perturbation names to their database rows (``-1`` for names not in the database).
 
@@ -182,19 +192,11 @@ class PerturbationIndex(nn.Module):
         names = state.get("names") if isinstance(state, dict) else None
         self.names = None if names is None else [str(x) for x in names]
 
-    def _load_from_state_dict(
-        self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs
-    ):
-        # Accept a database of another size: resize the buffers before the copy.
-        for name in ("raw", "unit"):
-            key = prefix + name
-            if key in state_dict and state_dict[key].shape != getattr(self, name).shape:
-                setattr(self, name, torch.empty_like(state_dict[key], device=getattr(self, name).device))
-        super()._load_from_state_dict(
-            state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs
-        )
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        resize_buffers(self, state_dict, prefix)  # a database of another size
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
 
 from ptrag.nn.selector import TripletSelector  # noqa: E402  (Stage 2, re-exported)
 
-__all__ = ["PerturbationIndex", "TripletSelector", "build_query_index", "l2_normalise", "retrieve"]
+__all__ = ["PerturbationIndex", "TripletSelector", "build_query_index", "l2_normalise", "resize_buffers", "retrieve"]

@@ -87,7 +87,27 @@ def _group_rows(obs: pd.DataFrame, groups: pd.DataFrame) -> list[np.ndarray]:
     return out
 
 
-def group_mean_changes(data: PerturbData, groups: pd.DataFrame, genes: Sequence[str]) -> MeanChanges:
+def control_means(data: PerturbData, cell_types: Sequence[str], genes: Sequence[str]) -> dict[str, np.ndarray]:
+    """Mean log-expression (float64) of each cell type's control cells over ``genes``.
+
+    Raises
+    ------
+    PtragError
+        If a cell type has no control cells.
+    """
+    gidx = data.gene_index(list(genes))
+    out: dict[str, np.ndarray] = {}
+    for ct in cell_types:
+        rows = data.rows_of(ct, data.spec.control)
+        if len(rows) == 0:
+            raise PtragError(f"cell type {ct!r} has no control cells; every cell type needs controls.")
+        out[ct] = _mean_expression(data, rows, gidx)
+    return out
+
+
+def group_mean_changes(
+    data: PerturbData, groups: pd.DataFrame, genes: Sequence[str], controls: dict[str, np.ndarray] | None = None
+) -> MeanChanges:
     """Mean change from control of each group, over ``genes``.
 
     Parameters
@@ -98,6 +118,8 @@ def group_mean_changes(data: PerturbData, groups: pd.DataFrame, genes: Sequence[
         Groups (columns ``cell_type``, ``perturbation``), e.g. the run's training groups.
     genes
         Gene names, in order (the run's ``genes.txt``).
+    controls
+        Control means of the groups' cell types (:func:`control_means`), when already computed.
 
     Returns
     -------
@@ -112,12 +134,7 @@ def group_mean_changes(data: PerturbData, groups: pd.DataFrame, genes: Sequence[
     if groups.empty:
         raise PtragError("the baselines need at least one training group; the split has none.")
     gidx = data.gene_index(list(genes))
-    ctrl: dict[str, np.ndarray] = {}
-    for ct in groups["cell_type"].unique():
-        rows = data.rows_of(ct, data.spec.control)
-        if len(rows) == 0:
-            raise PtragError(f"cell type {ct!r} has no control cells; every cell type needs controls.")
-        ctrl[ct] = _mean_expression(data, rows, gidx)
+    ctrl = control_means(data, groups["cell_type"].unique(), genes) if controls is None else controls
     delta = np.stack(
         [
             _mean_expression(data, rows, gidx) - ctrl[ct]

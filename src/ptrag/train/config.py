@@ -9,7 +9,6 @@ written to ``RUN_DIR/config.toml``.
 from __future__ import annotations
 
 import dataclasses
-import sys
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Literal, get_args, get_origin, get_type_hints
@@ -17,12 +16,7 @@ from typing import Any, Literal, get_args, get_origin, get_type_hints
 import tomli_w
 
 from ptrag.data.io import ColumnSpec
-from ptrag.errors import PtragError, atomic_write_text
-
-if sys.version_info >= (3, 11):
-    import tomllib
-else:  # pragma: no cover
-    import tomli as tomllib
+from ptrag.errors import PtragError, atomic_write_text, read_toml
 
 ModelName = Literal["state", "state_genept", "vanilla_rag", "pt_rag", "pt_rag_response"]
 MODELS: tuple[str, ...] = get_args(ModelName)
@@ -326,12 +320,7 @@ def _coerce(name: str, value: Any, source: str) -> Any:
 def config_file_values(config_file: str | Path) -> dict[str, Any]:
     """The options a TOML config file sets (checked and coerced; a ``[data]`` table completed)."""
     path = Path(config_file)
-    if not path.is_file():
-        raise PtragError(f"config file not found: {path}.")
-    try:
-        raw = tomllib.loads(path.read_text())
-    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
-        raise PtragError(f"{path} is not valid TOML: {exc}") from exc
+    raw = read_toml(path, "config file")
     known = {f.name for f in fields(TrainConfig)}
     unknown = set(raw) - known
     if unknown:

@@ -47,9 +47,7 @@ def _response_index(cfg, responses, pert_vectors, pert_names, cell_types, n_gene
     if cfg.conditioning != "pt_rag_response":
         return None
     if responses is None:
-        index = placeholder_index(n_genes, pert_vectors.shape[1], summary_dim, cfg.topk + 1)
-        index.control_mean = torch.zeros(max(len(cell_types), 1), n_genes)
-        return index
+        return placeholder_index(n_genes, pert_vectors.shape[1], summary_dim, cfg.topk + 1)
     return ResponseIndex(
         pert_vectors[responses["entry_pert"]],
         responses["entry_pert"],

@@ -27,6 +27,8 @@ from ptrag.data.splits import SPLITS, read_split_toml, resolve_split
 from ptrag.errors import PtragError, atomic_path, atomic_write_csv, check_choice
 from ptrag.train.baselines import BASELINES, baseline_shifts, group_mean_changes
 from ptrag.train.config import TrainConfig, read_run_config
+from ptrag.train.queries import new_cell_type, new_vectors
+from ptrag.train.retrieval_log import aggregate_retrieval, retrieval_rows
 
 log = logging.getLogger("ptrag")
 
@@ -61,37 +63,6 @@ class Prediction:
 
 def _collate(items: list[dict]) -> dict:
     return {k: torch.stack([it[k] for it in items]) for k in items[0]}
-
-
-def _retrieval_rows(plan, out, sets: list[CellSet]) -> list[dict]:
-    """One row per (set, candidate); ``pt_rag_response`` rows also name the candidate's cell type."""
-    responses = plan.model.responses
-    names = plan.model.database_names
-    rows = []
-    for b, cs in enumerate(sets):
-        cand = out.candidates[b].tolist()
-        sim = out.similarity[b].tolist()
-        frac = out.weights[b].float().mean(0).tolist() if out.weights is not None else [float("nan")] * len(cand)
-        labels = responses.labels(cand) if responses is not None else [(names[c], None) for c in cand]
-        for (name, ct), s, f in zip(labels, sim, frac, strict=True):
-            row = dict(cell_type=cs.cell_type, query=cs.perturbation, candidate=name)
-            if ct is not None:
-                row["candidate_cell_type"] = ct
-            rows.append(row | dict(similarity=s, selected_fraction=f, n_cells=len(cs.pert_rows)))
-    return rows
-
-
-def _aggregate_retrieval(rows: list[dict]) -> pd.DataFrame:
-    df = pd.DataFrame(rows)
-    df["w"] = df["selected_fraction"] * df["n_cells"]
-    keys = ["cell_type", "query", "candidate"] + (["candidate_cell_type"] if "candidate_cell_type" in df else [])
-    g = df.groupby(keys, sort=False)
-    # min_count=1: a Vanilla RAG log (no selection, NaN fractions) stays NaN instead of summing to 0
-    out = g.agg(similarity=("similarity", "first"), n_cells=("n_cells", "sum")).reset_index()
-    out["w"] = g["w"].sum(min_count=1).to_numpy()
-    out["selected_fraction"] = out["w"] / out["n_cells"]
-    out = out.drop(columns=["w"]).sort_values(["cell_type", "query", "similarity"], ascending=[True, True, False])
-    return out.reset_index(drop=True)
 
 
 def predict(
@@ -174,13 +145,13 @@ def predict(
     pert_index = {n: i for i, n in enumerate(plan.pert_names)}
     extra_vec: dict[str, torch.Tensor] = {}
     if perturbations:
-        cell_type = _new_cell_type(data, data_path, cell_type)
-        extra_vec = _new_vectors(cfg, plan, [p for p in perturbations if p not in pert_index], gene_tables)
+        cell_type = new_cell_type(data, data_path, cell_type)
+        extra_vec = new_vectors(cfg, plan, [p for p in perturbations if p not in pert_index], gene_tables)
     sets, groups, split_name = _plan_sets(cfg, run_dir, data, pert_index, split, perturbations, cell_type, n_cells)
     gene_idx = data.gene_index(genes)
     outputs, retrieval = _run_network(plan, data, sets, gene_idx, features, pert_index, extra_vec, batch_size)
     adata = _assemble(sets, outputs, groups, data, gene_idx, genes, split_name, cfg.model, run_dir)
-    return Prediction(adata, _aggregate_retrieval(retrieval) if retrieval else None)
+    return Prediction(adata, aggregate_retrieval(retrieval) if retrieval else None)
 
 
 def _run_network(
@@ -226,7 +197,7 @@ def _run_network(
                 for cs_i, p in zip(idxs[start : start + batch_size], out.pred.cpu().numpy(), strict=True):
                     outputs[cs_i] = p
                 if out.candidates is not None:
-                    retrieval.extend(_retrieval_rows(plan, out, chunk))
+                    retrieval.extend(retrieval_rows(plan, out, chunk))
     return [outputs[i] for i in range(len(sets))], retrieval
 
 
@@ -283,7 +254,7 @@ def iter_baselines(
     gene_idx = data.gene_index(genes)
     pert_index = {n: i for i, n in enumerate(plan.pert_names)}
     if perturbations:
-        cell_type = _new_cell_type(data, data_path, cell_type)
+        cell_type = new_cell_type(data, data_path, cell_type)
     sets, groups, split_name = _plan_sets(cfg, run_dir, data, pert_index, split, perturbations, cell_type, n_cells)
     changes = None
     if any(n != "control" for n in names):
@@ -306,42 +277,6 @@ def _training_groups(run_dir: Path, data, pert_index: dict[str, int]) -> pd.Data
     )
     train = split_obj.groups("train")
     return train[train["perturbation"].isin(pert_index)].reset_index(drop=True)
-
-
-def _new_cell_type(data, data_path: str | Path, cell_type: str | None) -> str:
-    """The cell type of ``--perturbations`` (the only one when not given), checked."""
-    if cell_type is None:
-        if len(data.cell_types) > 1:
-            raise PtragError(f"--perturbations needs --cell-type (one of: {', '.join(data.cell_types)}).")
-        cell_type = data.cell_types[0]
-    if cell_type not in data.cell_types:
-        raise PtragError(
-            f"--cell-type {cell_type!r} does not occur in {data_path} (cell types: {', '.join(data.cell_types)})."
-        )
-    return cell_type
-
-
-def _new_vectors(cfg: TrainConfig, plan, new: list[str], gene_tables: Sequence[str | Path]) -> dict[str, torch.Tensor]:
-    """Gene vectors of perturbations the run never saw (embedding models only)."""
-    if not new:
-        return {}
-    if not cfg.uses_gene_table:
-        raise PtragError(
-            f"--model state has no representation for perturbations it never trained on ({', '.join(new[:5])}); "
-            "use a gene-embedding model (state_genept, vanilla_rag, pt_rag)."
-        )
-    if not gene_tables:
-        raise PtragError(f"{', '.join(new[:5])} are new to this run: pass --genes with a table that has their vectors.")
-    from ptrag.data.embeddings import load_gene_tables, perturbation_vectors
-
-    vecs, _ = perturbation_vectors(new, load_gene_tables(list(gene_tables)), "error")
-    if vecs.shape[1] != plan.pert_table.shape[1]:
-        raise PtragError(
-            f"the gene table has {vecs.shape[1]}-d vectors but the run was trained on "
-            f"{plan.pert_table.shape[1]}-d ones; "
-            "pass the table(s) used for training."
-        )
-    return {p: torch.from_numpy(v) for p, v in zip(new, vecs, strict=True)}
 
 
 def _plan_sets(

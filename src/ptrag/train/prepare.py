@@ -184,13 +184,7 @@ def prepare_run(
     rows = training_rows(data, split)
     genes = select_hvg(data, rows, cfg.n_genes, seed=cfg.seed)
     if len(genes) < cfg.n_genes:
-        log.info(
-            "--n-genes %d: %s offers %d genes to select from; all %d are used.",
-            cfg.n_genes,
-            data_path,
-            len(genes),
-            len(genes),
-        )
+        log.info("--n-genes %d: %s offers %d genes to select from; all are used.", cfg.n_genes, data_path, len(genes))
     rng = np.random.default_rng(cfg.seed)
     fit_rows = np.sort(rng.choice(rows, min(len(rows), 50_000), replace=False))
     pca = PCASpace.fit(data.expression(fit_rows, genes), n_components=50, seed=cfg.seed, gene_names=genes)
@@ -227,7 +221,7 @@ def response_database(data, split, genes, pert_names, cell_types, pca, topk: int
         ``shift`` ``[E, G]``, ``summary`` ``[E, 51]`` (float32), ``n_cells``, ``control_mean``
         (``[n_cell_types, G]``, each cell type's control cells).
     """
-    from ptrag.train.baselines import group_mean_changes
+    from ptrag.train.baselines import control_means, group_mean_changes
 
     train = split.groups("train")
     train = train[train["perturbation"].isin(set(pert_names))].reset_index(drop=True)
@@ -236,13 +230,9 @@ def response_database(data, split, genes, pert_names, cell_types, pca, topk: int
             f"--topk {topk} is larger than the response database allows: {len(train)} training groups minus "
             f"the query's own. Use --topk {max(len(train) - 1, 1)} or less."
         )
-    changes = group_mean_changes(data, train, genes)
-    gidx = data.gene_index(list(genes))
-    control_mean = np.zeros((len(cell_types), len(genes)), dtype=np.float32)
-    for i, ct in enumerate(cell_types):
-        rows = data.rows_of(ct, data.spec.control)
-        if len(rows):
-            control_mean[i] = data.expression(rows, gidx).mean(0)
+    controls = control_means(data, cell_types, genes)
+    changes = group_mean_changes(data, train, genes, controls)
+    control_mean = np.stack([controls[ct] for ct in cell_types]).astype(np.float32)
     pert_pos = {p: i for i, p in enumerate(pert_names)}
     ct_pos = {c: i for i, c in enumerate(cell_types)}
     n_cells = train["n_cells"].to_numpy(dtype=np.float64) if "n_cells" in train else np.ones(len(train))
