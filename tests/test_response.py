@@ -172,14 +172,12 @@ def test_train_predict_and_log_candidate_cell_types(files, tmp_path):
     assert mine.groupby("query").size().eq(2).all()
 
 
-def test_elsewhere_summaries_never_read_the_query_cell_type():
+def test_own_summary_never_reads_the_query_cell_type():
     # entries (pert, ct): (0,0) (0,1) (0,2) (1,1); summaries 1, 2, 4, 8 (one column)
     idx = ResponseIndex(
         torch.zeros(4, 3), torch.tensor([0, 0, 0, 1]), torch.tensor([0, 1, 2, 1]),
         torch.zeros(4, 5), torch.tensor([[1.0], [2.0], [4.0], [8.0]]),
     )  # fmt: skip
-    # candidate (0, 1) for a query of cell type 0: pert 0 outside cell types 1 and 0 -> entry (0, 2)
-    assert idx.elsewhere(torch.tensor([[0]]), torch.tensor([[1]]), torch.tensor([0])).item() == 4.0
     # the query's own response elsewhere: pert 0 outside cell type 0 -> mean of (0,1) and (0,2)
     assert idx.own_summary(torch.tensor([0]), torch.tensor([0])).item() == 3.0
     # a perturbation that trains nowhere else, or none at all: zeros

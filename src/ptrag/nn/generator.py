@@ -20,7 +20,7 @@ the selected triplets. ``empty_selection`` says what a cell whose selection is e
 ``proj([h_ctrl; h_pert; 0])`` always added; ``"paper"`` nothing (``z = 0``); ``"keep"``
 ``h_ctrl + h_pert`` always added (ptrag's first form). ``pt_rag_response`` retrieves
 (perturbation, cell type) training groups, encodes ``h_k = PertEnc(gene_k) + RespEnc(summary_k) +
-e_same + ElseEnc(gene_k's summary elsewhere)``, selects them as PT-RAG does and, with
+e_same`` (and ``h_pert`` adds ``RespEnc`` of the query's own responses elsewhere), selects them as PT-RAG does and, with
 ``response_readout``, starts its prediction from the selected groups' mean observed shift:
 ``relu(ctrl - mean_set(ctrl) + mu_ctrl + sum_k w_k shift_k / sum_k w_k + Decoder(backbone(z)))``.
 The backbone is a bidirectional, position-free Llama stack
@@ -125,7 +125,7 @@ class PerturbationModel(nn.Module):
         decoder        H*H + H + H*G + G
         vanilla_rag    + 4H^2 + 4H                       (nn.MultiheadAttention)
         pt_rag         + 6H + (3H^2 + H) + (2H + 2) + (3H^2 + H)
-        pt_rag_resp.   pt_rag + 2H (e_same) + 2 (R*H + H + H*H + H) (response, elsewhere encoders; R summary width)
+        pt_rag_resp.   pt_rag + 2H (e_same) + R*H + H + H*H + H (response encoder, R summary width)
     """
 
     def __init__(
@@ -201,7 +201,6 @@ class PerturbationModel(nn.Module):
         self.selector = TripletSelector(h, cfg.tau, identity_init=cfg.identity_init)
         r = responses.summary.shape[1]
         self.response_encoder = PertEncoder(r, h, cfg.dropout) if cfg.response_context else None
-        self.elsewhere_encoder = PertEncoder(r, h, cfg.dropout) if cfg.response_context else None
         self.same_cell_type = nn.Embedding(2, h)  # e_same: the entry is of the query's cell type or not
         nn.init.normal_(self.same_cell_type.weight, std=0.02)
 
@@ -299,9 +298,9 @@ class PerturbationModel(nn.Module):
             if query_cell_type is None:
                 query_cell_type = torch.full_like(query_index, -1)
             query_cell_type = query_cell_type.to(query_index.device)
-            if self.elsewhere_encoder is not None:  # the query's own response elsewhere joins h_pert
+            if self.response_encoder is not None:  # the query's own response elsewhere joins h_pert
                 own = self.responses.own_summary(query_index, query_cell_type)
-                h_pert = h_pert + self.elsewhere_encoder(own.to(h_pert.dtype))
+                h_pert = h_pert + self.response_encoder(own.to(h_pert.dtype))
         if self.cfg.conditioning == "none":
             z = h_ctrl + h_pert[:, None, :]
         elif self.cfg.conditioning == "vanilla_rag":
@@ -340,8 +339,7 @@ class PerturbationModel(nn.Module):
     def _retrieve_responses(
         self, pert_vec: torch.Tensor, query_pert: torch.Tensor, query_ct: torch.Tensor, out: ModelOutput
     ) -> torch.Tensor:
-        """Stage 1 over the training groups; ``h_k = PertEnc(gene_k) + RespEnc(summary_k) + e_same +
-        ElseEnc(summary of gene_k elsewhere)``."""
+        """Stage 1 over the training groups; ``h_k = PertEnc(gene_k) + RespEnc(summary_k) + e_same``."""
         assert self.responses is not None
         db = self.responses
         sim, idx, same = db.search(pert_vec, query_pert, query_ct, self.cfg.topk, self.cfg.response_candidates)
@@ -353,11 +351,7 @@ class PerturbationModel(nn.Module):
                 h = h + self.response_encoder(db.summary[rows].to(pert_vec.dtype))
             return h
 
-        h_ctx = self._encode_contexts(idx, encode) + self.same_cell_type(same.long())
-        if self.elsewhere_encoder is not None:  # what each candidate's perturbation did elsewhere
-            other = db.elsewhere(db.entry_pert[idx], db.entry_ct[idx], query_ct)
-            h_ctx = h_ctx + self.elsewhere_encoder(other.to(h_ctx.dtype))
-        return h_ctx
+        return self._encode_contexts(idx, encode) + self.same_cell_type(same.long())
 
     def _select(self, h_ctrl, h_pert, h_ctx, sample_selection: bool | None, out: ModelOutput) -> torch.Tensor:
         """PT-RAG's Stage 2 and aggregation: ``z`` ``[B, S, H]``; sets ``out.weights`` / ``p_include``."""

@@ -154,18 +154,10 @@ class ResponseIndex(nn.Module):
 
     def own_summary(self, query_pert: torch.Tensor, query_ct: torch.Tensor) -> torch.Tensor:
         """``[B, R]`` mean summary of each query's own entries in the *other* cell types (what
-        the query perturbation did elsewhere; zeros where it trains nowhere else)."""
-        return self.elsewhere(query_pert[:, None], query_ct[:, None], query_ct)[:, 0]
-
-    def elsewhere(self, pert: torch.Tensor, ct: torch.Tensor, query_ct: torch.Tensor) -> torch.Tensor:
-        """``[B, K, R]`` mean summary of perturbation ``pert[b, k]``'s entries in the cell types other
-        than ``ct[b, k]`` and the query's ``query_ct[b]`` (zeros where there are none): what a
-        candidate did elsewhere, comparable with what the query did elsewhere, and never reading
-        the query's own cell type (whose group is the training target)."""
-        e_pert, e_ct = self.entry_pert[None, None, :], self.entry_ct[None, None, :]
-        mask = (e_pert == pert[..., None]) & (e_ct != ct[..., None]) & (e_ct != query_ct[:, None, None])
-        mask = mask & (pert[..., None] >= 0)
-        w = mask.to(self.summary.dtype)
+        the query perturbation did elsewhere; zeros where it trains nowhere else). The query's
+        cell type is never read: in training its group is the target."""
+        own = (self.entry_pert[None, :] == query_pert[:, None]) & (self.entry_ct[None, :] != query_ct[:, None])
+        w = (own & (query_pert[:, None] >= 0)).to(self.summary.dtype)
         return (w @ self.summary) / w.sum(-1, keepdim=True).clamp_min(1.0)
 
     def set_centring(self, ctrl_expr: torch.Tensor, query_ct: torch.Tensor) -> torch.Tensor:
