@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import pickle
 
 import numpy as np
@@ -10,6 +11,7 @@ import pytest
 import torch
 
 from ptrag.cli import main
+from ptrag.nn.generator import ModelOutput
 from ptrag.nn.responses import ResponseIndex, candidate_scores, placeholder_index
 from ptrag.train.config import TrainConfig
 from ptrag.train.prepare import build_plan, make_loader, prepare_run
@@ -36,6 +38,52 @@ def test_candidate_rule_orders_own_then_same_cell_type_and_excludes_the_query_pa
     # a perturbation no cell type trained (-1): nothing excluded, its cell type first
     unseen = candidate_scores(sim, entry_pert, entry_ct, torch.tensor([-1]), q_ct, "both")
     assert torch.isfinite(unseen).all() and torch.argsort(unseen[0], descending=True).tolist()[:3] == [0, 3, 2]
+
+
+def _toy_index() -> ResponseIndex:
+    # entries (pert, ct): (0,0) (0,1) (1,0) (1,1) (2,1), shifts over two genes
+    shift = torch.tensor([[1.0, 0.0], [1.0, 1.0], [0.0, 1.0], [1.0, 0.0], [-1.0, -1.0]])
+    return ResponseIndex(
+        torch.eye(5, 3), torch.tensor([0, 0, 1, 1, 2]), torch.tensor([0, 1, 0, 1, 1]), shift, torch.zeros(5, 1)
+    )
+
+
+def test_response_agreement_compares_shifts_in_the_other_cell_types_only():
+    agree, known = _toy_index().agreement(torch.tensor([0, 1, -1]), torch.tensor([0, 1, 0]))
+    r = 2**-0.5
+    # query (pert 0, ct 0): only ct 1 is compared, where pert 0 moved [1, 1]
+    assert known[0].tolist() == [False, False, True, True, True]  # its own entries have no agreement
+    torch.testing.assert_close(agree[0], torch.tensor([0.0, 0.0, r, r, -1.0]))
+    # query (pert 1, ct 1): only ct 0 is compared; pert 2 never trained outside ct 1
+    assert known[1].tolist() == [True, True, False, False, False]
+    torch.testing.assert_close(agree[1, :2], torch.tensor([0.0, 0.0]))
+    # a perturbation that trained nowhere: no agreement at all
+    assert not bool(known[2].any()) and not bool(agree[2].any())
+
+
+def test_agreement_readout_is_a_softmax_over_others_mixed_with_the_own_share(files):
+    d, _ = files
+    cfg, prep = _prepare(d / "d.h5ad", d / "g.pkl")
+    torch.manual_seed(0)
+    model = build_plan(cfg, prep).model
+    _, _, log_t, own_logit = model.agreement.detach().tolist()
+    # one query of perturbation 0: candidates = its own entry elsewhere, two entries with agreement, one
+    # with a gene cosine only; the last is not selected
+    out = ModelOutput(
+        pred=torch.zeros(1, 1, 1),
+        candidates=torch.tensor([[0, 1, 2, 3, 4]]),
+        similarity=torch.tensor([[0.9, 0.1, 0.2, 0.3, 0.4]]),
+        same_cell_type=torch.tensor([[False, True, True, True, True]]),
+        agreement=torch.tensor([[float("nan"), 0.5, 0.2, float("nan"), 0.9]]),
+    )
+    db = model.responses
+    db.entry_pert[:5] = torch.tensor([7, 1, 2, 3, 4])
+    w = torch.tensor([[[1.0, 1.0, 1.0, 1.0, 0.0]]])
+    r = model._agreement_weights(w, torch.tensor([7]), out)[0, 0]
+    t, beta = math.exp(log_t), 1 / (1 + math.exp(-own_logit))
+    e = torch.tensor([math.exp(0.5 / t), math.exp(0.2 / t), math.exp(0.3 / t)])
+    expected = torch.cat([torch.tensor([beta]), (1 - beta) * e / e.sum(), torch.tensor([0.0])])
+    torch.testing.assert_close(r, expected)
 
 
 def test_response_index_round_trips_through_a_placeholder():
@@ -144,7 +192,8 @@ def test_readout_starts_from_the_selected_groups_mean_shift(files):
     with torch.no_grad():
         out = plan(batch)
     db = plan.model.responses
-    w = out.weights / out.weights.sum(-1, keepdim=True)
+    w = plan.model._agreement_weights(out.weights, plan.query_rows(batch["pert_id"]), out)
+    w = w / w.sum(-1, keepdim=True)
     # delta = the control set's mean replaced by its cell type's control mean + the selected shifts
     centring = db.control_mean[batch["ct_id"]][:, None, :] - batch["ctrl_expr"].mean(1, keepdim=True)
     expected = centring + torch.einsum("bsk,bkg->bsg", w, db.shift[out.candidates])

@@ -76,6 +76,13 @@ class ModelConfig:
         ``pt_rag_response``: the prediction starts from the selected entries' mean observed
         shift, ``relu(ctrl + sum_k w_k shift_k / sum_k w_k + Decoder(...))``; ``False``: from the
         control cells, as the other models.
+    response_agreement
+        ``pt_rag_response``: the response agreement elsewhere (:meth:`ptrag.nn.responses.
+        ResponseIndex.agreement`) also ranks Stage 1, biases the selector's include logit by a
+        learned ``gain * (agreement - centre)`` and weights the readout (a softmax of
+        ``agreement / T`` over the selected entries of other perturbations, mixed with the mean of
+        the query's own selected entries elsewhere with a learned share); ``False``: gene cosine
+        ranking, selector alone, uniform mean of the selected shifts.
     """
 
     conditioning: Literal["none", "vanilla_rag", "pt_rag", "pt_rag_response"] = "none"
@@ -96,6 +103,7 @@ class ModelConfig:
     response_candidates: Literal["both", "same", "other"] = "both"
     response_context: bool = True
     response_readout: bool = True
+    response_agreement: bool = True
 
     def validate(self) -> None:
         """Raise :class:`PtragError` naming the first out-of-range option."""
@@ -118,7 +126,7 @@ class ModelConfig:
             raise PtragError(f"model option dropout must be in [0, 1) (got {self.dropout!r}).")
         if not isinstance(self.tau, (int, float)) or isinstance(self.tau, bool) or not float(self.tau) > 0.0:
             raise PtragError(f"model option tau (Gumbel-Softmax temperature) must be > 0 (got {self.tau!r}).")
-        for name in ("fused_triplets", "identity_init", "response_context", "response_readout"):
+        for name in ("fused_triplets", "identity_init", "response_context", "response_readout", "response_agreement"):
             if not isinstance(getattr(self, name), bool):
                 raise PtragError(f"model option {name} must be true or false (got {getattr(self, name)!r}).")
 

@@ -30,6 +30,7 @@ The backbone is a bidirectional, position-free Llama stack
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -80,6 +81,9 @@ class ModelOutput:
         plus the selected entries' mean observed shift for ``pt_rag_response``.
     same_cell_type
         ``[B, K]`` bool, the candidate entry is of the query's cell type (``pt_rag_response``).
+    agreement
+        ``[B, K]`` response agreement of each candidate with the query, NaN where undefined
+        (``pt_rag_response`` with ``response_agreement``).
     """
 
     pred: torch.Tensor
@@ -89,6 +93,7 @@ class ModelOutput:
     p_include: torch.Tensor | None = None
     delta: torch.Tensor | None = None
     same_cell_type: torch.Tensor | None = None
+    agreement: torch.Tensor | None = None
 
 
 class PerturbationModel(nn.Module):
@@ -203,6 +208,8 @@ class PerturbationModel(nn.Module):
         self.response_encoder = PertEncoder(r, h, cfg.dropout) if cfg.response_context else None
         self.same_cell_type = nn.Embedding(2, h)  # e_same: the entry is of the query's cell type or not
         nn.init.normal_(self.same_cell_type.weight, std=0.02)
+        if cfg.response_agreement:  # [gain, centre, log T, own-share logit] of the agreement's uses
+            self.agreement = nn.Parameter(torch.tensor([10.0, 0.3, math.log(0.05), math.log(0.3 / 0.7)]))
 
     # ------------------------------------------------------------------ helpers
     @property
@@ -316,17 +323,40 @@ class PerturbationModel(nn.Module):
             z = self._select(h_ctrl, h_pert, h_ctx, sample_selection, out)
         out.delta = self.decoder(self.backbone(z))
         if self.responses is not None and self.cfg.response_readout:
-            out.delta = out.delta + self._readout(ctrl_expr, query_cell_type, out)
+            out.delta = out.delta + self._readout(ctrl_expr, query_index, query_cell_type, out)
         out.pred = torch.relu(ctrl_expr + out.delta)
         return out
 
-    def _readout(self, ctrl_expr: torch.Tensor, query_ct: torch.Tensor, out: ModelOutput) -> torch.Tensor:
+    def _readout(
+        self, ctrl_expr: torch.Tensor, query_pert: torch.Tensor, query_ct: torch.Tensor, out: ModelOutput
+    ) -> torch.Tensor:
         """``pt_rag_response``'s starting change: the selected entries' weighted mean shift plus the
         set's control centring (``[B, S, G]``)."""
         assert self.responses is not None and out.weights is not None and out.candidates is not None
-        w = out.weights / out.weights.sum(-1, keepdim=True).clamp_min(1e-6)
+        w = out.weights
+        if out.agreement is not None:
+            w = self._agreement_weights(w, query_pert, out)
+        w = w / w.sum(-1, keepdim=True).clamp_min(1e-6)
         shift = torch.bmm(w, self.responses.shift[out.candidates].to(w.dtype))
         return shift + self.responses.set_centring(ctrl_expr, query_ct)
+
+    def _agreement_weights(self, w: torch.Tensor, query_pert: torch.Tensor, out: ModelOutput) -> torch.Tensor:
+        """Readout weights ``[B, S, K]`` (unnormalised): among the selected entries of other
+        perturbations a softmax of ``agreement / T`` (gene cosine where the agreement is
+        undefined) holding ``1 - beta``; the query's own selected entries elsewhere share
+        ``beta`` equally (each group takes all when the other is empty)."""
+        assert out.candidates is not None and out.similarity is not None and out.agreement is not None
+        assert self.responses is not None
+        own = (~out.same_cell_type) & (self.responses.entry_pert[out.candidates] == query_pert[:, None])
+        score = torch.where(torch.isnan(out.agreement), out.similarity, out.agreement) / self.agreement[2].exp()
+        keep = (w > 0) & ~own[:, None, :]  # finite masking: an all-masked row must not give NaN gradients
+        score = score[:, None, :].expand_as(w).masked_fill(~keep, -1e4)
+        soft = torch.softmax(score, -1) * keep * w  # w keeps the straight-through gradient
+        own_w = w * own[:, None, :].to(w.dtype)
+        n_own = own_w.sum(-1, keepdim=True)
+        has_soft = soft.sum(-1, keepdim=True) > 0
+        beta = torch.where(n_own > 0, torch.where(has_soft, torch.sigmoid(self.agreement[3]), 1.0), 0.0)
+        return (1 - beta) * soft + beta * own_w / n_own.clamp_min(1e-6)
 
     def _retrieve(self, pert_vec: torch.Tensor, query_index: torch.Tensor, out: ModelOutput) -> torch.Tensor:
         """Stage 1 over the gene vectors of the training perturbations; ``h_ctx`` ``[B, K, H]``."""
@@ -342,8 +372,11 @@ class PerturbationModel(nn.Module):
         """Stage 1 over the training groups; ``h_k = PertEnc(gene_k) + RespEnc(summary_k) + e_same``."""
         assert self.responses is not None
         db = self.responses
-        sim, idx, same = db.search(pert_vec, query_pert, query_ct, self.cfg.topk, self.cfg.response_candidates)
-        out.candidates, out.similarity, out.same_cell_type = idx, sim, same
+        cfg = self.cfg
+        found = db.search(pert_vec, query_pert, query_ct, cfg.topk, cfg.response_candidates, cfg.response_agreement)
+        idx, same = found.idx, found.same
+        out.candidates, out.similarity, out.same_cell_type = idx, found.sim, same
+        out.agreement = torch.where(found.known, found.agree, torch.nan) if cfg.response_agreement else None
 
         def encode(rows: torch.Tensor) -> torch.Tensor:
             h = self.pert_encoder(db.raw[rows].to(pert_vec.dtype))
@@ -358,6 +391,10 @@ class PerturbationModel(nn.Module):
         assert self.selector is not None
         fused = self.cfg.fused_triplets
         logits = self.selector.scores(h_ctrl, h_pert, h_ctx, fused=fused)  # [B, S, K, 2]
+        if out.agreement is not None:  # include logit + gain * (agreement - centre) where defined
+            known = ~torch.isnan(out.agreement)  # (NaN-free arithmetic: a NaN would reach the gradients)
+            prior = self.agreement[0] * (torch.where(known, out.agreement, 0.0) - self.agreement[1]) * known
+            logits = logits + torch.stack([torch.zeros_like(prior), prior], -1)[:, None].to(logits.dtype)
         if sample_selection is None:
             mode = self.cfg.train_selection if self.training else self.cfg.eval_selection
         else:

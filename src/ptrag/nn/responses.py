@@ -18,11 +18,21 @@ The query's own entry ``(p, t)`` is never a candidate (it is a held-out group at
 and the answer itself in training). ``"same"`` drops tier 1 (tier 3 then takes its place as a
 last resort), ``"other"`` ranks tier 3 before the target's entries. A perturbation that no cell
 type trained (``p = -1``) has no tier 1: it gets its cell type's gene-vector neighbours.
+
+**Response agreement** (:meth:`ResponseIndex.agreement`): for a query ``(p, t)`` and an entry of
+perturbation ``c``, the mean over the cell types ``u != t`` in which both ``p`` and ``c`` trained of
+the cosine of their observed shifts in ``u``. It says whether ``c`` acted like ``p`` where both were
+seen, which the gene vectors cannot (they are blind to the cell type and to module programs), and
+it never reads a group of ``t``, so the query's own group cannot leak into it. With
+``agreement=True``, Stage 1 ranks the entries within a tier by ``gene cosine + agreement`` (by the
+gene cosine alone where the agreement is undefined: ``p`` or ``c`` trained in no other cell
+type, or the entry is ``p``'s own).
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import NamedTuple
 
 import torch
 from torch import nn
@@ -30,8 +40,8 @@ from torch import nn
 from ptrag.errors import PtragError
 from ptrag.nn.retrieval import l2_normalise, resize_buffers
 
-#: Rank offsets of the three tiers (cosines lie in [-1, 1], so tiers never interleave).
-_TIER = {"own": 8.0, "same": 4.0, "other": 0.0, "last": -4.0}
+#: Rank offsets of the three tiers (a rank score lies in [-2, 2], so tiers never interleave).
+_TIER = {"own": 16.0, "same": 8.0, "other": 0.0, "last": -8.0}
 CANDIDATE_RULES = ("both", "same", "other")
 
 
@@ -72,6 +82,16 @@ def candidate_scores(
     offset = torch.where(own & ~same, tier[0], offset)
     scores = sim + offset
     return scores.masked_fill(own & same & (query_pert[:, None] >= 0), float("-inf"))
+
+
+class Retrieved(NamedTuple):
+    """What :meth:`ResponseIndex.search` returns (``[B, K]`` each, in rank order)."""
+
+    sim: torch.Tensor  #: cosine of the gene vectors (not the rank score)
+    idx: torch.Tensor  #: long entry rows
+    same: torch.Tensor  #: bool, the entry is of the query's cell type
+    agree: torch.Tensor  #: response agreement (0 where undefined)
+    known: torch.Tensor  #: bool, the agreement is defined
 
 
 class ResponseIndex(nn.Module):
@@ -123,6 +143,7 @@ class ResponseIndex(nn.Module):
         self.register_buffer("shift", shift.detach().float().clone())
         self.register_buffer("summary", summary.detach().float().clone())
         self.register_buffer("control_mean", torch.as_tensor(control_mean).detach().float().clone())
+        self.register_buffer("unit_shift", l2_normalise(self.shift), persistent=False)  # derived, not saved
         self.pert_names = [str(x) for x in pert_names]
         self.cell_type_names = [str(x) for x in cell_type_names]
 
@@ -130,27 +151,59 @@ class ResponseIndex(nn.Module):
         return int(self.raw.shape[0])
 
     def search(
-        self, query_vec: torch.Tensor, query_pert: torch.Tensor, query_ct: torch.Tensor, k: int, rule: str = "both"
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Top-K entries of each query.
-
-        Returns
-        -------
-        sim : torch.Tensor
-            ``[B, K]`` cosine of the gene vectors (not the tiered score).
-        idx : torch.Tensor
-            ``[B, K]`` long entry rows, in rank order.
-        same : torch.Tensor
-            ``[B, K]`` bool, the entry is of the query's cell type.
-        """
+        self,
+        query_vec: torch.Tensor,
+        query_pert: torch.Tensor,
+        query_ct: torch.Tensor,
+        k: int,
+        rule: str = "both",
+        agreement: bool = False,
+    ) -> Retrieved:
+        """Top-K entries of each query (ranked by gene cosine, plus the response agreement with
+        ``agreement=True``; see the module docstring)."""
         if k > len(self) - 1:
             raise PtragError(f"topk = {k} exceeds the {len(self)} response-database entries minus the query's own.")
         with torch.no_grad(), torch.autocast(device_type=query_vec.device.type, enabled=False):
             cos = l2_normalise(query_vec.detach().float()) @ self.unit.T
-            scores = candidate_scores(cos, self.entry_pert, self.entry_ct, query_pert, query_ct, rule)
+            agree, known = self.agreement(query_pert, query_ct)
+            rank = cos + agree if agreement else cos
+            scores = candidate_scores(rank, self.entry_pert, self.entry_ct, query_pert, query_ct, rule)
             _, idx = torch.topk(scores, k, dim=1)
-            sim = cos.gather(1, idx)
-        return sim, idx, self.entry_ct[idx] == query_ct[:, None]
+        return Retrieved(
+            cos.gather(1, idx), idx, self.entry_ct[idx] == query_ct[:, None], agree.gather(1, idx), known.gather(1, idx)
+        )
+
+    def agreement(self, query_pert: torch.Tensor, query_ct: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Response agreement of every entry with every query (module docstring).
+
+        Parameters
+        ----------
+        query_pert, query_ct
+            ``[B]`` perturbation and cell-type ids of the queries (``-1``: unknown).
+
+        Returns
+        -------
+        agree : torch.Tensor
+            ``[B, E]`` mean cosine of the shifts over the shared other cell types (0 where undefined).
+        known : torch.Tensor
+            ``[B, E]`` bool, the agreement is defined (at least one shared other cell type, and
+            the entry is not the query's own perturbation).
+        """
+        e, dev = len(self), self.shift.device
+        n_p = int(max(int(self.entry_pert.max()) if e else 0, int(query_pert.max()) if len(query_pert) else 0)) + 1
+        n_c = int(self.entry_ct.max()) + 1 if e else 1
+        table = torch.full((n_p, n_c), -1, dtype=torch.long, device=dev)  # (perturbation, cell type) -> entry
+        table[self.entry_pert, self.entry_ct] = torch.arange(e, device=dev)
+        q_rows = torch.where(query_pert[:, None] >= 0, table[query_pert.clamp_min(0)], -1)  # [B, n_c]
+        e_rows = table[self.entry_pert]  # [E, n_c]: each entry's perturbation in every cell type
+        # cosine of the query's shift in u with every entry's shift: one [B*n_c, G] x [G, E] product
+        dots = self.unit_shift[q_rows.clamp_min(0)] @ self.unit_shift.T  # [B, n_c, E]
+        dots = dots.gather(2, e_rows.clamp_min(0).T[None].expand(len(query_pert), -1, -1))  # [B, n_c, E]
+        cts = torch.arange(n_c, device=dev)
+        ok = (q_rows[:, :, None] >= 0) & (e_rows.T[None] >= 0) & (query_ct[:, None, None] != cts[None, :, None])
+        count = ok.sum(1)
+        known = (count > 0) & (self.entry_pert[None, :] != query_pert[:, None])
+        return torch.where(known, torch.where(ok, dots, 0.0).sum(1) / count.clamp_min(1), 0.0), known
 
     def own_summary(self, query_pert: torch.Tensor, query_ct: torch.Tensor) -> torch.Tensor:
         """``[B, R]`` mean summary of each query's own entries in the *other* cell types (what
@@ -183,6 +236,7 @@ class ResponseIndex(nn.Module):
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
         resize_buffers(self, state_dict, prefix)  # a placeholder database takes the checkpoint's sizes
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+        self.unit_shift = l2_normalise(self.shift)
 
 
 def placeholder_index(n_genes: int, pert_dim: int, summary_dim: int, n_entries: int = 2) -> ResponseIndex:

@@ -76,9 +76,10 @@ class TrainConfig:
         PT-RAG's selection at evaluation: ``expected`` (the expectation of the training
         selection), ``threshold`` (p_include > 0.5) or ``sample``; ``all`` (train and eval):
         every candidate, no selection (an ablation).
-    response_candidates, response_context, response_readout
-        ``pt_rag_response``'s Stage-1 rule, whether the contexts encode the observed responses
-        and whether the prediction starts from the selected groups' mean shift (see
+    response_candidates, response_context, response_readout, response_agreement
+        ``pt_rag_response``'s Stage-1 rule, whether the contexts encode the observed responses,
+        whether the prediction starts from the selected groups' mean shift and whether the
+        response agreement elsewhere ranks, selects and weights the entries (see
         :class:`ptrag.nn.generator.ModelConfig`; ablations, set in a ``--config`` TOML).
     cell_set_size
         S, cells per set.
@@ -147,6 +148,7 @@ class TrainConfig:
     response_candidates: Literal["both", "same", "other"] = "both"
     response_context: bool = True
     response_readout: bool = True
+    response_agreement: bool = True
     cell_set_size: int = 32
     batch_size: int = 16
     n_genes: int = 2000
@@ -207,6 +209,7 @@ class TrainConfig:
             response_candidates=self.response_candidates,
             response_context=self.response_context,
             response_readout=self.response_readout,
+            response_agreement=self.response_agreement,
         )
 
     def validate(self) -> None:
