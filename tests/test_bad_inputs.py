@@ -306,3 +306,40 @@ def test_with_data_columns_gives_every_command_the_same_flags():
     assert seen["n"] == 3 and spec.pert_col == "perturbation" and spec.cell_type_col is None and spec.control == "ctl"
     assert spec.batch_col == "gem_group" and spec.layer is None  # defaults
     assert list(DATA_COLUMNS) == ["pert_col", "cell_type_col", "batch_col", "control", "layer", "obsm_key"]
+
+
+# every command with an output path: (argv builder given the --out value, kind of output)
+_OUTPUTS = [
+    (lambda w, o: ["split", "--data", str(w / "nope.h5ad"), "--target-cell-type", "CT0", "--out", o], "file"),
+    (lambda w, o: [*_train(w, data="nope.h5ad"), "--out", o], "folder"),
+    (lambda w, o: ["predict", "--run", str(w / "nope"), "--data", str(w / "nope.h5ad"), "--out", o], "file"),
+    (
+        lambda w, o: ["evaluate", "--pred", str(w / "n.h5ad"), "--real", str(w / "n.h5ad"), "--run", str(w), "--out", o],
+        "folder",
+    ),
+    (lambda w, o: ["compare", str(w / "noeval"), "--out", o], "folder"),
+    (lambda w, o: ["retrieval", "--log", str(w / "none.csv"), "--out", o], "folder"),
+    (lambda w, o: ["experiment", "cross-celltype", "--data", str(w / "nope.h5ad"), "--out", o], "folder"),
+    (lambda w, o: ["genes", "embed-graph", "--edges", str(w / "none.csv"), "--out", o], "file"),
+    (lambda w, o: ["genes", "embed-text", "--summaries", str(w / "none.json"), "--out", o], "file"),
+    (lambda w, o: ["genes", "coverage", "--data", str(w / "nope.h5ad"), "--genes", str(w / "n.pkl"), "--out", o], "file"),
+    (lambda w, o: ["simulate", "--out", o], "folder"),
+    (lambda w, o: ["demo", "--out", o], "folder"),
+]
+
+
+@pytest.mark.parametrize("i", range(len(_OUTPUTS)))
+def test_output_path_is_checked_before_any_work(i, w, tmp_path, capsys):
+    argv, kind = _OUTPUTS[i]
+    blocker = tmp_path / "blocker"
+    blocker.write_text("a file")
+    folder = tmp_path / "folder"
+    folder.mkdir()
+    # under a file; the wrong kind (a folder for a file output, a file for a folder output). The
+    # inputs do not exist either: the output is judged first, in one line naming --out
+    for out in (blocker / "sub" / "x.out", folder if kind == "file" else blocker):
+        rc = main(argv(w, str(out)))
+        err = " ".join(capsys.readouterr().err.split())
+        assert rc == 2 and "Traceback" not in err, err
+        assert err.startswith("error: --out") and str(out) in err, err
+    assert blocker.read_text() == "a file" and not any(folder.iterdir())

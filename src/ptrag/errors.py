@@ -35,6 +35,44 @@ def check_choice(name: str, value: object, choices: tuple | list) -> None:
         raise PtragError(f"invalid value {value!r} for {name}: choose one of {', '.join(map(str, choices))}.")
 
 
+def check_output(path: str | os.PathLike, kind: str = "file", option: str = "--out") -> Path:
+    """Refuse, before any work, an output path that cannot be written.
+
+    Parameters
+    ----------
+    path
+        The output path given.
+    kind
+        ``"file"`` (an existing folder is refused) or ``"folder"`` (an existing file is refused).
+    option
+        The option's name, for the message.
+
+    Returns
+    -------
+    pathlib.Path
+        ``path`` as a :class:`~pathlib.Path`.
+
+    Raises
+    ------
+    PtragError
+        If the path has the wrong kind, lies under a file, or its nearest existing folder is
+        not writable.
+    """
+    p = Path(path)
+    if kind == "file" and p.is_dir():
+        raise PtragError(f"{option} {p} is a folder; it takes a file path: name a file (e.g. {p / 'out'}).")
+    if kind == "folder" and p.exists() and not p.is_dir():
+        raise PtragError(f"{option} {p} exists and is not a folder: pass a folder path or remove the file.")
+    ancestor = p if kind == "folder" and p.is_dir() else p.parent
+    while not ancestor.exists() and ancestor != ancestor.parent:
+        ancestor = ancestor.parent
+    if not ancestor.is_dir():
+        raise PtragError(f"{option} {p}: {ancestor} is a file, nothing can be written under it: choose another path.")
+    if not os.access(ancestor, os.W_OK | os.X_OK):
+        raise PtragError(f"{option} {p}: the folder {ancestor} is not writable: choose another path.")
+    return p
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary path beside ``path``; rename it onto ``path`` only on success.

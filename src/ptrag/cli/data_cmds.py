@@ -10,6 +10,7 @@ from rich.console import Console
 from rich.table import Table
 
 from ptrag.cli.options import Backed, DataPath, with_data_columns
+from ptrag.errors import check_output
 
 if TYPE_CHECKING:
     from ptrag.data.io import ColumnSpec
@@ -74,6 +75,7 @@ def split_cmd(
     backed: Backed = False,
 ) -> None:
     """Make the paper's few-shot (or an unseen-perturbation) split and write it as cell-load TOML."""
+    check_output(out, "file")
     from ptrag.data.io import read_perturbseq
     from ptrag.data.splits import make_split
 

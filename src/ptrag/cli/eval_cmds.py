@@ -10,6 +10,7 @@ from rich.console import Console
 from rich.markdown import Markdown
 
 from ptrag.cli.options import Backed, BatchCol, CellTypeCol, Control, Layer, ObsmKey, PertCol
+from ptrag.errors import check_output
 
 console = Console()
 
@@ -96,6 +97,7 @@ def evaluate_cmd(
     The data flags default to the "data" table of RUN_DIR/config.toml when present; flags
     given on the command line override it.
     """
+    check_output(out, "folder")
     from ptrag.data.io import ColumnSpec
     from ptrag.errors import check_choice
     from ptrag.eval.evaluate import evaluate, load_run
@@ -143,6 +145,7 @@ def compare_cmd(
     ] = "mannwhitney",
 ) -> None:
     """Compare models: the paper's Table 1/2 layout overall and per cell type (Tables 3-6)."""
+    check_output(out, "folder")
     from ptrag.eval.tables import compare_evaluations
 
     tables = compare_evaluations(eval_dirs, out, reference=reference, test=test)
@@ -178,6 +181,7 @@ def retrieval_cmd(
 ) -> None:
     """PT-RAG retrieval analysis: most selected contexts per query and cell type, and the
     Jaccard overlap of the selections between cell types (table and heatmap)."""
+    check_output(out, "folder")
     from ptrag.errors import PtragError, atomic_write_csv
     from ptrag.eval.retrieval import jaccard_matrix, plot_jaccard, read_retrieval_logs, top_contexts
 

@@ -10,6 +10,7 @@ from rich.console import Console
 from rich.markdown import Markdown
 
 from ptrag.cli.options import with_data_columns
+from ptrag.errors import check_output
 
 if TYPE_CHECKING:
     from ptrag.data.io import ColumnSpec
@@ -183,6 +184,7 @@ def cross_celltype_cmd(
     model, predict its test perturbations, evaluate against the control baseline; then Table 1
     over all targets and seeds, per-target tables, the retrieval analysis, the cost table,
     optionally the sweeps, and a Markdown + HTML report."""
+    check_output(out, "folder")
     from ptrag.experiments.cross_celltype import cross_celltype
 
     result = cross_celltype(
@@ -242,6 +244,7 @@ def sweep_cmd(
     """Sensitivity sweep: train one model at every point of a grid on one split, predict and
     evaluate its test perturbations beside the control baseline; table (sweep.csv/.md) and line
     plots (sweep.png)."""
+    check_output(out, "folder")
     from ptrag.errors import PtragError
     from ptrag.experiments.report import record_command
     from ptrag.experiments.sweep import PAPER_SWEEPS, parse_grid, sweep

@@ -11,7 +11,7 @@ from rich.console import Console
 from rich.table import Table
 
 from ptrag.cli.options import Backed, DataPath, with_data_columns
-from ptrag.errors import PtragError, atomic_write_csv
+from ptrag.errors import PtragError, atomic_write_csv, check_output
 
 if TYPE_CHECKING:
     from ptrag.data.io import ColumnSpec
@@ -65,6 +65,8 @@ def coverage_cmd(
     show_missing: Annotated[int, typer.Option("--show-missing", help="How many uncovered genes to list.")] = 20,
 ) -> None:
     """Report which perturbations of a data set have a vector in each gene table, per cell type."""
+    if out is not None:
+        check_output(out, "file")
     from ptrag.data.embeddings import coverage, read_gene_table
     from ptrag.data.io import read_perturbseq
 
@@ -134,6 +136,7 @@ def embed_text_cmd(
     ] = "chunk",
 ) -> None:
     """Embed gene summaries with an offline sentence model (the GenePT recipe, locally)."""
+    check_output(out, "file")
     from ptrag.data.embeddings import table_format, write_gene_table
     from ptrag.errors import check_choice
     from ptrag.genes.text import embed_summaries, read_summaries
@@ -165,6 +168,7 @@ def embed_graph_cmd(
     seed: Annotated[int, typer.Option("--seed", help="Seed of the eigen-solver's start vector.")] = 0,
 ) -> None:
     """Spectral gene embeddings from a network (--edges) or from gene sets (--gmt)."""
+    check_output(out, "file")
     from ptrag.data.embeddings import table_format, write_gene_table
     from ptrag.genes.graph import embed_edges, embed_gene_sets, read_edges
 

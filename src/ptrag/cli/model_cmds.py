@@ -9,7 +9,7 @@ import typer
 from rich.console import Console
 
 from ptrag.cli.options import Backed, Layer, ObsmKey
-from ptrag.errors import PtragError
+from ptrag.errors import PtragError, check_output
 from ptrag.train.config import PRESETS, TrainConfig
 
 console = Console()
@@ -204,6 +204,7 @@ def train_cmd(
     ] = False,
 ) -> None:
     """Train STATE, STATE+GenePT, Vanilla RAG or PT-RAG; write a run folder."""
+    check_output(out, "folder")
     local = dict(locals())
     from ptrag.train.config import config_file_values, read_run_config, resolve_config
     from ptrag.train.fit import train
@@ -298,6 +299,7 @@ def predict_cmd(
     backed: Backed = False,
 ) -> None:
     """Predict held-out perturbations (or new ones from their gene vectors) from a run."""
+    check_output(out, "file")
     from ptrag.errors import PtragError, check_choice
     from ptrag.train.baselines import BASELINES
     from ptrag.train.predict import predict, write_prediction
@@ -377,6 +379,7 @@ def demo_cmd(
 ) -> None:
     """The main job on the embedded synthetic benchmark: the cross-cell-type experiment (two
     targets, one seed, cpu preset): train the four models, predict, evaluate, compare, report."""
+    check_output(out, "folder")
     from ptrag.cli.experiment_cmds import _command, _csv, show_result
     from ptrag.experiments.demo import run_demo
 

@@ -8,6 +8,8 @@ from typing import Annotated
 
 import typer
 
+from ptrag.errors import check_output
+
 # SimulationConfig fields that are CLI flags (their errors are reworded as --flag-name)
 _FLAGS = (
     "n_cell_types",
@@ -41,6 +43,7 @@ def simulate_cmd(
     ] = 256,
 ) -> None:
     """Simulate the synthetic cross-cell-type Perturb-seq benchmark and write its three files."""
+    check_output(out, "folder")
     from rich.console import Console
     from rich.table import Table
 
