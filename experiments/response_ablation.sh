@@ -6,14 +6,16 @@
 #   response_context=false   the contexts carry no observed response (selection without response)
 #   response_readout=false   the prediction starts from the control cells, not the selected shifts
 #   train/eval_selection=all every candidate, no selection (response without selection)
+#   response_agreement=false gene-cosine Stage 1, selector alone, uniform readout (no agreement)
 #
 #   bash experiments/response_ablation.sh [OUT_DIR] [TARGET] [SEED]
 #
-# About 12 minutes on 2 cores (6 trainings of about 1.5 min, their predictions and evaluations).
+# About 14 minutes on 2 cores (7 trainings of about 1.5 min, their predictions and evaluations).
 DEFAULT_OUT=response_ablation
 source "$(dirname "$0")/synthetic_sweep.sh"
 sweep pt_rag_response candidates --grid response_candidates=both,same,other
 sweep pt_rag_response no_context --grid response_context=false
 sweep pt_rag_response no_readout --grid response_readout=false
 sweep pt_rag_response no_selection --grid train_selection=all --grid eval_selection=all
-for t in candidates no_context no_readout no_selection; do echo "table: $OUT/$t/sweep.md"; done
+sweep pt_rag_response no_agreement --grid response_agreement=false
+for t in candidates no_context no_readout no_selection no_agreement; do echo "table: $OUT/$t/sweep.md"; done

@@ -12,7 +12,7 @@ import torch
 
 from ptrag.cli import main
 from ptrag.nn.generator import ModelOutput
-from ptrag.nn.responses import ResponseIndex, candidate_scores, placeholder_index
+from ptrag.nn.responses import ResponseIndex, candidate_scores, placeholder_index, readout_weights
 from ptrag.train.config import TrainConfig
 from ptrag.train.prepare import build_plan, make_loader, prepare_run
 from tests._data import TINY_MODEL, make_adata
@@ -76,10 +76,10 @@ def test_agreement_readout_is_a_softmax_over_others_mixed_with_the_own_share(fil
         same_cell_type=torch.tensor([[False, True, True, True, True]]),
         agreement=torch.tensor([[float("nan"), 0.5, 0.2, float("nan"), 0.9]]),
     )
-    db = model.responses
-    db.entry_pert[:5] = torch.tensor([7, 1, 2, 3, 4])
     w = torch.tensor([[[1.0, 1.0, 1.0, 1.0, 0.0]]])
-    r = model._agreement_weights(w, torch.tensor([7]), out)[0, 0]
+    own = torch.tensor([[True, False, False, False, False]])
+    t, share = torch.tensor(log_t).exp(), torch.sigmoid(torch.tensor(own_logit))
+    r = readout_weights(w, own, out.agreement, out.similarity, t, share)[0, 0]
     t, beta = math.exp(log_t), 1 / (1 + math.exp(-own_logit))
     e = torch.tensor([math.exp(0.5 / t), math.exp(0.2 / t), math.exp(0.3 / t)])
     expected = torch.cat([torch.tensor([beta]), (1 - beta) * e / e.sum(), torch.tensor([0.0])])
@@ -192,8 +192,9 @@ def test_readout_starts_from_the_selected_groups_mean_shift(files):
     with torch.no_grad():
         out = plan(batch)
     db = plan.model.responses
-    w = plan.model._agreement_weights(out.weights, plan.query_rows(batch["pert_id"]), out)
-    w = w / w.sum(-1, keepdim=True)
+    own = ~out.same_cell_type & (db.entry_pert[out.candidates] == plan.query_rows(batch["pert_id"])[:, None])
+    m = plan.model.agreement.detach()
+    w = readout_weights(out.weights, own, out.agreement, out.similarity, m[2].exp(), torch.sigmoid(m[3]))
     # delta = the control set's mean replaced by its cell type's control mean + the selected shifts
     centring = db.control_mean[batch["ct_id"]][:, None, :] - batch["ctrl_expr"].mean(1, keepdim=True)
     expected = centring + torch.einsum("bsk,bkg->bsg", w, db.shift[out.candidates])

@@ -135,3 +135,21 @@ class Decoder(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """``[..., H] -> [..., G]``."""
         return self.net(x)
+
+
+def count_parameters(model: nn.Module, trainable_only: bool = False) -> int:
+    """Number of parameters of ``model`` (buffers such as the retrieval database excluded).
+
+    Parameters
+    ----------
+    model
+        Any module.
+    trainable_only
+        Count only parameters with ``requires_grad``.
+
+    Returns
+    -------
+    int
+        Total number of scalar parameters.
+    """
+    return sum(p.numel() for p in model.parameters() if p.requires_grad or not trainable_only)

@@ -18,11 +18,8 @@ PT-RAG follows the paper's Eq. 7: the cell and its perturbation reach the backbo
 the selected triplets. ``empty_selection`` says what a cell whose selection is empty gets:
 ``"best"`` (default) its highest-scoring candidate; ``"null"`` a null-context triplet
 ``proj([h_ctrl; h_pert; 0])`` always added; ``"paper"`` nothing (``z = 0``); ``"keep"``
-``h_ctrl + h_pert`` always added (ptrag's first form). ``pt_rag_response`` retrieves
-(perturbation, cell type) training groups, encodes ``h_k = PertEnc(gene_k) + RespEnc(summary_k) +
-e_same`` (and ``h_pert`` adds ``RespEnc`` of the query's own responses elsewhere), selects them as PT-RAG does and, with
-``response_readout``, starts its prediction from the selected groups' mean observed shift:
-``relu(ctrl - mean_set(ctrl) + mu_ctrl + sum_k w_k shift_k / sum_k w_k + Decoder(backbone(z)))``.
+``h_ctrl + h_pert`` always added (ptrag's first form). ``pt_rag_response`` (database, Stage 1,
+response agreement, readout): :mod:`ptrag.nn.responses` and ``docs/training.md``.
 The backbone is a bidirectional, position-free Llama stack
 (:class:`ptrag.nn.backbone.SetTransformer`); the prediction is
 ``relu(ctrl_expr + Decoder(backbone(z)))``.
@@ -40,8 +37,8 @@ from torch import nn
 from ptrag.errors import PtragError
 from ptrag.nn.backbone import SetTransformer
 from ptrag.nn.config import CONDITIONINGS, EMPTY_SELECTIONS, EVAL_SELECTIONS, PRESETS, ModelConfig
-from ptrag.nn.encoders import CellEncoder, Decoder, PertEncoder
-from ptrag.nn.responses import ResponseIndex
+from ptrag.nn.encoders import CellEncoder, Decoder, PertEncoder, count_parameters
+from ptrag.nn.responses import ResponseIndex, agreement_prior, readout_weights
 from ptrag.nn.retrieval import PerturbationIndex, TripletSelector
 
 __all__ = [
@@ -130,7 +127,7 @@ class PerturbationModel(nn.Module):
         decoder        H*H + H + H*G + G
         vanilla_rag    + 4H^2 + 4H                       (nn.MultiheadAttention)
         pt_rag         + 6H + (3H^2 + H) + (2H + 2) + (3H^2 + H)
-        pt_rag_resp.   pt_rag + 2H (e_same) + R*H + H + H*H + H (response encoder, R summary width)
+        pt_rag_resp.   pt_rag + 2H (e_same) + R*H + H + H*H + H (response encoder, R summary width) + 4
     """
 
     def __init__(
@@ -333,30 +330,15 @@ class PerturbationModel(nn.Module):
         """``pt_rag_response``'s starting change: the selected entries' weighted mean shift plus the
         set's control centring (``[B, S, G]``)."""
         assert self.responses is not None and out.weights is not None and out.candidates is not None
-        w = out.weights
+        w, db = out.weights, self.responses
         if out.agreement is not None:
-            w = self._agreement_weights(w, query_pert, out)
-        w = w / w.sum(-1, keepdim=True).clamp_min(1e-6)
-        shift = torch.bmm(w, self.responses.shift[out.candidates].to(w.dtype))
-        return shift + self.responses.set_centring(ctrl_expr, query_ct)
-
-    def _agreement_weights(self, w: torch.Tensor, query_pert: torch.Tensor, out: ModelOutput) -> torch.Tensor:
-        """Readout weights ``[B, S, K]`` (unnormalised): among the selected entries of other
-        perturbations a softmax of ``agreement / T`` (gene cosine where the agreement is
-        undefined) holding ``1 - beta``; the query's own selected entries elsewhere share
-        ``beta`` equally (each group takes all when the other is empty)."""
-        assert out.candidates is not None and out.similarity is not None and out.agreement is not None
-        assert self.responses is not None
-        own = (~out.same_cell_type) & (self.responses.entry_pert[out.candidates] == query_pert[:, None])
-        score = torch.where(torch.isnan(out.agreement), out.similarity, out.agreement) / self.agreement[2].exp()
-        keep = (w > 0) & ~own[:, None, :]  # finite masking: an all-masked row must not give NaN gradients
-        score = score[:, None, :].expand_as(w).masked_fill(~keep, -1e4)
-        soft = torch.softmax(score, -1) * keep * w  # w keeps the straight-through gradient
-        own_w = w * own[:, None, :].to(w.dtype)
-        n_own = own_w.sum(-1, keepdim=True)
-        has_soft = soft.sum(-1, keepdim=True) > 0
-        beta = torch.where(n_own > 0, torch.where(has_soft, torch.sigmoid(self.agreement[3]), 1.0), 0.0)
-        return (1 - beta) * soft + beta * own_w / n_own.clamp_min(1e-6)
+            own = ~out.same_cell_type & (db.entry_pert[out.candidates] == query_pert[:, None])
+            t, share = self.agreement[2].exp(), torch.sigmoid(self.agreement[3])
+            w = readout_weights(w, own, out.agreement, out.similarity, t, share)
+        else:
+            w = w / w.sum(-1, keepdim=True).clamp_min(1e-6)
+        shift = torch.bmm(w, db.shift[out.candidates].to(w.dtype))
+        return shift + db.set_centring(ctrl_expr, query_ct)
 
     def _retrieve(self, pert_vec: torch.Tensor, query_index: torch.Tensor, out: ModelOutput) -> torch.Tensor:
         """Stage 1 over the gene vectors of the training perturbations; ``h_ctx`` ``[B, K, H]``."""
@@ -392,8 +374,7 @@ class PerturbationModel(nn.Module):
         fused = self.cfg.fused_triplets
         logits = self.selector.scores(h_ctrl, h_pert, h_ctx, fused=fused)  # [B, S, K, 2]
         if out.agreement is not None:  # include logit + gain * (agreement - centre) where defined
-            known = ~torch.isnan(out.agreement)  # (NaN-free arithmetic: a NaN would reach the gradients)
-            prior = self.agreement[0] * (torch.where(known, out.agreement, 0.0) - self.agreement[1]) * known
+            prior = agreement_prior(out.agreement, self.agreement[0], self.agreement[1])
             logits = logits + torch.stack([torch.zeros_like(prior), prior], -1)[:, None].to(logits.dtype)
         if sample_selection is None:
             mode = self.cfg.train_selection if self.training else self.cfg.eval_selection
@@ -408,21 +389,3 @@ class PerturbationModel(nn.Module):
             z = z + h_ctrl + h_pert[:, None, :]
         out.weights, out.p_include = w, p_include
         return z
-
-
-def count_parameters(model: nn.Module, trainable_only: bool = False) -> int:
-    """Number of parameters of ``model`` (buffers such as the retrieval database excluded).
-
-    Parameters
-    ----------
-    model
-        Any module.
-    trainable_only
-        Count only parameters with ``requires_grad``.
-
-    Returns
-    -------
-    int
-        Total number of scalar parameters.
-    """
-    return sum(p.numel() for p in model.parameters() if p.requires_grad or not trainable_only)

@@ -84,6 +84,50 @@ def candidate_scores(
     return scores.masked_fill(own & same & (query_pert[:, None] >= 0), float("-inf"))
 
 
+def agreement_prior(agree: torch.Tensor, gain: torch.Tensor, centre: torch.Tensor) -> torch.Tensor:
+    """``[B, K]`` addition to the selector's include logit: ``gain * (agree - centre)`` where the
+    agreement is defined, 0 where it is NaN (NaN-free arithmetic, so no NaN reaches a gradient)."""
+    known = ~torch.isnan(agree)
+    return gain * (torch.where(known, agree, 0.0) - centre) * known
+
+
+def readout_weights(
+    w: torch.Tensor,
+    own: torch.Tensor,
+    agree: torch.Tensor,
+    sim: torch.Tensor,
+    temperature: torch.Tensor,
+    own_share: torch.Tensor,
+) -> torch.Tensor:
+    """Readout weights ``[B, S, K]`` (each row sums to 1, or 0 where nothing is selected).
+
+    Among the selected entries of other perturbations, a softmax of ``agree / temperature``
+    (``sim`` where ``agree`` is NaN) holds ``1 - own_share``; the query's own selected entries
+    elsewhere share ``own_share`` equally; each group takes everything when the other is empty.
+
+    Parameters
+    ----------
+    w
+        ``[B, S, K]`` selection weights (0/1 with a straight-through gradient, or soft).
+    own
+        ``[B, K]`` bool, the entry is the query perturbation's own, in another cell type.
+    agree, sim
+        ``[B, K]`` response agreement (NaN where undefined) and gene cosine of each entry.
+    temperature, own_share
+        Scalar tensors (learned).
+    """
+    score = torch.where(torch.isnan(agree), sim, agree) / temperature
+    keep = (w > 0) & ~own[:, None, :]  # finite masking: an all-masked row must not give NaN gradients
+    score = score[:, None, :].expand_as(w).masked_fill(~keep, -1e4)
+    soft = torch.softmax(score, -1) * keep * w  # w keeps the straight-through gradient
+    own_w = w * own[:, None, :].to(w.dtype)
+    n_own = own_w.sum(-1, keepdim=True)
+    has_soft = soft.sum(-1, keepdim=True) > 0
+    beta = torch.where(n_own > 0, torch.where(has_soft, own_share, 1.0), 0.0)
+    r = (1 - beta) * soft + beta * own_w / n_own.clamp_min(1e-6)
+    return r / r.sum(-1, keepdim=True).clamp_min(1e-6)
+
+
 class Retrieved(NamedTuple):
     """What :meth:`ResponseIndex.search` returns (``[B, K]`` each, in rank order)."""
 
