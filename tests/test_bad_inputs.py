@@ -313,16 +313,13 @@ _OUTPUTS = [
     (lambda w, o: ["split", "--data", str(w / "nope.h5ad"), "--target-cell-type", "CT0", "--out", o], "file"),
     (lambda w, o: [*_train(w, data="nope.h5ad"), "--out", o], "folder"),
     (lambda w, o: ["predict", "--run", str(w / "nope"), "--data", str(w / "nope.h5ad"), "--out", o], "file"),
-    (
-        lambda w, o: ["evaluate", "--pred", str(w / "n.h5ad"), "--real", str(w / "n.h5ad"), "--run", str(w), "--out", o],
-        "folder",
-    ),
+    (lambda w, o: ["evaluate", "--pred", str(w / "n"), "--real", str(w / "n"), "--run", str(w), "--out", o], "folder"),
     (lambda w, o: ["compare", str(w / "noeval"), "--out", o], "folder"),
     (lambda w, o: ["retrieval", "--log", str(w / "none.csv"), "--out", o], "folder"),
     (lambda w, o: ["experiment", "cross-celltype", "--data", str(w / "nope.h5ad"), "--out", o], "folder"),
     (lambda w, o: ["genes", "embed-graph", "--edges", str(w / "none.csv"), "--out", o], "file"),
     (lambda w, o: ["genes", "embed-text", "--summaries", str(w / "none.json"), "--out", o], "file"),
-    (lambda w, o: ["genes", "coverage", "--data", str(w / "nope.h5ad"), "--genes", str(w / "n.pkl"), "--out", o], "file"),
+    (lambda w, o: ["genes", "coverage", "--data", str(w / "nope"), "--genes", str(w / "n.pkl"), "--out", o], "file"),
     (lambda w, o: ["simulate", "--out", o], "folder"),
     (lambda w, o: ["demo", "--out", o], "folder"),
 ]

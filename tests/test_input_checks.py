@@ -75,7 +75,7 @@ def test_train_out_naming_a_file_is_refused_before_any_work(tmp_path, capsys):
     out.write_text("keep me")
     assert main(["train", "--data", str(path), "--model", "state", "--max-steps", "2", "--out", str(out)]) == 2
     err = " ".join(capsys.readouterr().err.split())
-    assert "is a file; a run is a folder" in err and "Traceback" not in err
+    assert f"--out {out} exists and is not a folder" in err and "Traceback" not in err
     assert out.read_text() == "keep me"
 
 

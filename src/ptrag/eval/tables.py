@@ -4,7 +4,8 @@
   (``summary.csv`` / ``summary.md`` of ``ptrag evaluate``).
 * :func:`comparison_table` — the layout of the paper's Tables 1–2 (models as columns, metric
   rows grouped, ↑/↓, best mean in bold, significance marks), and restricted to one cell type,
-  of Tables 3–6. Rendered as Markdown, LaTeX and CSV.
+  of Tables 3–6. Rendered as Markdown, LaTeX and CSV. Built in :mod:`ptrag.eval.comparison`,
+  rendered in :mod:`ptrag.eval.table_format`; both re-exported here.
 * :func:`compare_evaluations` — ``ptrag compare``: reads several evaluation folders and writes
   all of the above.
 
@@ -19,52 +20,29 @@ from __future__ import annotations
 
 import logging
 import math
-import re
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
-import numpy as np
 import pandas as pd
 
 from ptrag.errors import PtragError, atomic_write_csv, atomic_write_text, check_choice
-from ptrag.eval.metrics import METRICS, MetricInfo
-from ptrag.eval.stats import KEYS, lookup_test, pairwise_tests
-from ptrag.eval.vcc import VCC_BASELINE, VCC_COLUMN, vcc_info, vcc_of_models
+from ptrag.eval.comparison import check_reference, comparison_table
+from ptrag.eval.metrics import METRICS
+from ptrag.eval.stats import KEYS
+from ptrag.eval.table_format import (  # noqa: F401 (re-exported: the table types and formatting)
+    BEST_BASELINE,
+    ComparisonRow,
+    ComparisonTable,
+    format_value,
+    md_table,
+    metric_infos,
+    safe_name,
+)
 
 log = logging.getLogger("ptrag")
 
 ALL = "all"
-
-
-def format_value(v: float) -> str:
-    """Format a metric value with about 3 significant digits (paper style).
-
-    Parameters
-    ----------
-    v
-        Value.
-
-    Returns
-    -------
-    str
-    """
-    if v is None or not np.isfinite(v):
-        return "nan"
-    a = abs(v)
-    if a >= 100:
-        return f"{v:.1f}"
-    if a >= 1:
-        return f"{v:.2f}"
-    if a >= 0.1 or a == 0:
-        return f"{v:.3f}"
-    return f"{v:.3g}"
-
-
-def _infos(mode: str, columns: Sequence[str]) -> list[MetricInfo]:
-    check_choice("mode", mode, tuple(METRICS))
-    return [m for m in METRICS[mode] if m.column in columns]
 
 
 # ------------------------------------------------------------------------ summaries
@@ -87,7 +65,7 @@ def summary_table(metrics: pd.DataFrame, mode: Literal["ptrag", "gge"] = "ptrag"
         <metric>_n`` per metric (NaNs skipped; std with ddof = 1); ``cell_type == "all"`` for
         the overall rows.
     """
-    infos = _infos(mode, metrics.columns)
+    infos = metric_infos(mode, metrics.columns)
     rows = []
     for model, gm in metrics.groupby("model", sort=True):
         single = (gm["cell_type"] == ALL).all()  # no cell-type column: its one cell type is the pooled scope
@@ -133,290 +111,11 @@ def summary_markdown(summary: pd.DataFrame, mode: Literal["ptrag", "gge"] = "ptr
                 mean, std = s.loc[mo, f"{m.column}_mean"], s.loc[mo, f"{m.column}_std"]
                 cells.append(f"{format_value(mean)} ± {format_value(std)}")
             body.append(cells)
-        parts.append(_md_table(header, body))
+        parts.append(md_table(header, body))
     return "\n".join(parts) + "\n"
 
 
-def _md_escape(s: str) -> str:
-    return str(s).replace("|", "\\|")
-
-
-def _md_table(header: list[str], rows: list[list[str]]) -> str:
-    lines = ["| " + " | ".join(_md_escape(h) for h in header) + " |"]
-    lines.append("|" + "|".join(["---"] + ["---:"] * (len(header) - 1)) + "|")
-    for r in rows:
-        lines.append("| " + " | ".join(_md_escape(c) for c in r) + " |")
-    return "\n".join(lines) + "\n"
-
-
-# ----------------------------------------------------------------- comparison tables
-
-
-@dataclass
-class ComparisonRow:
-    """One metric row of a comparison table."""
-
-    info: MetricInfo
-    mean: dict[str, float]
-    std: dict[str, float]
-    n: dict[str, int]
-    best: list[str]
-    reference: str | None
-    q: dict[str, float] = field(default_factory=dict)
-    mark: dict[str, str] = field(default_factory=dict)
-
-
-@dataclass
-class ComparisonTable:
-    """A comparison table (paper Tables 1–6 layout) and the tests behind its marks.
-
-    Attributes
-    ----------
-    title
-        Caption.
-    models
-        Column order.
-    rows
-        Metric rows, in group order.
-    tests
-        All pairwise tests of the table (:func:`ptrag.eval.stats.pairwise_tests`).
-    test
-        Which test gives the marks.
-    reference
-        The fixed reference model, or ``None`` (each row's best model).
-    vcc_baseline
-        The baseline of the VCC score row (the last row), or ``None`` when there is none.
-    """
-
-    title: str
-    models: list[str]
-    rows: list[ComparisonRow]
-    tests: pd.DataFrame
-    test: str
-    reference: str | None
-    vcc_baseline: str | None = None
-
-    def _legend(self) -> str:
-        ref = (
-            "the best baseline of the row (no mark)"
-            if self.reference == BEST_BASELINE
-            else f"model {self.reference}"
-            if self.reference
-            else "the best model of the row"
-        )
-        name = "Mann–Whitney U" if self.test == "mannwhitney" else "paired Wilcoxon signed-rank"
-        return (
-            f"Best mean in bold. Marks: {name} test against {ref}, Benjamini–Hochberg adjusted "
-            "over all tests of the table: † q < 0.01, †† q < 0.05, ††† q < 0.1."
-        ) + "".join(
-            f" {r.info.label}: cell-eval's Virtual Cell Challenge score, each metric's mean normalised "
-            f"against {self.vcc_baseline} (0 = that baseline, 1 = perfect; a metric worse than the baseline "
-            "counts 0) and averaged; not tested."
-            for r in self.rows
-            if r.info.column == VCC_COLUMN
-        )
-
-    def to_markdown(self) -> str:
-        """The table as Markdown (groups as bold rows)."""
-        header = ["Metric", *self.models]
-        body: list[list[str]] = []
-        group = None
-        for r in self.rows:
-            if r.info.group != group:
-                group = r.info.group
-                body.append([f"**{group}**", *[""] * len(self.models)])
-            cells = [f"{r.info.label} {r.info.arrow}"]
-            for mo in self.models:
-                txt = format_value(r.mean.get(mo, math.nan)) + r.mark.get(mo, "")
-                cells.append(f"**{txt}**" if mo in r.best else txt)
-            body.append(cells)
-        return f"### {self.title}\n\n" + _md_table(header, body) + f"\n{self._legend()}\n"
-
-    def to_latex(self) -> str:
-        """The table as a LaTeX ``table`` (booktabs)."""
-
-        def esc(s: str) -> str:
-            return re.sub(r"([&%$#_{}])", r"\\\1", str(s))
-
-        def marks(s: str) -> str:
-            return "" if not s else r"\textsuperscript{" + r"\dag" * len(s) + "}"
-
-        lab = {"↑": r"$\uparrow$", "↓": r"$\downarrow$"}
-        n = len(self.models)
-        lines = [
-            r"\begin{table}[t]",
-            r"\centering",
-            r"\caption{" + esc(self.title) + ". " + esc(self._legend()).replace("†", r"\dag{}") + "}",
-            r"\begin{tabular}{l" + "r" * n + "}",
-            r"\toprule",
-            "Metric & " + " & ".join(esc(m) for m in self.models) + r" \\",
-            r"\midrule",
-        ]
-        group = None
-        for r in self.rows:
-            if r.info.group != group:
-                if group is not None:
-                    lines.append(r"\midrule")
-                group = r.info.group
-                lines.append(r"\multicolumn{" + str(n + 1) + r"}{l}{\textit{" + esc(group) + r"}} \\")
-            label = esc(r.info.label).replace("²", r"$^2$").replace("Δ", r"$\Delta$")
-            cells = [f"{label} {lab[r.info.arrow]}"]
-            for mo in self.models:
-                txt = format_value(r.mean.get(mo, math.nan))
-                txt = rf"\textbf{{{txt}}}" if mo in r.best else txt
-                cells.append(txt + marks(r.mark.get(mo, "")))
-            lines.append(" & ".join(cells) + r" \\")
-        lines += [r"\bottomrule", r"\end{tabular}", r"\end{table}"]
-        return "\n".join(lines) + "\n"
-
-    def to_frame(self) -> pd.DataFrame:
-        """The table as a wide DataFrame (the CSV output).
-
-        Columns: ``metric_group, metric, metric_label, direction, best_model,
-        reference_model``, then per model ``<model>`` (mean), ``<model>_std``, ``<model>_n``,
-        ``<model>_q`` (adjusted p against the reference) and ``<model>_mark``.
-        """
-        rows = []
-        for r in self.rows:
-            row: dict[str, object] = {
-                "metric_group": r.info.group,
-                "metric": r.info.column,
-                "metric_label": r.info.label,
-                "direction": r.info.arrow,
-                "best_model": ";".join(r.best),
-                "reference_model": r.reference or "",
-            }
-            for mo in self.models:
-                row[mo] = r.mean.get(mo, math.nan)
-                row[f"{mo}_std"] = r.std.get(mo, math.nan)
-                row[f"{mo}_n"] = r.n.get(mo, 0)
-                row[f"{mo}_q"] = r.q.get(mo, math.nan)
-                row[f"{mo}_mark"] = r.mark.get(mo, "")
-            rows.append(row)
-        return pd.DataFrame(rows)
-
-
-_RESERVED = {"metric_group", "metric", "metric_label", "direction", "best_model", "reference_model"}
-
-
-#: ``reference`` of a table whose marks test each model against the row's best baseline.
-BEST_BASELINE = "best-baseline"
-
-
-def _check_reference(reference: str | None, models: Sequence[str], baselines: Sequence[str]) -> None:
-    if reference == BEST_BASELINE:
-        if not any(b in models for b in baselines):
-            raise PtragError(f"--reference {BEST_BASELINE} needs a baseline among the models ({', '.join(models)}).")
-    elif reference is not None and reference not in models:
-        raise PtragError(f"--reference {reference!r} is not one of the models: {', '.join(models)}.")
-
-
-def _best_models(mean: dict[str, float], higher_is_better: bool) -> list[str]:
-    finite = {mo: x for mo, x in mean.items() if np.isfinite(x)}
-    if not finite:
-        return []
-    target = max(finite.values()) if higher_is_better else min(finite.values())
-    return [mo for mo, x in finite.items() if x == target]
-
-
-def _vcc_row(metrics: pd.DataFrame, models: list[str], baseline: str) -> ComparisonRow | None:
-    """The VCC score row (no test), or ``None`` when no VCC metric or no baseline value."""
-    scores, used = vcc_of_models(metrics[metrics["model"].isin(models)], baseline)
-    if not scores:
-        return None
-    counts = metrics["model"].value_counts()
-    mean = {mo: scores.get(mo, math.nan) for mo in models}
-    n = {mo: int(counts.get(mo, 0)) for mo in models}
-    return ComparisonRow(
-        vcc_info(baseline, used), mean, {mo: math.nan for mo in models}, n, _best_models(mean, True), None
-    )
-
-
-def comparison_table(
-    metrics: pd.DataFrame,
-    mode: Literal["ptrag", "gge"] = "ptrag",
-    reference: str | None = None,
-    test: Literal["mannwhitney", "wilcoxon"] = "mannwhitney",
-    models: Sequence[str] | None = None,
-    title: str = "All cell types",
-    vcc_baseline: str | None = VCC_BASELINE,
-    baselines: Sequence[str] = (),
-) -> ComparisonTable:
-    """Build a comparison table of several models.
-
-    Parameters
-    ----------
-    metrics
-        One row per (model, cell_type, perturbation); restrict it to one cell type for the
-        per-cell-type tables.
-    mode
-        The metric set (``ptrag`` or ``gge``).
-    reference
-        Compare every model with this one (``--reference``); by default each metric row's
-        best model; :data:`BEST_BASELINE`: each row's best baseline (best mean among
-        ``baselines``).
-    test
-        ``"mannwhitney"`` (the paper's) or ``"wilcoxon"`` (paired on cell type + perturbation).
-    models
-        Column order (all models, sorted, when ``None``).
-    title
-        Caption.
-    baselines
-        Which models are baselines (for ``reference=BEST_BASELINE``).
-    vcc_baseline
-        Add the Virtual Cell Challenge score against this baseline as the last row
-        (:func:`ptrag.eval.vcc.vcc_scores`; ``ptrag`` mode, only when the baseline is one of
-        ``models`` and a VCC metric is present); ``None``: no such row.
-
-    Returns
-    -------
-    ComparisonTable
-    """
-    check_choice("--test", test, ("mannwhitney", "wilcoxon"))
-    models = list(models) if models is not None else sorted(metrics["model"].unique())
-    clash = [mo for mo in models if mo in _RESERVED]
-    if clash:
-        raise PtragError(f"model name {clash[0]!r} is reserved in the comparison tables; rename the model.")
-    _check_reference(reference, models, baselines)
-    infos = _infos(mode, metrics.columns)
-    # a cell-type-scope metric repeats one value over the groups of a cell type: no per-group test
-    tested = [m.column for m in infos if m.tested]
-    tests = pairwise_tests(metrics, tested, models) if len(models) > 1 else pd.DataFrame()
-    fam = "mwu" if test == "mannwhitney" else "wilcoxon"
-    rows = []
-    for m in infos:
-        mean, std, n = {}, {}, {}
-        for mo in models:
-            v = metrics.loc[metrics["model"] == mo, m.column].astype(float)
-            mean[mo] = float(v.mean())
-            std[mo] = float(v.std(ddof=1)) if v.notna().sum() > 1 else math.nan
-            n[mo] = int(v.notna().sum())
-        best = _best_models(mean, m.higher_is_better)
-        if reference == BEST_BASELINE:
-            ref = next(iter(_best_models({b: mean[b] for b in baselines if b in mean}, m.higher_is_better)), None)
-        else:
-            ref = reference if reference is not None else (best[0] if best else None)
-        row = ComparisonRow(m, mean, std, n, best, ref)
-        if ref is not None and len(models) > 1:
-            for mo in models:
-                if mo == ref:
-                    continue
-                t = lookup_test(tests, m.column, ref, mo)
-                if t is not None:
-                    row.q[mo] = float(t[f"{fam}_q"])
-                    row.mark[mo] = str(t[f"{fam}_mark"])
-        rows.append(row)
-    vcc = _vcc_row(metrics, models, vcc_baseline) if mode == "ptrag" and vcc_baseline in models else None
-    return ComparisonTable(
-        title, models, rows + ([vcc] if vcc else []), tests, test, reference, vcc_baseline if vcc else None
-    )
-
-
 # ------------------------------------------------------------------ ptrag compare
-
-
-def _safe_name(s: str) -> str:
-    return re.sub(r"[^A-Za-z0-9_.-]+", "_", str(s)).strip("_") or "unnamed"
 
 
 def load_evaluations(eval_dirs: Sequence[str | Path]) -> tuple[pd.DataFrame, str]:
@@ -547,7 +246,7 @@ def write_comparison(
     check_choice("--test", test, ("mannwhitney", "wilcoxon"))
     metrics = common_groups(metrics)
     models = sorted(metrics["model"].unique())
-    _check_reference(reference, models, baselines)
+    check_reference(reference, models, baselines)
     tables = {ALL: comparison_table(metrics, mode, reference, test, models, "All cell types", baselines=baselines)}
     for ct in sorted(metrics["cell_type"].unique()):
         sub = metrics[metrics["cell_type"] == ct]
@@ -556,7 +255,7 @@ def write_comparison(
     tests = []
     used: set[str] = set()
     for key, t in tables.items():
-        stem = "table_" + _safe_name(key)
+        stem = "table_" + safe_name(key)
         while stem in used:
             stem += "_"
         used.add(stem)

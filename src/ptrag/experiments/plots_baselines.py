@@ -7,7 +7,7 @@
   and baseline.
 
 :func:`write_baseline_figures` writes both from the pooled per-group metrics
-(:func:`ptrag.experiments.cross_celltype.pooled_tables` calls it beside Table 1).
+(:func:`ptrag.experiments.pooled.pooled_tables` calls it beside Table 1).
 """
 
 from __future__ import annotations

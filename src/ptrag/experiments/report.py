@@ -56,7 +56,7 @@ def record_command(out_dir: str | Path, argv: list[str]) -> None:
 def _table(df: pd.DataFrame, index: bool = False) -> str:
     """A DataFrame as a Markdown table: whole-number columns as integers with thousands
     separators, other numbers with about 3 significant digits, NaN as an empty cell."""
-    from ptrag.eval.tables import _md_table
+    from ptrag.eval.table_format import md_table
 
     df = df.reset_index() if index else df
     whole = {
@@ -79,7 +79,7 @@ def _table(df: pd.DataFrame, index: bool = False) -> str:
             else:
                 cells.append(str(v))
         rows.append(cells)
-    return _md_table([str(c) for c in df.columns], rows)
+    return md_table([str(c) for c in df.columns], rows)
 
 
 def _read(path: Path) -> str:
@@ -317,6 +317,6 @@ def write_report(out_dir: str | Path, title: str = "ptrag cross-cell-type experi
 
 
 def _safe(name: str) -> str:
-    from ptrag.eval.tables import _safe_name
+    from ptrag.eval.table_format import safe_name
 
-    return _safe_name(name)
+    return safe_name(name)

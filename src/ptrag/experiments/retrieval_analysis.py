@@ -46,7 +46,7 @@ def retrieval_analysis(
         top_contexts,
         truth_selection,
     )
-    from ptrag.eval.tables import _md_table, format_value
+    from ptrag.eval.table_format import format_value, md_table
     from ptrag.experiments.sweep import mean_selected_contexts
 
     rdir = out / "retrieval"
@@ -143,7 +143,7 @@ def retrieval_analysis(
             md.append(
                 f"Top-5 contexts (fraction of the query's cells selecting each) for {len(queries)} queries "
                 f"of seed {seeds[0]}; all queries, top 10, in `retrieval/top_contexts.csv`{none}:\n\n"
-                + _md_table(["cell type", "query", "contexts"], rows)
+                + md_table(["cell type", "query", "contexts"], rows)
                 + "\n"
             )
     if ground_truth:
@@ -161,7 +161,7 @@ def retrieval_analysis(
                 "test queries, targets and seeds: Stage-1 top-K for the RAG models, Stage-2 selection for "
                 "PT-RAG and PT-RAG over responses (scored on its candidates of the query's own cell type: "
                 "the truth is per cell type; `retrieval/precision_recall.csv`):\n\n"
-                + _md_table(
+                + md_table(
                     ["model", *cols],
                     [[m, *[format_value(float(v)) if pd.notna(v) else "–" for v in r]] for m, r in summ.iterrows()],
                 )
@@ -183,10 +183,10 @@ def _off_diagonal(mat: pd.DataFrame) -> np.ndarray:
 
 
 def _matrix_md(mat: pd.DataFrame) -> str:
-    from ptrag.eval.tables import _md_table, format_value
+    from ptrag.eval.table_format import format_value, md_table
 
     return (
-        _md_table(
+        md_table(
             ["", *map(str, mat.columns)],
             [[str(i), *[format_value(float(v)) if pd.notna(v) else "–" for v in r]] for i, r in mat.iterrows()],
         )

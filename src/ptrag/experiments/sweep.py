@@ -181,10 +181,10 @@ def sweep(
     metrics = run_target(data_path, split_path, out, configs, gene_tables, spec, progress, "pred", "eval")
 
     from ptrag.eval.stats import baseline_comparison
-    from ptrag.eval.tables import _infos
+    from ptrag.eval.table_format import metric_infos
 
     vs = baseline_comparison(metrics, "energy", BASELINE).set_index("model")
-    metric_cols = [i.column for i in _infos(str(metrics["mode"].iloc[0]), metrics.columns)]
+    metric_cols = [i.column for i in metric_infos(str(metrics["mode"].iloc[0]), metrics.columns)]
     rows = []
     for name, point in zip(configs, points, strict=False):
         m = metrics[metrics["model"] == name]
@@ -240,7 +240,7 @@ def _value(v: Any) -> str:
 
 def sweep_markdown(table: pd.DataFrame, model: str, options: Sequence[str]) -> str:
     """The sweep table in Markdown (swept options, val energy, contexts, key test metrics)."""
-    from ptrag.eval.tables import _md_table, format_value
+    from ptrag.eval.table_format import format_value, md_table
 
     cols = [
         *options,
@@ -272,7 +272,7 @@ def sweep_markdown(table: pd.DataFrame, model: str, options: Sequence[str]) -> s
                 *("" if pd.isna(r[c]) else (_value(r[c]) if c in options else format_value(float(r[c]))) for c in cols),
             ]
         )
-    return f"### Sweep of {model}\n\n" + _md_table(["variant", *[names[c] for c in cols]], rows) + "\n"
+    return f"### Sweep of {model}\n\n" + md_table(["variant", *[names[c] for c in cols]], rows) + "\n"
 
 
 #: Line colour and style of each baseline in the sweep plots (control: grey dashed).
