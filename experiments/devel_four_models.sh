@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# The four models on real data: perturbench devel.h5ad (4 cell types, 9 shared perturbations),
+# The paper's four models and pt_rag_response on real data: perturbench devel.h5ad (4 cell types,
+# 9 shared perturbations),
 # few-shot cross-cell-type task for each target cell type, gene tables built offline from the
 # shared STRING, GO and gene-summary files (ptrag genes ...), then predict, evaluate, compare.
 #

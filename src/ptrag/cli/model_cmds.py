@@ -203,7 +203,7 @@ def train_cmd(
         bool, typer.Option("--resume", help="Continue the run in --out from its last checkpoint.")
     ] = False,
 ) -> None:
-    """Train STATE, STATE+GenePT, Vanilla RAG or PT-RAG; write a run folder."""
+    """Train STATE, STATE+GenePT, Vanilla RAG, PT-RAG or PT-RAG over responses; write a run folder."""
     check_output(out, "folder")
     local = dict(locals())
     from ptrag.train.config import config_file_values, read_run_config, resolve_config

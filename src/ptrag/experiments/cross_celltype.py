@@ -220,7 +220,7 @@ def _closing_steps(
     out, seeds, targets, models = plan.out, plan.seeds, plan.targets, plan.models
     atomic_write_csv(out / "validation.csv", validation_table(out, seeds, targets, models))
     result.pooled = pooled_tables(result.eval_dirs, out / "tables")
-    if "pt_rag" in models or "vanilla_rag" in models:
+    if {"pt_rag", "vanilla_rag", "pt_rag_response"} & set(models):
         retrieval_analysis(out, seeds, targets, plan.ground_truth)
     experiment_curves(out, seeds[0], targets, models)
     first = out / f"seed{seeds[0]}" / targets[0]

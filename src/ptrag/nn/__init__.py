@@ -1,8 +1,10 @@
-"""Pure-torch model code (no file I/O, no Lightning).
+"""Model code in torch (the backbone is a ``transformers`` Llama stack; no file I/O, no Lightning).
 
 One set generator, :class:`PerturbationModel`, gives the paper's four systems through
 ``ModelConfig.conditioning``: STATE (``"none"``, one-hot perturbation vectors), STATE+GenePT
-(``"none"``, gene-embedding vectors), Vanilla RAG (``"vanilla_rag"``) and PT-RAG (``"pt_rag"``).
+(``"none"``, gene-embedding vectors), Vanilla RAG (``"vanilla_rag"``) and PT-RAG (``"pt_rag"``);
+and a fifth beyond the paper, PT-RAG over observed responses (``"pt_rag_response"``,
+:mod:`ptrag.nn.responses`).
 """
 
 from ptrag.nn.backbone import NoRotary, SetTransformer, llama_set_config

@@ -1,4 +1,4 @@
-"""The set generator shared by the four systems of the paper (pure torch, no I/O).
+"""The set generator shared by the paper's four systems and ``pt_rag_response`` (torch, no I/O).
 
 One class, :class:`PerturbationModel`; ``ModelConfig.conditioning`` picks how the per-cell
 backbone input ``z`` is formed:
@@ -94,7 +94,7 @@ class ModelOutput:
 
 
 class PerturbationModel(nn.Module):
-    """Set generator for STATE, STATE+GenePT, Vanilla RAG and PT-RAG.
+    """Set generator for STATE, STATE+GenePT, Vanilla RAG, PT-RAG and PT-RAG over responses.
 
     Parameters
     ----------
