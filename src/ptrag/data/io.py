@@ -285,17 +285,7 @@ def read_perturbseq(
     path = Path(path)
     if spec_is_default is None:
         spec_is_default = [f for f in ColumnSpec.__dataclass_fields__ if getattr(spec, f) == getattr(DEFAULT_SPEC, f)]
-    if not path.exists():
-        raise PtragError(f"data file not found: {path}. Check the path given to --data.")
-    if path.is_dir():
-        raise PtragError(f"{path} is a folder; --data takes an .h5ad file.")
-    if not h5py.is_hdf5(path):
-        raise PtragError(
-            f"{path} is not an .h5ad (HDF5) file. Convert it to AnnData first "
-            "(e.g. scanpy.read_10x_h5 / anndata.read_csv, then .write_h5ad)."
-        )
-    if not backed:
-        check_fits_in_memory(path)
+    _check_data_file(path, backed)
     h5file = None
     try:
         adata = ad.read_h5ad(path, backed="r") if backed else ad.read_h5ad(path)
@@ -314,6 +304,21 @@ def read_perturbseq(
     data._obsm = adata.obsm
     check_values(data)
     return data
+
+
+def _check_data_file(path: Path, backed: bool) -> None:
+    """Refuse a missing path, a folder or a non-HDF5 file, and (in memory) a file too large for memory."""
+    if not path.exists():
+        raise PtragError(f"data file not found: {path}. Check the path given to --data.")
+    if path.is_dir():
+        raise PtragError(f"{path} is a folder; --data takes an .h5ad file.")
+    if not h5py.is_hdf5(path):
+        raise PtragError(
+            f"{path} is not an .h5ad (HDF5) file. Convert it to AnnData first "
+            "(e.g. scanpy.read_10x_h5 / anndata.read_csv, then .write_h5ad)."
+        )
+    if not backed:
+        check_fits_in_memory(path)
 
 
 def _backed_uns(adata) -> dict:

@@ -97,21 +97,16 @@ class SetSampler(torch.utils.data.Sampler):
         self.groups = groups[["cell_type", "perturbation"]].reset_index(drop=True)
         keep = obs["keep"].to_numpy() if "keep" in obs else np.ones(len(obs), bool)
         ct = obs["cell_type"].to_numpy()
-        pert = obs["perturbation"].to_numpy()
-        ctrl = obs["is_control"].to_numpy() & keep
         batch = obs["batch"].to_numpy() if self.match_batch else None
-        by_group = pd.Series(np.arange(len(obs)))[~obs["is_control"].to_numpy() & keep].groupby(
-            [ct[~obs["is_control"].to_numpy() & keep], pert[~obs["is_control"].to_numpy() & keep]]
-        )
-        index = {k: v.to_numpy() for k, v in by_group}
-        self._rows: list[np.ndarray] = []
-        for c, p in self.groups.itertuples(index=False):
-            rows = index.get((c, p))
-            if rows is None or len(rows) == 0:
-                raise PtragError(f"no cells for perturbation {p!r} in cell type {c!r}.")
-            self._rows.append(rows)
+        self._rows: list[np.ndarray] = _group_rows(obs, self.groups, keep, ct)
         self._ctrl: dict[str, np.ndarray] = {}
         self._ctrl_batch: dict[tuple[str, str], np.ndarray] = {}
+        self._control_pools(obs["is_control"].to_numpy() & keep, ct, batch)
+        self._batch = batch
+        self._warn_small_groups()
+
+    def _control_pools(self, ctrl: np.ndarray, ct: np.ndarray, batch: np.ndarray | None) -> None:
+        """Fill the control rows of each cell type (and of each of its batches with ``match_batch``)."""
         for c in self.groups["cell_type"].unique():
             rows = np.flatnonzero(ctrl & (ct == c))
             if len(rows) == 0:
@@ -123,13 +118,15 @@ class SetSampler(torch.utils.data.Sampler):
             if self.match_batch:
                 for b in np.unique(batch[rows]):
                     self._ctrl_batch[(c, b)] = rows[batch[rows] == b]
-        self._batch = batch
+
+    def _warn_small_groups(self) -> None:
+        """Warn (training only) about groups smaller than the set size, whose sets repeat cells."""
         small = [
             (c, p, len(r))
             for (c, p), r in zip(self.groups.itertuples(index=False), self._rows, strict=True)
             if len(r) < self.set_size
         ]
-        if small and mode == "train":
+        if small and self.mode == "train":
             c, p, n = min(small, key=lambda t: t[2])
             log.warning(
                 "%d of %d training groups have fewer than --cell-set-size %d cells (smallest: %s in %s, %d cells); "
@@ -199,6 +196,22 @@ class SetSampler(torch.utils.data.Sampler):
 
     def __len__(self) -> int:
         return int(sum(-(-len(r) // self.set_size) for r in self._rows))
+
+
+def _group_rows(obs: pd.DataFrame, groups: pd.DataFrame, keep: np.ndarray, ct: np.ndarray) -> list[np.ndarray]:
+    """The rows of the kept perturbed cells of each group, in the order of ``groups``."""
+    pert = obs["perturbation"].to_numpy()
+    by_group = pd.Series(np.arange(len(obs)))[~obs["is_control"].to_numpy() & keep].groupby(
+        [ct[~obs["is_control"].to_numpy() & keep], pert[~obs["is_control"].to_numpy() & keep]]
+    )
+    index = {k: v.to_numpy() for k, v in by_group}
+    out: list[np.ndarray] = []
+    for c, p in groups.itertuples(index=False):
+        rows = index.get((c, p))
+        if rows is None or len(rows) == 0:
+            raise PtragError(f"no cells for perturbation {p!r} in cell type {c!r}.")
+        out.append(rows)
+    return out
 
 
 class SetDataset(torch.utils.data.Dataset):

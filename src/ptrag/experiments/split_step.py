@@ -64,10 +64,35 @@ def run_target(
         The per-group metrics of every model and of every baseline.
     """
     from ptrag.eval.evaluate import evaluate
-    from ptrag.train.fit import train
-    from ptrag.train.predict import iter_baselines, predict, write_prediction
 
     out = Path(out_dir)
+    preds = _train_and_predict(out, configs, data_path, split_path, gene_tables, progress, pred_dir)
+    first_run = out / "runs" / next(iter(configs))
+    bases = {name: out / pred_dir / f"{name}.h5ad" for name in BASELINES}
+    _predict_missing_baselines(first_run, data_path, bases)
+    ev = out / eval_dir
+    if (ev / "metrics.parquet").is_file():
+        done = pd.read_parquet(ev / "metrics.parquet")
+        if set(configs) | set(bases) <= set(done["model"].astype(str)):
+            return done
+        # an evaluation written before some baseline or model existed is redone with all of them
+    return evaluate([*preds, *bases.values()], data_path, first_run, ev, spec=spec, names=[*configs, *bases])
+
+
+def _train_and_predict(
+    out: Path,
+    configs: Mapping[str, TrainConfig],
+    data_path: str | Path,
+    split_path: str | Path,
+    gene_tables: Sequence[str | Path],
+    progress: bool,
+    pred_dir: str,
+) -> list[Path]:
+    """Train each model not trained yet (resuming an interrupted run) and predict its test groups
+    unless predicted already; the prediction files, in the order of ``configs``."""
+    from ptrag.train.fit import train
+    from ptrag.train.predict import predict, write_prediction
+
     preds = []
     for model, cfg in configs.items():
         run = out / "runs" / model
@@ -79,19 +104,17 @@ def run_target(
         if not path.is_file():
             write_prediction(predict(run, data_path, "test"), path)
         preds.append(path)
-    first_run = out / "runs" / next(iter(configs))
-    bases = {name: out / pred_dir / f"{name}.h5ad" for name in BASELINES}
+    return preds
+
+
+def _predict_missing_baselines(first_run: Path, data_path: str | Path, bases: Mapping[str, Path]) -> None:
+    """Predict and write the baselines whose prediction file ``bases[name]`` is missing."""
+    from ptrag.train.predict import iter_baselines, write_prediction
+
     missing = [name for name, path in bases.items() if not path.is_file()]
     if missing:
         for name, pred in iter_baselines(first_run, data_path, missing, "test"):
             write_prediction(pred, bases[name])
-    ev = out / eval_dir
-    if (ev / "metrics.parquet").is_file():
-        done = pd.read_parquet(ev / "metrics.parquet")
-        if set(configs) | set(bases) <= set(done["model"].astype(str)):
-            return done
-        # an evaluation written before some baseline or model existed is redone with all of them
-    return evaluate([*preds, *bases.values()], data_path, first_run, ev, spec=spec, names=[*configs, *bases])
 
 
 def step_overrides(max_steps: int | None) -> dict[str, int]:

@@ -180,8 +180,6 @@ def _check_split(cfg: TrainConfig, prep) -> None:
 def _fit(cfg, data_path, run_dir: Path, split_path, gene_tables, backed, resume, progress, gene_aliases):
     """The body of :func:`train`, run under the folder's lock."""
     import lightning as L
-    from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
-    from lightning.pytorch.loggers import CSVLogger
 
     from ptrag.nn.generator import count_parameters
 
@@ -194,50 +192,8 @@ def _fit(cfg, data_path, run_dir: Path, split_path, gene_tables, backed, resume,
     train_dl = make_loader(cfg, prep, "train")
     val_dl = make_loader(cfg, prep, "val", freeze_epoch=True)
     plan.attach_train_sampler(train_dl.sampler, cfg.batch_size)
-    callbacks = [
-        ModelCheckpoint(
-            dirpath=run_dir / "checkpoints",
-            filename="best",
-            monitor="val/energy" if val_dl is not None else None,
-            mode="min",
-            enable_version_counter=False,
-        ),
-        # last.ckpt at every validation interval, improved or not: Lightning's save_last writes
-        # it only when the monitored checkpoint is saved, so a killed run would resume from
-        # its last *improving* validation
-        ModelCheckpoint(
-            dirpath=run_dir / "checkpoints",
-            filename="last",
-            monitor=None,
-            every_n_train_steps=min(cfg.val_every, cfg.max_steps),
-            save_top_k=1,
-            enable_version_counter=False,
-        ),
-    ]
-    if cfg.early_stopping and val_dl is not None:
-        callbacks.append(EarlyStopping("val/energy", patience=cfg.early_stopping, mode="min"))
-    if progress:
-        callbacks.append(step_progress_bar())
-    trainer = L.Trainer(
-        max_steps=cfg.max_steps,
-        val_check_interval=min(cfg.val_every, cfg.max_steps) if val_dl is not None else None,
-        check_val_every_n_epoch=None,
-        limit_val_batches=None if val_dl is not None else 0,
-        num_sanity_val_steps=0,
-        logger=CSVLogger(run_dir, name="logs", version=""),
-        callbacks=callbacks,
-        gradient_clip_val=cfg.grad_clip or None,
-        accelerator=cfg.accelerator,
-        devices=cfg.devices if cfg.devices == "auto" else int(cfg.devices),
-        strategy=cfg.strategy,
-        precision=cfg.precision,
-        deterministic=True,
-        plugins=[atomic_checkpoint_io()],
-        enable_progress_bar=progress,
-        enable_model_summary=False,
-        log_every_n_steps=min(10, cfg.max_steps),
-        default_root_dir=run_dir,
-    )
+    callbacks = _callbacks(cfg, run_dir, val_dl is not None, progress)
+    trainer = _trainer(cfg, run_dir, val_dl is not None, callbacks, progress)
     trainer.fit(plan, train_dl, val_dl, ckpt_path=str(last) if resume else None)
     # ModelCheckpoint writes last.ckpt at validations only; the steps after the last validation
     # would be lost, so the final state is saved as last.ckpt (atomically, by Lightning)
@@ -255,12 +211,78 @@ def _fit(cfg, data_path, run_dir: Path, split_path, gene_tables, backed, resume,
         n_parameters=count_parameters(plan.model),
         val_selected_contexts=metrics.get("val/selected_contexts"),
     )
+    _write_summary(cfg, run_dir, int(trainer.global_step), result, metrics, calibration)
+    return result
+
+
+def _callbacks(cfg: TrainConfig, run_dir: Path, validates: bool, progress: bool) -> list:
+    """The trainer's callbacks: the best and last checkpoints first, then early stopping and the progress bar."""
+    from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
+
+    callbacks = [
+        ModelCheckpoint(
+            dirpath=run_dir / "checkpoints",
+            filename="best",
+            monitor="val/energy" if validates else None,
+            mode="min",
+            enable_version_counter=False,
+        ),
+        # last.ckpt at every validation interval, improved or not: Lightning's save_last writes
+        # it only when the monitored checkpoint is saved, so a killed run would resume from
+        # its last *improving* validation
+        ModelCheckpoint(
+            dirpath=run_dir / "checkpoints",
+            filename="last",
+            monitor=None,
+            every_n_train_steps=min(cfg.val_every, cfg.max_steps),
+            save_top_k=1,
+            enable_version_counter=False,
+        ),
+    ]
+    if cfg.early_stopping and validates:
+        callbacks.append(EarlyStopping("val/energy", patience=cfg.early_stopping, mode="min"))
+    if progress:
+        callbacks.append(step_progress_bar())
+    return callbacks
+
+
+def _trainer(cfg: TrainConfig, run_dir: Path, validates: bool, callbacks: list, progress: bool):
+    """The Lightning Trainer of a run (deterministic, step-bound, checkpoints written atomically)."""
+    import lightning as L
+    from lightning.pytorch.loggers import CSVLogger
+
+    return L.Trainer(
+        max_steps=cfg.max_steps,
+        val_check_interval=min(cfg.val_every, cfg.max_steps) if validates else None,
+        check_val_every_n_epoch=None,
+        limit_val_batches=None if validates else 0,
+        num_sanity_val_steps=0,
+        logger=CSVLogger(run_dir, name="logs", version=""),
+        callbacks=callbacks,
+        gradient_clip_val=cfg.grad_clip or None,
+        accelerator=cfg.accelerator,
+        devices=cfg.devices if cfg.devices == "auto" else int(cfg.devices),
+        strategy=cfg.strategy,
+        precision=cfg.precision,
+        deterministic=True,
+        plugins=[atomic_checkpoint_io()],
+        enable_progress_bar=progress,
+        enable_model_summary=False,
+        log_every_n_steps=min(10, cfg.max_steps),
+        default_root_dir=run_dir,
+    )
+
+
+def _write_summary(
+    cfg: TrainConfig, run_dir: Path, steps: int, result: TrainResult, metrics: dict, calibration: dict
+) -> None:
+    """Write the run's ``train_summary.json`` (atomically)."""
     atomic_write_text(
         run_dir / "train_summary.json",
         json.dumps(
             {
                 "model": cfg.model,
-                "steps": int(trainer.global_step),
+                "steps": steps,
                 "val_energy": result.val_energy,
                 "val_energy_last": metrics.get("val/energy"),
                 "val_energy_control": result.val_energy_control,
@@ -271,4 +293,3 @@ def _fit(cfg, data_path, run_dir: Path, split_path, gene_tables, backed, resume,
             indent=2,
         ),
     )
-    return result

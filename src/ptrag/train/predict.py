@@ -119,16 +119,37 @@ def predict(
     -------
     Prediction
     """
+    baseline = _baseline_choice(n_cells, control_baseline, baseline)
+    common = (split, perturbations, cell_type, n_cells, checkpoint, backed)  # what the baselines share
+    if baseline is not None:
+        return next(iter_baselines(run_dir, data_path, [baseline], *common))[1]
+    return _predict_network(run_dir, data_path, *common, gene_tables=gene_tables, batch_size=batch_size)
+
+
+def _baseline_choice(n_cells: int | None, control_baseline: bool, baseline: str | None) -> str | None:
+    """Check ``n_cells`` and fold ``control_baseline`` into ``baseline``: the baseline to predict, or ``None``."""
     if n_cells is not None and n_cells < 1:
         raise PtragError(f"--n-cells must be at least 1 (got {n_cells}): the cells to predict per new perturbation.")
     if control_baseline:
         if baseline not in (None, "control"):
             raise PtragError(f"--control-baseline and --baseline {baseline} disagree: give one of them.")
         baseline = "control"
-    if baseline is not None:
-        return next(
-            iter_baselines(run_dir, data_path, [baseline], split, perturbations, cell_type, n_cells, checkpoint, backed)
-        )[1]
+    return baseline
+
+
+def _predict_network(
+    run_dir: str | Path,
+    data_path: str | Path,
+    split: str,
+    perturbations: Sequence[str] | None,
+    cell_type: str | None,
+    n_cells: int | None,
+    checkpoint: str,
+    backed: bool,
+    gene_tables: Sequence[str | Path],
+    batch_size: int,
+) -> Prediction:
+    """:func:`predict` with the run's network (arguments as there)."""
     cfg: TrainConfig = read_run_config(run_dir)
     run_dir = Path(run_dir)
     plan = load_plan(run_dir, checkpoint)

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import torch
 
 from ptrag.data.embeddings import load_gene_tables, one_hot, perturbation_vectors
@@ -126,68 +127,15 @@ def prepare_run(
     -------
     PreparedRun
     """
-    from ptrag.eval.pca import PCASpace
-
-    if cfg.uses_gene_table and not gene_tables:
-        raise PtragError(
-            f"--model {cfg.model} needs gene embeddings: pass --genes TABLE (GenePT pickle, CSV, parquet or npz)."
-        )
-    if not cfg.uses_gene_table and gene_tables:
-        raise PtragError(
-            "--model state represents perturbations one-hot and takes no --genes; use --model state_genept "
-            "to condition on gene embeddings."
-        )
-    data = read_perturbseq(data_path, cfg.column_spec, backed=backed)
-    groups = data.groups()
-    if groups.empty:
-        raise PtragError(f"{data_path}: no perturbed cells besides controls ({cfg.column_spec.control!r}).")
-    table = None
-    if cfg.uses_gene_table:
-        table = load_gene_tables(list(gene_tables), normalize=True, aliases=gene_aliases)
-        perts = sorted(groups["perturbation"].unique())
-        counts = groups.groupby("perturbation")["n_cells"].sum().to_dict()
-        _, kept = perturbation_vectors(perts, table, cfg.missing_genes, counts)
-        groups = groups[groups["perturbation"].isin(kept)].reset_index(drop=True)
-    split = load_split(
-        groups,
-        split_path,
-        task=cfg.task,
-        target_cell_type=cfg.target_cell_type or None,
-        fraction=cfg.fewshot,
-        seed=cfg.seed,
-    )
+    _check_gene_tables(cfg, gene_tables)
+    data, groups = _read_groups(cfg, data_path, backed)
+    table, groups = _gene_table_groups(cfg, groups, gene_tables, gene_aliases)
+    split = _make_split(cfg, groups, split_path)
     train_perts = split.perturbations("train")
     source_split = split
-    if cfg.uses_gene_table:
-        pert_names = sorted(split.table["perturbation"].unique())
-        pert_vectors, _ = perturbation_vectors(pert_names, table, "error")
-    else:
-        pert_names = train_perts
-        unseen = split.table[~split.table["perturbation"].isin(train_perts)]
-        if len(unseen):
-            log.warning(
-                "--model state cannot represent %d held-out groups whose perturbation never trains "
-                "(e.g. %s): they are left out. Use an embedding model to predict them.",
-                len(unseen),
-                unseen["perturbation"].iloc[0],
-            )
-            split = Split(
-                split.table[split.table["perturbation"].isin(train_perts)].reset_index(drop=True), split.dataset
-            )
-        pert_vectors = one_hot(pert_names, pert_names)
-    database_names = train_perts if cfg.conditioning in ("vanilla_rag", "pt_rag") else []
-    if database_names and cfg.topk > len(database_names) - 1:
-        raise PtragError(
-            f"--topk {cfg.topk} is larger than the retrieval database allows: {len(database_names)} training "
-            f"perturbations minus the query. Use --topk {max(len(database_names) - 1, 1)} or less."
-        )
-    rows = training_rows(data, split)
-    genes = select_hvg(data, rows, cfg.n_genes, seed=cfg.seed)
-    if len(genes) < cfg.n_genes:
-        log.info("--n-genes %d: %s offers %d genes to select from; all are used.", cfg.n_genes, data_path, len(genes))
-    rng = np.random.default_rng(cfg.seed)
-    fit_rows = np.sort(rng.choice(rows, min(len(rows), 50_000), replace=False))
-    pca = PCASpace.fit(data.expression(fit_rows, genes), n_components=50, seed=cfg.seed, gene_names=genes)
+    pert_names, pert_vectors, split = _perturbation_table(cfg, split, train_perts, table)
+    database_names = _database_names(cfg, train_perts)
+    genes, pca = _genes_and_pca(cfg, data, split, data_path)
     features, dim = cell_feature_fn(cfg, data, pca)
     cell_types = list(data.cell_types)
     return PreparedRun(
@@ -207,6 +155,104 @@ def prepare_run(
         if cfg.conditioning == "pt_rag_response"
         else None,
     )
+
+
+def _check_gene_tables(cfg: TrainConfig, gene_tables: Sequence[str | Path]) -> None:
+    """Refuse gene tables missing for an embedding model, or given to ``state``."""
+    if cfg.uses_gene_table and not gene_tables:
+        raise PtragError(
+            f"--model {cfg.model} needs gene embeddings: pass --genes TABLE (GenePT pickle, CSV, parquet or npz)."
+        )
+    if not cfg.uses_gene_table and gene_tables:
+        raise PtragError(
+            "--model state represents perturbations one-hot and takes no --genes; use --model state_genept "
+            "to condition on gene embeddings."
+        )
+
+
+def _read_groups(cfg: TrainConfig, data_path: str | Path, backed: bool) -> tuple[PerturbData, pd.DataFrame]:
+    """The data set and its perturbed groups (refused when there are none)."""
+    data = read_perturbseq(data_path, cfg.column_spec, backed=backed)
+    groups = data.groups()
+    if groups.empty:
+        raise PtragError(f"{data_path}: no perturbed cells besides controls ({cfg.column_spec.control!r}).")
+    return data, groups
+
+
+def _gene_table_groups(
+    cfg: TrainConfig, groups: pd.DataFrame, gene_tables: Sequence[str | Path], gene_aliases: str | Path | None
+) -> tuple[object | None, pd.DataFrame]:
+    """The gene table of an embedding model (``None`` for ``state``) and the groups it can represent."""
+    table = None
+    if cfg.uses_gene_table:
+        table = load_gene_tables(list(gene_tables), normalize=True, aliases=gene_aliases)
+        perts = sorted(groups["perturbation"].unique())
+        counts = groups.groupby("perturbation")["n_cells"].sum().to_dict()
+        _, kept = perturbation_vectors(perts, table, cfg.missing_genes, counts)
+        groups = groups[groups["perturbation"].isin(kept)].reset_index(drop=True)
+    return table, groups
+
+
+def _make_split(cfg: TrainConfig, groups: pd.DataFrame, split_path: str | Path | None) -> Split:
+    """The split read from ``split_path``, or made from ``cfg.task``."""
+    return load_split(
+        groups,
+        split_path,
+        task=cfg.task,
+        target_cell_type=cfg.target_cell_type or None,
+        fraction=cfg.fewshot,
+        seed=cfg.seed,
+    )
+
+
+def _perturbation_table(
+    cfg: TrainConfig, split: Split, train_perts: list[str], table
+) -> tuple[list[str], np.ndarray, Split]:
+    """Perturbation names and vectors (gene embeddings or one-hot), and the split without the
+    held-out groups a one-hot model cannot represent."""
+    if cfg.uses_gene_table:
+        pert_names = sorted(split.table["perturbation"].unique())
+        pert_vectors, _ = perturbation_vectors(pert_names, table, "error")
+        return pert_names, pert_vectors, split
+    pert_names = train_perts
+    unseen = split.table[~split.table["perturbation"].isin(train_perts)]
+    if len(unseen):
+        log.warning(
+            "--model state cannot represent %d held-out groups whose perturbation never trains "
+            "(e.g. %s): they are left out. Use an embedding model to predict them.",
+            len(unseen),
+            unseen["perturbation"].iloc[0],
+        )
+        split = Split(split.table[split.table["perturbation"].isin(train_perts)].reset_index(drop=True), split.dataset)
+    pert_vectors = one_hot(pert_names, pert_names)
+    return pert_names, pert_vectors, split
+
+
+def _database_names(cfg: TrainConfig, train_perts: list[str]) -> list[str]:
+    """The retrieval database (training perturbations, RAG models only), checked against ``--topk``."""
+    database_names = train_perts if cfg.conditioning in ("vanilla_rag", "pt_rag") else []
+    if database_names and cfg.topk > len(database_names) - 1:
+        raise PtragError(
+            f"--topk {cfg.topk} is larger than the retrieval database allows: {len(database_names)} training "
+            f"perturbations minus the query. Use --topk {max(len(database_names) - 1, 1)} or less."
+        )
+    return database_names
+
+
+def _genes_and_pca(
+    cfg: TrainConfig, data: PerturbData, split: Split, data_path: str | Path
+) -> tuple[list[str], object]:
+    """The run's genes (HVGs of training cells) and the PCA-50 space fit on training cells."""
+    from ptrag.eval.pca import PCASpace
+
+    rows = training_rows(data, split)
+    genes = select_hvg(data, rows, cfg.n_genes, seed=cfg.seed)
+    if len(genes) < cfg.n_genes:
+        log.info("--n-genes %d: %s offers %d genes to select from; all are used.", cfg.n_genes, data_path, len(genes))
+    rng = np.random.default_rng(cfg.seed)
+    fit_rows = np.sort(rng.choice(rows, min(len(rows), 50_000), replace=False))
+    pca = PCASpace.fit(data.expression(fit_rows, genes), n_components=50, seed=cfg.seed, gene_names=genes)
+    return genes, pca
 
 
 def response_database(data, split, genes, pert_names, cell_types, pca, topk: int) -> dict[str, np.ndarray]:
