@@ -39,7 +39,7 @@ from ptrag.eval.gge import (
 )
 
 # the run folder and the prediction files are read in ptrag.eval.inputs (re-exported here)
-from ptrag.eval.inputs import Predictions, load_run, read_predictions
+from ptrag.eval.inputs import Predictions, RunInfo, load_run, read_predictions
 from ptrag.eval.metrics import (
     COUNT_COLUMNS,
     ID_COLUMNS,
@@ -54,6 +54,9 @@ from ptrag.eval.tables import summary_markdown, summary_table
 log = logging.getLogger("ptrag")
 
 Mode = Literal["ptrag", "gge"]
+
+#: Predicted rows of each (cell type, perturbation) group, by model.
+_Plan = dict[tuple[str, str], dict[str, np.ndarray]]
 
 
 # ----------------------------------------------------------------------- evaluation
@@ -95,60 +98,14 @@ def evaluate_predictions(
         was evaluated (e.g. the gge first conditions).
     """
     check_choice("--mode", mode, ("ptrag", "gge"))
-    models = [p.model for p in preds]
-    if len(set(models)) != len(models):
-        dup = pd.Index(models)[pd.Index(models).duplicated()][0]
-        raise PtragError(
-            f"two prediction files name the same model {dup!r} (uns['ptrag']['model']); "
-            "give each file its own name with --name."
-        )
+    models = _model_names(preds)
     gidx = data.gene_index(list(genes))
     # ---- validate everything before computing anything
-    plan: dict[tuple[str, str], dict[str, np.ndarray]] = {}
-    real_rows: dict[tuple[str, str], np.ndarray] = {}
-    ctrl_rows: dict[str, np.ndarray] = {}
-    for p in preds:
-        groups = p.groups()
-        for ct in sorted(groups["cell_type"].unique()):
-            if ct not in ctrl_rows:
-                rows = data.rows_of(ct, data.spec.control)
-                if len(rows) < 2:
-                    known = ", ".join(data.cell_types)
-                    raise PtragError(
-                        f"{p.path}: cell type {ct!r} has {len(rows)} observed control cells in "
-                        f"{data.path} (need at least 2; cell types there: {known}). Check "
-                        "--cell-type-col / --control."
-                    )
-                ctrl_rows[ct] = rows
-        for ct, pert, rows in groups.itertuples(index=False):
-            key = (ct, pert)
-            if key not in real_rows:
-                r = data.rows_of(ct, pert)
-                if len(r) == 0:
-                    raise PtragError(
-                        f"{p.path}: perturbation {pert!r} in cell type {ct!r} is absent from the "
-                        f"observed data {data.path}; evaluate on the data set the predictions were "
-                        "made for (and check --pert-col / --cell-type-col)."
-                    )
-                real_rows[key] = r
-            plan.setdefault(key, {})[p.model] = rows
+    plan, real_rows, ctrl_rows = _plan(preds, data)
     info: dict = {"mode": mode, "n_groups": len(plan), "models": models}
     t0 = time.perf_counter()
-    results: list[dict] = []
-    by_model = {p.model: p for p in preds}
-
     if mode == "ptrag":
-        if pca is None:
-            raise PtragError("ptrag mode needs the run's PCA space (RUN_DIR/pca.npz).")
-        for ct in sorted(ctrl_rows):
-            control = _control_set(data, ctrl_rows[ct], gidx, options.cell_eval)
-            keys = [k for k in sorted(plan) if k[0] == ct]
-            log.info("Evaluating %d perturbations of cell type %s (%d control cells).", len(keys), ct, control.stats.n)
-            groups = (
-                (key[1], data.expression(real_rows[key], gidx), {m: by_model[m].cells(r) for m, r in plan[key].items()})
-                for key in keys
-            )
-            results.extend(score_cell_type(ct, control, genes, pca, groups, options))
+        results = _evaluate_ptrag(preds, data, genes, gidx, pca, plan, real_rows, ctrl_rows, options)
     else:
         results = _evaluate_gge(preds, data, gidx, plan, real_rows, ctrl_rows, gge_options, info)
     info["seconds"] = round(time.perf_counter() - t0, 2)
@@ -158,6 +115,94 @@ def evaluate_predictions(
     df["mode"] = mode
     log.info("Evaluated %d rows in %.1f s.", len(df), info["seconds"])
     return df, info
+
+
+def _model_names(preds: Sequence[Predictions]) -> list[str]:
+    """The model of each prediction file; a :class:`PtragError` when two files share one."""
+    models = [p.model for p in preds]
+    if len(set(models)) != len(models):
+        dup = pd.Index(models)[pd.Index(models).duplicated()][0]
+        raise PtragError(
+            f"two prediction files name the same model {dup!r} (uns['ptrag']['model']); "
+            "give each file its own name with --name."
+        )
+    return models
+
+
+def _plan(preds: Sequence[Predictions], data) -> tuple[_Plan, dict[tuple[str, str], np.ndarray], dict[str, np.ndarray]]:
+    """Match every predicted group with its observed cells, checking them all first.
+
+    Returns ``(plan, real_rows, ctrl_rows)``: the predicted rows of each (cell type,
+    perturbation) by model, the observed rows of each such group, and the observed control rows
+    of each predicted cell type.
+    """
+    plan: _Plan = {}
+    real_rows: dict[tuple[str, str], np.ndarray] = {}
+    ctrl_rows: dict[str, np.ndarray] = {}
+    for p in preds:
+        groups = p.groups()
+        for ct in sorted(groups["cell_type"].unique()):
+            if ct not in ctrl_rows:
+                ctrl_rows[ct] = _observed_controls(p, data, ct)
+        for ct, pert, rows in groups.itertuples(index=False):
+            key = (ct, pert)
+            if key not in real_rows:
+                real_rows[key] = _observed_group(p, data, ct, pert)
+            plan.setdefault(key, {})[p.model] = rows
+    return plan, real_rows, ctrl_rows
+
+
+def _observed_controls(p: Predictions, data, ct: str) -> np.ndarray:
+    """Rows of the observed control cells of cell type ``ct``; at least 2, else a :class:`PtragError`."""
+    rows = data.rows_of(ct, data.spec.control)
+    if len(rows) < 2:
+        known = ", ".join(data.cell_types)
+        raise PtragError(
+            f"{p.path}: cell type {ct!r} has {len(rows)} observed control cells in "
+            f"{data.path} (need at least 2; cell types there: {known}). Check "
+            "--cell-type-col / --control."
+        )
+    return rows
+
+
+def _observed_group(p: Predictions, data, ct: str, pert: str) -> np.ndarray:
+    """Rows of the observed cells of ``pert`` in ``ct``; a :class:`PtragError` when there are none."""
+    r = data.rows_of(ct, pert)
+    if len(r) == 0:
+        raise PtragError(
+            f"{p.path}: perturbation {pert!r} in cell type {ct!r} is absent from the "
+            f"observed data {data.path}; evaluate on the data set the predictions were "
+            "made for (and check --pert-col / --cell-type-col)."
+        )
+    return r
+
+
+def _evaluate_ptrag(
+    preds: Sequence[Predictions],
+    data,
+    genes: Sequence[str],
+    gidx: np.ndarray | None,
+    pca: PCASpace | None,
+    plan: _Plan,
+    real_rows: dict[tuple[str, str], np.ndarray],
+    ctrl_rows: dict[str, np.ndarray],
+    options: MetricOptions,
+) -> list[dict]:
+    """ptrag mode: per cell type, score every model's groups against the observed cells in the run's PCA space."""
+    if pca is None:
+        raise PtragError("ptrag mode needs the run's PCA space (RUN_DIR/pca.npz).")
+    by_model = {p.model: p for p in preds}
+    results: list[dict] = []
+    for ct in sorted(ctrl_rows):
+        control = _control_set(data, ctrl_rows[ct], gidx, options.cell_eval)
+        keys = [k for k in sorted(plan) if k[0] == ct]
+        log.info("Evaluating %d perturbations of cell type %s (%d control cells).", len(keys), ct, control.stats.n)
+        groups = (
+            (key[1], data.expression(real_rows[key], gidx), {m: by_model[m].cells(r) for m, r in plan[key].items()})
+            for key in keys
+        )
+        results.extend(score_cell_type(ct, control, genes, pca, groups, options))
+    return results
 
 
 def _control_set(data, rows: np.ndarray, gidx, cell_eval: bool) -> ControlSet:
@@ -286,7 +331,51 @@ def evaluate(
     pandas.DataFrame
         The per-group metrics (also written to ``out_dir``).
     """
-    from ptrag.data.io import ColumnSpec, read_perturbseq
+    from ptrag.data.io import read_perturbseq
+
+    run, pca, spec, preds = _read_inputs(pred_paths, run_dir, mode, spec, names)
+    data = read_perturbseq(real_path, spec, backed=backed, spec_is_default=spec_is_default)
+    try:
+        metrics, info = evaluate_predictions(preds, data, run.genes, pca, mode, options, gge_options)
+    finally:
+        data.close()
+    opts = options if mode == "ptrag" else gge_options
+    info.update(_provenance(pred_paths, real_path, run_dir, run, pca, opts, data))
+    write_outputs(metrics, out_dir, mode, info)
+    return metrics
+
+
+def _provenance(
+    pred_paths: Sequence[str | Path],
+    real_path: str | Path,
+    run_dir: str | Path,
+    run: RunInfo,
+    pca: PCASpace | None,
+    options: MetricOptions | GGEOptions,
+    data,
+) -> dict:
+    """What :func:`evaluate` records in ``evaluation.json`` beside :func:`evaluate_predictions`'s info."""
+    return {
+        "pred": [str(p) for p in pred_paths],
+        "real": str(real_path),
+        "run": str(run_dir),
+        "n_genes": len(run.genes),
+        "pca_components": pca.n_components if pca is not None else None,
+        "options": asdict(options),
+        "data_columns": data.spec.to_dict(),
+    }
+
+
+def _read_inputs(
+    pred_paths: Sequence[str | Path], run_dir: str | Path, mode: Mode, spec, names: Sequence[str] | None
+) -> tuple[RunInfo, PCASpace | None, object, list[Predictions]]:
+    """Read and check the run folder and the prediction files of :func:`evaluate`.
+
+    Returns ``(run, pca, spec, preds)``: the run, its PCA space (``None`` in gge mode), the data
+    columns (``spec``, else the run's ``[data]`` table, else ptrag's defaults) and the
+    predictions, renamed by ``names``.
+    """
+    from ptrag.data.io import ColumnSpec
 
     check_choice("--mode", mode, ("ptrag", "gge"))
     if not pred_paths:
@@ -302,21 +391,4 @@ def evaluate(
     preds = [read_predictions(p, run.genes, spec.control) for p in pred_paths]
     for p, name in zip(preds, names or [], strict=False):
         p.model = str(name)
-    data = read_perturbseq(real_path, spec, backed=backed, spec_is_default=spec_is_default)
-    try:
-        metrics, info = evaluate_predictions(preds, data, run.genes, pca, mode, options, gge_options)
-    finally:
-        data.close()
-    info.update(
-        {
-            "pred": [str(p) for p in pred_paths],
-            "real": str(real_path),
-            "run": str(run_dir),
-            "n_genes": len(run.genes),
-            "pca_components": pca.n_components if pca is not None else None,
-            "options": asdict(options) if mode == "ptrag" else asdict(gge_options),
-            "data_columns": data.spec.to_dict(),
-        }
-    )
-    write_outputs(metrics, out_dir, mode, info)
-    return metrics
+    return run, pca, spec, preds

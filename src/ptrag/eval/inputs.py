@@ -6,6 +6,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
@@ -13,6 +14,9 @@ import scipy.sparse as sp
 
 from ptrag.errors import PtragError, read_toml
 from ptrag.eval.pca import PCASpace
+
+if TYPE_CHECKING:
+    import anndata as ad
 
 # --------------------------------------------------------------------------- the run
 
@@ -152,18 +156,8 @@ def read_predictions(path: str | Path, genes: Sequence[str], default_control: st
     -------
     Predictions
     """
-    import anndata as ad
-    import h5py
-
     path = Path(path)
-    if not path.is_file():
-        raise PtragError(f"prediction file not found: {path}. Check --pred.")
-    if not h5py.is_hdf5(path):
-        raise PtragError(f"{path} is not an .h5ad file; --pred takes the output of ptrag predict.")
-    try:
-        adata = ad.read_h5ad(path)
-    except (OSError, KeyError, ValueError, TypeError) as exc:
-        raise PtragError(f"{path} could not be read as AnnData ({exc}); is the file complete?") from exc
+    adata = _read_anndata(path)
     meta = adata.uns.get("ptrag", {}) or {}
     meta = dict(meta) if hasattr(meta, "keys") else {}
     pert_col = str(meta.get("pert_col", "perturbation"))
@@ -176,6 +170,36 @@ def read_predictions(path: str | Path, genes: Sequence[str], default_control: st
                 f"{path}: obs column {col!r} ({what}) not found; a prediction file needs obs columns "
                 f"perturbation, cell_type and is_control (found: {', '.join(map(str, adata.obs.columns))})."
             )
+    X = _run_genes_matrix(adata, path, genes)
+    pert = adata.obs[pert_col].astype(str).to_numpy()
+    ct = adata.obs[ct_col].astype(str).to_numpy()
+    if "is_control" in adata.obs.columns:
+        is_control = adata.obs["is_control"].astype(bool).to_numpy()
+    else:
+        is_control = pert == control
+    if (~is_control).sum() == 0:
+        raise PtragError(f"{path} holds no predicted (non-control) cells.")
+    return Predictions(path, model, X, pert, ct, is_control, control)
+
+
+def _read_anndata(path: Path) -> ad.AnnData:
+    """Read an ``.h5ad`` prediction file; a :class:`PtragError` when it is missing or unreadable."""
+    import anndata as ad
+    import h5py
+
+    if not path.is_file():
+        raise PtragError(f"prediction file not found: {path}. Check --pred.")
+    if not h5py.is_hdf5(path):
+        raise PtragError(f"{path} is not an .h5ad file; --pred takes the output of ptrag predict.")
+    try:
+        return ad.read_h5ad(path)
+    except (OSError, KeyError, ValueError, TypeError) as exc:
+        raise PtragError(f"{path} could not be read as AnnData ({exc}); is the file complete?") from exc
+
+
+def _run_genes_matrix(adata: ad.AnnData, path: Path, genes: Sequence[str]) -> np.ndarray | sp.csr_matrix:
+    """The file's expression matrix with the run's genes as columns, in order (dense, or CSR when
+    sparse); checks that every gene is there once and that all values are finite."""
     names = pd.Index(adata.var_names.astype(str))
     missing = [g for g in genes if g not in names]
     if missing:
@@ -199,12 +223,4 @@ def read_predictions(path: str | Path, genes: Sequence[str], default_control: st
         vals = X
     if not np.all(np.isfinite(vals)):
         raise PtragError(f"{path}: predictions contain NaN or Inf values.")
-    pert = adata.obs[pert_col].astype(str).to_numpy()
-    ct = adata.obs[ct_col].astype(str).to_numpy()
-    if "is_control" in adata.obs.columns:
-        is_control = adata.obs["is_control"].astype(bool).to_numpy()
-    else:
-        is_control = pert == control
-    if (~is_control).sum() == 0:
-        raise PtragError(f"{path} holds no predicted (non-control) cells.")
-    return Predictions(path, model, X, pert, ct, is_control, control)
+    return X

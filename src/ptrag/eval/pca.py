@@ -91,20 +91,8 @@ class PCASpace:
         """
         from sklearn.decomposition import PCA
 
-        X = np.asarray(X)
-        if X.ndim != 2:
-            raise PtragError(f"PCA input must be a cells x genes matrix, got shape {X.shape}.")
+        X = _subsample(_checked_input(X, gene_names), max_cells, seed)
         n_cells, n_genes = X.shape
-        if gene_names is not None and len(gene_names) != n_genes:
-            raise PtragError(f"PCA: {len(gene_names)} gene names for a matrix with {n_genes} genes.")
-        if n_cells < 2:
-            raise PtragError(f"PCA needs at least 2 training cells, got {n_cells}.")
-        if not np.all(np.isfinite(X)):
-            raise PtragError("PCA input contains NaN or Inf values.")
-        if n_cells > max_cells:
-            rows = np.sort(np.random.default_rng(seed).choice(n_cells, max_cells, replace=False))
-            X = X[rows]
-            n_cells = max_cells
         k = int(min(n_components, n_cells - 1, n_genes))
         if k < 1:
             raise PtragError(f"PCA: cannot fit {n_components} components on {n_cells} cells x {n_genes} genes.")
@@ -207,3 +195,29 @@ class PCASpace:
         if genes and len(genes) != comps.shape[1]:
             raise PtragError(f"{path}: {len(genes)} gene names for {comps.shape[1]} PCA input genes.")
         return cls(comps, mean, ev, evr, genes)
+
+
+def _checked_input(X: np.ndarray, gene_names: Sequence[str] | None) -> np.ndarray:
+    """``X`` as an array, checked for a PCA fit: a finite cells x genes matrix of at least 2
+    cells, with one name per gene when names are given."""
+    X = np.asarray(X)
+    if X.ndim != 2:
+        raise PtragError(f"PCA input must be a cells x genes matrix, got shape {X.shape}.")
+    n_cells, n_genes = X.shape
+    if gene_names is not None and len(gene_names) != n_genes:
+        raise PtragError(f"PCA: {len(gene_names)} gene names for a matrix with {n_genes} genes.")
+    if n_cells < 2:
+        raise PtragError(f"PCA needs at least 2 training cells, got {n_cells}.")
+    if not np.all(np.isfinite(X)):
+        raise PtragError("PCA input contains NaN or Inf values.")
+    return X
+
+
+def _subsample(X: np.ndarray, max_cells: int, seed: int) -> np.ndarray:
+    """A seeded random subset of ``max_cells`` rows of ``X`` (in their order), or ``X`` when it has
+    no more rows than that."""
+    n_cells = X.shape[0]
+    if n_cells <= max_cells:
+        return X
+    rows = np.sort(np.random.default_rng(seed).choice(n_cells, max_cells, replace=False))
+    return X[rows]

@@ -100,6 +100,25 @@ def retrieval_precision_recall(
         One row per (cell_type, query): ``n_topk, n_selected, n_informative, tp_topk,
         tp_selected, precision_topk, recall_topk, precision_selected, recall_selected``.
     """
+    _check_truth_inputs(retrieval_log, ground_truth, min_fraction)
+    log = _log_as_text(retrieval_log)
+    truth = _informative_sets(ground_truth)
+    rows = [
+        _score_query(ct, q, g, truth.get((ct, q), set()), min_fraction)
+        for (ct, q), g in log.groupby(["cell_type", "query"], sort=True)
+    ]
+    return pd.DataFrame(rows, columns=_PR_COLUMNS)
+
+
+#: Columns of :func:`retrieval_precision_recall`'s table, in order.
+_PR_COLUMNS = [
+    "cell_type", "query", "n_topk", "n_selected", "n_informative", "tp_topk", "tp_selected",
+    "precision_topk", "recall_topk", "precision_selected", "recall_selected",
+]  # fmt: skip
+
+
+def _check_truth_inputs(retrieval_log: pd.DataFrame, ground_truth: pd.DataFrame, min_fraction: float | None) -> None:
+    """Raise a :class:`PtragError` when a table lacks a column or ``min_fraction`` is outside [0, 1]."""
     need_log = ["cell_type", "query", "candidate", "similarity", "selected_fraction"]
     need_gt = ["cell_type", "query", "informative"]
     for name, df, need in (("retrieval log", retrieval_log, need_log), ("ground truth", ground_truth, need_gt)):
@@ -108,52 +127,56 @@ def retrieval_precision_recall(
             raise PtragError(f"{name} lacks column(s) {', '.join(missing)}; it needs {', '.join(need)}.")
     if min_fraction is not None and not 0 <= min_fraction <= 1:
         raise PtragError(f"min_fraction must be in [0, 1], got {min_fraction}.")
+
+
+def _log_as_text(retrieval_log: pd.DataFrame) -> pd.DataFrame:
+    """The log with text labels; a ``pt_rag_response`` log restricted to its candidates of the
+    query's own cell type."""
     if "candidate_cell_type" in retrieval_log:  # pt_rag_response: the truth is about the query's cell type
         retrieval_log = retrieval_log[
             retrieval_log["candidate_cell_type"].astype(str) == retrieval_log["cell_type"].astype(str)
         ]
-    log = retrieval_log.assign(
+    return retrieval_log.assign(
         cell_type=retrieval_log["cell_type"].astype(str),
         query=retrieval_log["query"].astype(str),
         candidate=retrieval_log["candidate"].astype(str),
     )
+
+
+def _informative_sets(ground_truth: pd.DataFrame) -> dict[tuple[str, str], set[str]]:
+    """The ground truth's informative candidates per (cell type, query), as text."""
     gt = ground_truth.assign(
         cell_type=ground_truth["cell_type"].astype(str),
         query=ground_truth["query"].astype(str),
         informative=ground_truth["informative"].astype(str),
     ).drop_duplicates(["cell_type", "query", "informative"])
-    truth = {k: set(g["informative"]) for k, g in gt.groupby(["cell_type", "query"], sort=False)}
-    rows = []
-    for (ct, q), g in log.groupby(["cell_type", "query"], sort=True):
-        informative = truth.get((ct, q), set())
-        topk = set(g["candidate"])
-        frac = g["selected_fraction"].astype(float).clip(lower=0.0)
-        if min_fraction is not None:
-            frac = (frac >= min_fraction).astype(float)
-        n_sel = float(frac.sum())
-        tp_s = float(frac[g["candidate"].isin(informative)].sum())
-        tp_k = len(topk & informative)
-        ni = len(informative)
-        rows.append(
-            {
-                "cell_type": ct,
-                "query": q,
-                "n_topk": len(topk),
-                "n_selected": n_sel,
-                "n_informative": ni,
-                "tp_topk": tp_k,
-                "tp_selected": tp_s,
-                "precision_topk": tp_k / len(topk) if topk else math.nan,
-                "recall_topk": tp_k / ni if ni else math.nan,
-                "precision_selected": tp_s / n_sel if n_sel > 0 else math.nan,
-                "recall_selected": tp_s / ni if ni else math.nan,
-            }
-        )
-    cols = [
-        "cell_type", "query", "n_topk", "n_selected", "n_informative", "tp_topk", "tp_selected",
-        "precision_topk", "recall_topk", "precision_selected", "recall_selected",
-    ]  # fmt: skip
-    return pd.DataFrame(rows, columns=cols)
+    return {k: set(g["informative"]) for k, g in gt.groupby(["cell_type", "query"], sort=False)}
+
+
+def _score_query(ct: str, q: str, g: pd.DataFrame, informative: set[str], min_fraction: float | None) -> dict:
+    """The precision / recall row of one (cell type, query): its log rows ``g`` against its
+    informative candidates."""
+    topk = set(g["candidate"])
+    frac = g["selected_fraction"].astype(float).clip(lower=0.0)
+    if min_fraction is not None:
+        frac = (frac >= min_fraction).astype(float)
+    n_sel = float(frac.sum())
+    tp_s = float(frac[g["candidate"].isin(informative)].sum())
+    tp_k = len(topk & informative)
+    ni = len(informative)
+    return {
+        "cell_type": ct,
+        "query": q,
+        "n_topk": len(topk),
+        "n_selected": n_sel,
+        "n_informative": ni,
+        "tp_topk": tp_k,
+        "tp_selected": tp_s,
+        "precision_topk": tp_k / len(topk) if topk else math.nan,
+        "recall_topk": tp_k / ni if ni else math.nan,
+        "precision_selected": tp_s / n_sel if n_sel > 0 else math.nan,
+        "recall_selected": tp_s / ni if ni else math.nan,
+    }
 
 
 def retrieval_summary(pr: pd.DataFrame) -> pd.DataFrame:

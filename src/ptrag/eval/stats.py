@@ -175,31 +175,9 @@ def pairwise_tests(
     models = list(models) if models is not None else sorted(metrics["model"].unique())
     by_model = {m: metrics[metrics["model"] == m].drop_duplicates(KEYS).set_index(KEYS) for m in models}
     shapiro = {(col, m): shapiro_p(by_model[m][col].to_numpy()) for col in metric_cols for m in models}
-    rows = []
-    for col in metric_cols:
-        for ma, mb in itertools.combinations(models, 2):
-            a, b = by_model[ma][col], by_model[mb][col]
-            u, p_u = mann_whitney(a.to_numpy(), b.to_numpy())
-            common = a.index.intersection(b.index)
-            w, p_w, n_pairs = wilcoxon_paired(a.loc[common].to_numpy(), b.loc[common].to_numpy())
-            rows.append(
-                {
-                    "metric": col,
-                    "model_a": ma,
-                    "model_b": mb,
-                    "n_a": int(a.notna().sum()),
-                    "n_b": int(b.notna().sum()),
-                    "mean_a": float(a.mean()),
-                    "mean_b": float(b.mean()),
-                    "shapiro_p_a": shapiro[(col, ma)],
-                    "shapiro_p_b": shapiro[(col, mb)],
-                    "mwu_u": u,
-                    "mwu_p": p_u,
-                    "n_pairs": n_pairs,
-                    "wilcoxon_w": w,
-                    "wilcoxon_p": p_w,
-                }
-            )
+    rows = [
+        _pair_row(col, ma, mb, by_model, shapiro) for col in metric_cols for ma, mb in itertools.combinations(models, 2)
+    ]
     cols = [
         "metric", "model_a", "model_b", "n_a", "n_b", "mean_a", "mean_b", "shapiro_p_a",
         "shapiro_p_b", "mwu_u", "mwu_p", "mwu_q", "mwu_mark", "n_pairs", "wilcoxon_w",
@@ -211,6 +189,33 @@ def pairwise_tests(
         out[f"{fam}_q"] = q
         out[f"{fam}_mark"] = [significance_mark(v) for v in q]
     return out[cols]
+
+
+def _pair_row(
+    col: str, ma: str, mb: str, by_model: dict[str, pd.DataFrame], shapiro: dict[tuple[str, str], float]
+) -> dict:
+    """The row of :func:`pairwise_tests` (before the BH correction) for metric ``col`` and models
+    ``ma``, ``mb``: counts, means, Shapiro–Wilk p-values, Mann–Whitney and paired Wilcoxon tests."""
+    a, b = by_model[ma][col], by_model[mb][col]
+    u, p_u = mann_whitney(a.to_numpy(), b.to_numpy())
+    common = a.index.intersection(b.index)
+    w, p_w, n_pairs = wilcoxon_paired(a.loc[common].to_numpy(), b.loc[common].to_numpy())
+    return {
+        "metric": col,
+        "model_a": ma,
+        "model_b": mb,
+        "n_a": int(a.notna().sum()),
+        "n_b": int(b.notna().sum()),
+        "mean_a": float(a.mean()),
+        "mean_b": float(b.mean()),
+        "shapiro_p_a": shapiro[(col, ma)],
+        "shapiro_p_b": shapiro[(col, mb)],
+        "mwu_u": u,
+        "mwu_p": p_u,
+        "n_pairs": n_pairs,
+        "wilcoxon_w": w,
+        "wilcoxon_p": p_w,
+    }
 
 
 def lookup_test(tests: pd.DataFrame, metric: str, model_a: str, model_b: str) -> pd.Series | None:

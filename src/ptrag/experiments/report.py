@@ -175,25 +175,50 @@ def write_report(out_dir: str | Path, title: str = "ptrag cross-cell-type experi
     from ptrag import __version__
 
     out = Path(out_dir)
-    manifest_path = out / "experiment.json"
-    if not manifest_path.is_file():
-        raise PtragError(
-            f"{out} holds no experiment.json: is it the --out folder of `ptrag experiment cross-celltype`?"
-        )
-    man = json.loads(manifest_path.read_text())
+    man = _read_manifest(out)
     parts = [
         f"# {title}\n",
         f"Written {_dt.datetime.now().strftime('%Y-%m-%d %H:%M')} by ptrag {__version__} "
         "from the files in this folder.\n",
     ]
+    parts += _commands_section(out)
+    parts += _setup_section(out, man)
+    parts += _table1_section(out, man)
+    parts += _per_target_section(out, man)
+    parts += _retrieval_section(out)
+    parts += _training_section(out, man)
+    parts += _sweeps_section(out)
+    parts += _cost_section(out, man)
 
+    md = "\n".join(parts)
+    md_path, html_path = out / "report.md", out / "report.html"
+    atomic_write_text(md_path, md)
+    atomic_write_text(html_path, _html(markdown.markdown(md, extensions=["tables", "fenced_code"]), title))
+    return md_path, html_path
+
+
+def _read_manifest(out: Path) -> dict:
+    """The experiment's ``experiment.json``; a :class:`PtragError` when the folder has none."""
+    manifest_path = out / "experiment.json"
+    if not manifest_path.is_file():
+        raise PtragError(
+            f"{out} holds no experiment.json: is it the --out folder of `ptrag experiment cross-celltype`?"
+        )
+    return json.loads(manifest_path.read_text())
+
+
+def _commands_section(out: Path) -> list[str]:
+    """The report's commands section: the command lines recorded in ``commands.txt``."""
     cmds = _read(out / COMMANDS_FILE).strip()
-    parts.append(
-        "## Commands\n\nThe commands that made this folder (rerunning them resumes, redoing nothing finished):\n"
-    )
-    parts.append("```bash\n" + (cmds or "# (run through the Python API)") + "\n```\n")
+    return [
+        "## Commands\n\nThe commands that made this folder (rerunning them resumes, redoing nothing finished):\n",
+        "```bash\n" + (cmds or "# (run through the Python API)") + "\n```\n",
+    ]
 
-    parts.append("## Setup\n")
+
+def _setup_section(out: Path, man: dict) -> list[str]:
+    """The report's setup section: data, targets, models, splits and validation energies."""
+    parts = ["## Setup\n"]
     parts.append(
         f"- Data: `{man['data']}` ({man['n_cells']:,} cells, {man['n_genes']:,} genes, cell types "
         f"{', '.join(man['cell_types'])}).\n"
@@ -211,14 +236,35 @@ def write_report(out_dir: str | Path, title: str = "ptrag cross-cell-type experi
             "Best validation energy (the checkpoint that predicts; `control` = predicting the control "
             "cells):\n\n" + _table(pd.read_csv(val)) + "\n"
         )
+    return parts
 
+
+def _table1_section(out: Path, man: dict) -> list[str]:
+    """The report's Table 1 (all target cell types), its verdicts against the baselines, the
+    baseline figures, the control-referenced table and the seed-to-seed table."""
     tables = out / "tables"
-    parts.append("## Table 1: all target cell types\n")
+    parts = ["## Table 1: all target cell types\n"]
     parts.append(
         f"Test perturbations of every target cell type{' and every seed, pooled' if len(man['seeds']) > 1 else ''} "
         "(one sample per (seed, cell type, perturbation)); the control baseline predicts the control cells.\n\n"
     )
     parts.append(_demote(_read(tables / "table_all.md")) + "\n")
+    parts += _baselines_subsection(tables)
+    vs = tables / "vs_control" / "table_all.md"
+    if vs.is_file():
+        parts.append("\nThe same, each model tested against the control baseline:\n\n" + _demote(_read(vs)) + "\n")
+    seeds_md = tables / "seeds.md"
+    if seeds_md.is_file():
+        parts.append(
+            "### Seed to seed\n\nMean over seeds ± standard deviation of each seed's mean:\n\n" + _read(seeds_md) + "\n"
+        )
+    return parts
+
+
+def _baselines_subsection(tables: Path) -> list[str]:
+    """Table 1's comparison with the baselines: the verdicts of :func:`winners`, the table tested
+    against the best baseline, and the baseline figures."""
+    parts = []
     vsb = tables / "vs_baseline"
     win = winners(vsb / "table_all.csv" if (vsb / "table_all.csv").is_file() else tables / "table_all.csv")
     if win:
@@ -237,83 +283,100 @@ def write_report(out_dir: str | Path, title: str = "ptrag cross-cell-type experi
     for png, alt in BASELINE_FIGURES.items():
         if (tables / png).is_file():
             parts.append(f"![{alt}](tables/{png})\n")
-    vs = tables / "vs_control" / "table_all.md"
-    if vs.is_file():
-        parts.append("\nThe same, each model tested against the control baseline:\n\n" + _demote(_read(vs)) + "\n")
-    seeds_md = tables / "seeds.md"
-    if seeds_md.is_file():
-        parts.append(
-            "### Seed to seed\n\nMean over seeds ± standard deviation of each seed's mean:\n\n" + _read(seeds_md) + "\n"
-        )
+    return parts
+
+
+def _per_target_section(out: Path, man: dict) -> list[str]:
+    """The report's per-target tables (Tables 3–6), for the targets that have one."""
+    tables = out / "tables"
     per_target = [t for t in man["targets"] if (tables / f"table_{_safe(t)}.md").is_file()]
-    if per_target:
-        parts.append("## Tables 3–6: per target cell type\n")
-        for t in per_target:
-            parts.append(_demote(_read(tables / f"table_{_safe(t)}.md")) + "\n")
+    if not per_target:
+        return []
+    return ["## Tables 3–6: per target cell type\n"] + [
+        _demote(_read(tables / f"table_{_safe(t)}.md")) + "\n" for t in per_target
+    ]
 
+
+def _retrieval_section(out: Path) -> list[str]:
+    """The report's retrieval analysis (PT-RAG): ``retrieval/summary.md`` and its heatmaps."""
     rdir = out / "retrieval"
-    if rdir.is_dir():
-        parts.append("## Retrieval analysis (PT-RAG)\n")
-        parts.append(_read(rdir / "summary.md") + "\n")
-        if (rdir / "jaccard.png").is_file():
-            parts.append("![Jaccard index of the selected contexts between cell types](retrieval/jaccard.png)\n")
-        if (rdir / "jaccard_truth.png").is_file():
-            parts.append("![Jaccard index of the ground truth's informative contexts](retrieval/jaccard_truth.png)\n")
-    if (out / "training.png").is_file():
-        parts.append("## Training curves\n")
-        parts.append(
-            f"Seed {man['seeds'][0]}: validation energy of every model against the predict-the-control "
-            "energy (dashed), and the number of contexts a PT-RAG cell selects over training (training "
-            "batches: Gumbel samples, smoothed; validation: the expected selection that predicts). A "
-            "collapse of the selection shows as the curve falling to its floor of 1.\n"
-        )
-        parts.append("![Training curves](training.png)\n")
+    if not rdir.is_dir():
+        return []
+    parts = ["## Retrieval analysis (PT-RAG)\n", _read(rdir / "summary.md") + "\n"]
+    if (rdir / "jaccard.png").is_file():
+        parts.append("![Jaccard index of the selected contexts between cell types](retrieval/jaccard.png)\n")
+    if (rdir / "jaccard_truth.png").is_file():
+        parts.append("![Jaccard index of the ground truth's informative contexts](retrieval/jaccard_truth.png)\n")
+    return parts
 
+
+def _training_section(out: Path, man: dict) -> list[str]:
+    """The report's training curves (``training.png``), when the folder has them."""
+    if not (out / "training.png").is_file():
+        return []
+    return [
+        "## Training curves\n",
+        f"Seed {man['seeds'][0]}: validation energy of every model against the predict-the-control "
+        "energy (dashed), and the number of contexts a PT-RAG cell selects over training (training "
+        "batches: Gumbel samples, smoothed; validation: the expected selection that predicts). A "
+        "collapse of the selection shows as the curve falling to its floor of 1.\n",
+        "![Training curves](training.png)\n",
+    ]
+
+
+def _sweeps_section(out: Path) -> list[str]:
+    """The report's sensitivity sweeps: each ``sweeps/*/sweep.md`` with its plot."""
     sweeps = sorted((out / "sweeps").glob("*/sweep.md")) if (out / "sweeps").is_dir() else []
-    if sweeps:
-        parts.append("## Sensitivity sweeps\n")
-        parts.append(_read(out / "sweeps" / "README.md") + "\n")
-        for s in sweeps:
-            parts.append(_demote(_read(s)) + "\n")
-            png = s.with_suffix(".png")
-            if png.is_file():
-                parts.append(f"![{s.parent.name} sweep]({png.relative_to(out).as_posix()})\n")
+    if not sweeps:
+        return []
+    parts = ["## Sensitivity sweeps\n", _read(out / "sweeps" / "README.md") + "\n"]
+    for s in sweeps:
+        parts.append(_demote(_read(s)) + "\n")
+        png = s.with_suffix(".png")
+        if png.is_file():
+            parts.append(f"![{s.parent.name} sweep]({png.relative_to(out).as_posix()})\n")
+    return parts
 
+
+#: Columns of ``cost.csv`` shown in the report, in order.
+_COST_COLUMNS = [
+    "name",
+    "parameters",
+    "batch_size",
+    "cell_set_size",
+    "n_genes",
+    "topk",
+    "gflop_per_batch",
+    "mflop_per_cell",
+    "ms_per_step",
+    "time_vs_first",
+]
+
+
+def _cost_section(out: Path, man: dict) -> list[str]:
+    """The report's cost section: parameters, FLOPs and step times of ``cost.csv``."""
     cost = out / "cost.csv"
-    if cost.is_file():
-        c = pd.read_csv(cost)
-        cols = [
-            "name",
-            "parameters",
-            "batch_size",
-            "cell_set_size",
-            "n_genes",
-            "topk",
-            "gflop_per_batch",
-            "mflop_per_cell",
-            "ms_per_step",
-            "time_vs_first",
-        ]
-        parts.append(
-            "## Cost\n\nParameters, FLOPs (forward + backward, `torch.utils.flop_counter`) per batch and per "
-            "cell, and the measured training-step time on this machine (runs of the first seed and "
-            "target, timed interleaved; `time_vs_first` = step time / the first model's):\n\n"
-            + _table(c[[k for k in cols if k in c]])
-            + "\n"
-        )
-        if "machine" in man:
-            parts.append(f"Machine: {man['machine']}.\n")
+    if not cost.is_file():
+        return []
+    c = pd.read_csv(cost)
+    parts = [
+        "## Cost\n\nParameters, FLOPs (forward + backward, `torch.utils.flop_counter`) per batch and per "
+        "cell, and the measured training-step time on this machine (runs of the first seed and "
+        "target, timed interleaved; `time_vs_first` = step time / the first model's):\n\n"
+        + _table(c[[k for k in _COST_COLUMNS if k in c]])
+        + "\n"
+    ]
+    if "machine" in man:
+        parts.append(f"Machine: {man['machine']}.\n")
+    return parts
 
-    md = "\n".join(parts)
-    md_path, html_path = out / "report.md", out / "report.html"
-    atomic_write_text(md_path, md)
-    body = markdown.markdown(md, extensions=["tables", "fenced_code"])
-    html = (
+
+def _html(body: str, title: str) -> str:
+    """A standalone HTML page around the report's body (the Markdown rendered as HTML)."""
+    return (
         f'<!DOCTYPE html>\n<html><head><meta charset="utf-8"><title>{title}</title>'
         f"<style>{_CSS}</style></head><body>\n{body}\n</body></html>\n"
     )
-    atomic_write_text(html_path, html)
-    return md_path, html_path
 
 
 def _safe(name: str) -> str:

@@ -167,60 +167,107 @@ def sweep(
         baseline of :data:`~ptrag.train.baselines.BASELINES` (``variant`` = its name). Also
         written as ``sweep.csv`` / ``sweep.md``, with ``sweep.png``.
     """
+    spec = spec or ColumnSpec()
+    points, configs = _variant_configs(model, grid, gene_tables, preset, overrides, seed, spec)
+    metrics = run_target(data_path, split_path, Path(out_dir), configs, gene_tables, spec, progress, "pred", "eval")
+    return _summarise(metrics, Path(out_dir), model, grid, dict(zip(configs, points, strict=False)), ground_truth)
 
+
+def _variant_configs(
+    model: str,
+    grid: Mapping[str, Sequence[Any]],
+    gene_tables: Sequence[str | Path],
+    preset: str,
+    overrides: Mapping[str, Any] | None,
+    seed: int,
+    spec: ColumnSpec,
+) -> tuple[list[dict[str, Any]], dict[str, TrainConfig]]:
+    """The grid's points and the training configuration of each, by variant name; checks the
+    model and that a model needing gene embeddings has gene tables."""
     check_choice("--model", model, MODELS)
     points = grid_points(grid)
-    spec = spec or ColumnSpec()
     configs: dict[str, TrainConfig] = {}
     for point in points:
         values = {**dict(overrides or {}), **point, "model": model, "seed": seed, "data": spec.to_dict()}
         configs[variant_name(model, point)] = resolve_config(values, preset=preset)
     if next(iter(configs.values())).uses_gene_table and not gene_tables:
         raise PtragError(f"{model} needs gene embeddings: pass --genes TABLE.")
-    out = Path(out_dir)
-    metrics = run_target(data_path, split_path, out, configs, gene_tables, spec, progress, "pred", "eval")
+    return points, configs
 
+
+def _summarise(
+    metrics: pd.DataFrame,
+    out: Path,
+    model: str,
+    grid: Mapping[str, Sequence[Any]],
+    variants: Mapping[str, Mapping[str, Any]],
+    ground_truth: str | Path | None,
+) -> pd.DataFrame:
+    """The sweep's table (a row per variant, then one per baseline), written as ``sweep.csv``,
+    ``sweep.md`` and ``sweep.png``."""
     from ptrag.eval.stats import baseline_comparison
     from ptrag.eval.table_format import metric_infos
 
     vs = baseline_comparison(metrics, "energy", BASELINE).set_index("model")
     metric_cols = [i.column for i in metric_infos(str(metrics["mode"].iloc[0]), metrics.columns)]
-    rows = []
-    for name, point in zip(configs, points, strict=False):
-        m = metrics[metrics["model"] == name]
-        summary = json.loads((out / "runs" / name / "train_summary.json").read_text())
-        row: dict[str, Any] = {"variant": name, **point, "val_energy": summary["val_energy"]}
-        rlog = out / "pred" / f"{name}.retrieval.csv"
-        retrieval = pd.read_csv(rlog) if rlog.is_file() else None
-        row["mean_contexts"] = np.nan if retrieval is None else mean_selected_contexts(retrieval)
-        if ground_truth and retrieval is not None:
-            row.update(_against_truth(retrieval, ground_truth, name))
-        row.update(m[metric_cols].mean().to_dict())
-        row["better_than_control"] = vs.loc[name, "better_than_control"]
-        row["wilcoxon_p"] = vs.loc[name, "wilcoxon_p"]
-        rows.append(row)
-    for name in BASELINES:
-        base = metrics[metrics["model"] == name]
-        versus = (
-            {"better_than_control": np.nan, "wilcoxon_p": np.nan}
-            if name == BASELINE
-            else {c: vs.loc[name, c] for c in ("better_than_control", "wilcoxon_p")}
-        )
-        rows.append(
-            {
-                "variant": name,
-                **{k: np.nan for k in grid},
-                "val_energy": np.nan,
-                "mean_contexts": np.nan,
-                **base[metric_cols].mean().to_dict(),
-                **versus,
-            }
-        )
+    rows = [_variant_row(name, point, metrics, metric_cols, vs, out, ground_truth) for name, point in variants.items()]
+    rows += [_baseline_row(name, metrics, metric_cols, vs, grid) for name in BASELINES]
     table = pd.DataFrame(rows)
     atomic_write_csv(out / "sweep.csv", table)
     atomic_write_text(out / "sweep.md", sweep_markdown(table, model, list(grid)))
     plot_sweep(table, list(grid), out / "sweep.png", title=f"{model} sweep")
     return table
+
+
+def _variant_row(
+    name: str,
+    point: Mapping[str, Any],
+    metrics: pd.DataFrame,
+    metric_cols: Sequence[str],
+    vs: pd.DataFrame,
+    out: Path,
+    ground_truth: str | Path | None,
+) -> dict[str, Any]:
+    """The sweep table's row of one variant: its options, best validation energy, contexts per
+    cell, retrieval precision / recall (with ``ground_truth``), mean test metrics and the
+    comparison with the control baseline."""
+    m = metrics[metrics["model"] == name]
+    summary = json.loads((out / "runs" / name / "train_summary.json").read_text())
+    row: dict[str, Any] = {"variant": name, **point, "val_energy": summary["val_energy"]}
+    rlog = out / "pred" / f"{name}.retrieval.csv"
+    retrieval = pd.read_csv(rlog) if rlog.is_file() else None
+    row["mean_contexts"] = np.nan if retrieval is None else mean_selected_contexts(retrieval)
+    if ground_truth and retrieval is not None:
+        row.update(_against_truth(retrieval, ground_truth, name))
+    row.update(m[metric_cols].mean().to_dict())
+    row["better_than_control"] = vs.loc[name, "better_than_control"]
+    row["wilcoxon_p"] = vs.loc[name, "wilcoxon_p"]
+    return row
+
+
+def _baseline_row(
+    name: str,
+    metrics: pd.DataFrame,
+    metric_cols: Sequence[str],
+    vs: pd.DataFrame,
+    grid: Mapping[str, Sequence[Any]],
+) -> dict[str, Any]:
+    """The sweep table's row of one baseline: its mean test metrics and, except for the control
+    baseline itself, its comparison with the control baseline."""
+    base = metrics[metrics["model"] == name]
+    versus = (
+        {"better_than_control": np.nan, "wilcoxon_p": np.nan}
+        if name == BASELINE
+        else {c: vs.loc[name, c] for c in ("better_than_control", "wilcoxon_p")}
+    )
+    return {
+        "variant": name,
+        **{k: np.nan for k in grid},
+        "val_energy": np.nan,
+        "mean_contexts": np.nan,
+        **base[metric_cols].mean().to_dict(),
+        **versus,
+    }
 
 
 TRUTH_COLUMNS = ("precision_topk", "recall_topk", "precision_selected", "recall_selected")
