@@ -87,7 +87,7 @@ def parse_grid(items: Sequence[str]) -> dict[str, list[Any]]:
     PtragError
         If an item is not ``name=v1,v2`` or names no training option.
     """
-    from ptrag.train.config import _coerce
+    from ptrag.train.config import coerce_option
 
     def typed(name: str, text: str) -> Any:
         kind = type(getattr(TrainConfig(), name))
@@ -97,7 +97,7 @@ def parse_grid(items: Sequence[str]) -> dict[str, list[Any]]:
             )(text)
         except (ValueError, KeyError):
             raise PtragError(f"--grid {name}: {text!r} is not a valid {kind.__name__}.") from None
-        return _coerce(name, value, f"--grid {name}")
+        return coerce_option(name, value, f"--grid {name}")
 
     grid: dict[str, list[Any]] = {}
     for item in items:

@@ -292,7 +292,10 @@ def _check_literals(cfg: TrainConfig) -> None:
             )
 
 
-def _coerce(name: str, value: Any, source: str) -> Any:
+def coerce_option(name: str, value: Any, source: str) -> Any:
+    """``value`` of the :class:`TrainConfig` option ``name`` in the option's type (a whole float
+    from an int; ``[data]`` completed with the default columns), or :class:`PtragError` naming
+    ``source`` (a file, ``option``, ``--grid NAME``)."""
     hints = get_type_hints(TrainConfig)
     t = hints[name]
     base = type(getattr(TrainConfig(), name)) if get_origin(t) is Literal else t
@@ -328,7 +331,7 @@ def config_file_values(config_file: str | Path) -> dict[str, Any]:
     unknown = set(raw) - known
     if unknown:
         raise PtragError(f"{path}: unknown key(s) {sorted(unknown)}; known keys: {', '.join(sorted(known))}.")
-    return {k: _coerce(k, v, str(path)) for k, v in raw.items()}
+    return {k: coerce_option(k, v, str(path)) for k, v in raw.items()}
 
 
 def resolve_config(
@@ -366,7 +369,7 @@ def resolve_config(
     values.update(file_values)
     if "data" in overrides:
         values["data"] = {**values.get("data", ColumnSpec().to_dict()), **overrides.pop("data")}
-    values.update({k: _coerce(k, v, "option") for k, v in overrides.items()})
+    values.update({k: coerce_option(k, v, "option") for k, v in overrides.items()})
     cfg = TrainConfig(**values)
     cfg.validate()
     return cfg

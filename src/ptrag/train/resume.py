@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from ptrag.errors import PtragError
-from ptrag.train.config import TrainConfig, _coerce
+from ptrag.train.config import TrainConfig, coerce_option
 
 #: Options that may change when a run is resumed: how long and where it trains, not what it
 #: trains (docs/training.md, "Resuming").
@@ -59,7 +59,7 @@ def resume_config(run_cfg: TrainConfig, overrides: dict[str, Any], run_dir: str 
     for name, value in given.items():
         if name not in old:
             raise PtragError(f"unknown option {name!r}.")
-        new = value if name == "data" else _coerce(name, value, "option")
+        new = value if name == "data" else coerce_option(name, value, "option")
         if new == old[name]:
             continue
         if name in RESUMABLE_OPTIONS:
