@@ -232,3 +232,25 @@ def test_own_summary_never_reads_the_query_cell_type():
     assert idx.own_summary(torch.tensor([0]), torch.tensor([0])).item() == 3.0
     # a perturbation that trains nowhere else, or none at all: zeros
     assert idx.own_summary(torch.tensor([1, -1]), torch.tensor([1, 1])).tolist() == [[0.0], [0.0]]
+
+
+def test_response_agreement_equals_the_definition_on_a_random_database():
+    from ptrag.nn.retrieval import l2_normalise
+
+    g = torch.Generator().manual_seed(0)
+    pert, ct = torch.arange(30).repeat(4), torch.arange(4).repeat_interleave(30)
+    keep = torch.rand(120, generator=g) > 0.2  # some (perturbation, cell type) groups missing
+    pert, ct = pert[keep], ct[keep]
+    db = ResponseIndex(torch.randn(len(pert), 8, generator=g), pert, ct, torch.randn(len(pert), 50, generator=g),
+                       torch.zeros(len(pert), 1))  # fmt: skip
+    q_pert, q_ct = torch.tensor([0, 5, -1, 29, 7]), torch.tensor([0, 1, 2, 3, 0])
+    agree, known = db.agreement(q_pert, q_ct)
+    unit, entry = l2_normalise(db.shift), {(int(p), int(c)): i for i, (p, c) in enumerate(zip(pert, ct, strict=True))}
+    for b, (p, t) in enumerate(zip(q_pert.tolist(), q_ct.tolist(), strict=True)):
+        for e, c in enumerate(pert.tolist()):
+            shared = [u for u in range(4) if u != t and (p, u) in entry and (c, u) in entry]
+            defined = p >= 0 and c != p and bool(shared)
+            assert bool(known[b, e]) == defined
+            if defined:
+                mean = sum(float(unit[entry[(p, u)]] @ unit[entry[(c, u)]]) for u in shared) / len(shared)
+                assert abs(float(agree[b, e]) - mean) < 1e-5

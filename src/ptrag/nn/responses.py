@@ -240,9 +240,15 @@ class ResponseIndex(nn.Module):
         table[self.entry_pert, self.entry_ct] = torch.arange(e, device=dev)
         q_rows = torch.where(query_pert[:, None] >= 0, table[query_pert.clamp_min(0)], -1)  # [B, n_c]
         e_rows = table[self.entry_pert]  # [E, n_c]: each entry's perturbation in every cell type
-        # cosine of the query's shift in u with every entry's shift: one [B*n_c, G] x [G, E] product
-        dots = self.unit_shift[q_rows.clamp_min(0)] @ self.unit_shift.T  # [B, n_c, E]
-        dots = dots.gather(2, e_rows.clamp_min(0).T[None].expand(len(query_pert), -1, -1))  # [B, n_c, E]
+        # per cell type u, the query's shift in u against the shifts of u's entries only: B x G x E
+        # multiply-adds in all (not n_c times that); column[r] is entry r's place among its cell type's
+        column = torch.zeros(e, dtype=torch.long, device=dev)
+        dots = torch.zeros(len(query_pert), n_c, e, device=dev)
+        for u in range(n_c):
+            rows_u = (self.entry_ct == u).nonzero().squeeze(1)
+            column[rows_u] = torch.arange(len(rows_u), device=dev)
+            d_u = self.unit_shift[q_rows[:, u].clamp_min(0)] @ self.unit_shift[rows_u].T  # [B, E_u]
+            dots[:, u] = d_u.gather(1, column[e_rows[:, u].clamp_min(0)][None].expand(len(query_pert), -1))
         cts = torch.arange(n_c, device=dev)
         ok = (q_rows[:, :, None] >= 0) & (e_rows.T[None] >= 0) & (query_ct[:, None, None] != cts[None, :, None])
         count = ok.sum(1)
