@@ -358,7 +358,7 @@ class PerturbationModel(nn.Module):
         found = db.search(pert_vec, query_pert, query_ct, cfg.topk, cfg.response_candidates, cfg.response_agreement)
         idx, same = found.idx, found.same
         out.candidates, out.similarity, out.same_cell_type = idx, found.sim, same
-        out.agreement = torch.where(found.known, found.agree, torch.nan) if cfg.response_agreement else None
+        out.agreement = found.agree
 
         def encode(rows: torch.Tensor) -> torch.Tensor:
             h = self.pert_encoder(db.raw[rows].to(pert_vec.dtype))

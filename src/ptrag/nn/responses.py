@@ -134,8 +134,7 @@ class Retrieved(NamedTuple):
     sim: torch.Tensor  #: cosine of the gene vectors (not the rank score)
     idx: torch.Tensor  #: long entry rows
     same: torch.Tensor  #: bool, the entry is of the query's cell type
-    agree: torch.Tensor  #: response agreement (0 where undefined)
-    known: torch.Tensor  #: bool, the agreement is defined
+    agree: torch.Tensor | None  #: response agreement, NaN where undefined (``None``: not asked for)
 
 
 class ResponseIndex(nn.Module):
@@ -187,7 +186,7 @@ class ResponseIndex(nn.Module):
         self.register_buffer("shift", shift.detach().float().clone())
         self.register_buffer("summary", summary.detach().float().clone())
         self.register_buffer("control_mean", torch.as_tensor(control_mean).detach().float().clone())
-        self.register_buffer("unit_shift", l2_normalise(self.shift), persistent=False)  # derived, not saved
+        self._derive()
         self.pert_names = [str(x) for x in pert_names]
         self.cell_type_names = [str(x) for x in cell_type_names]
 
@@ -209,13 +208,31 @@ class ResponseIndex(nn.Module):
             raise PtragError(f"topk = {k} exceeds the {len(self)} response-database entries minus the query's own.")
         with torch.no_grad(), torch.autocast(device_type=query_vec.device.type, enabled=False):
             cos = l2_normalise(query_vec.detach().float()) @ self.unit.T
-            agree, known = self.agreement(query_pert, query_ct)
-            rank = cos + agree if agreement else cos
+            rank, agree = cos, None
+            if agreement:  # computed only when it is used
+                agree, known = self.agreement(query_pert, query_ct)
+                rank = cos + agree
+                agree = torch.where(known, agree, torch.nan)
             scores = candidate_scores(rank, self.entry_pert, self.entry_ct, query_pert, query_ct, rule)
             _, idx = torch.topk(scores, k, dim=1)
-        return Retrieved(
-            cos.gather(1, idx), idx, self.entry_ct[idx] == query_ct[:, None], agree.gather(1, idx), known.gather(1, idx)
-        )
+        same = self.entry_ct[idx] == query_ct[:, None]
+        return Retrieved(cos.gather(1, idx), idx, same, None if agree is None else agree.gather(1, idx))
+
+    def _derive(self) -> None:
+        """The buffers derived from the saved ones (not in the checkpoint; rebuilt after loading):
+        unit shifts, the ``(perturbation, cell type) -> entry`` table (``-1``: no entry) and each
+        entry's place among its cell type's entries."""
+        e, dev = len(self), self.shift.device
+        n_p = int(self.entry_pert.max()) + 1 if e else 1
+        n_c = int(self.entry_ct.max()) + 1 if e else 1
+        table = torch.full((n_p, n_c), -1, dtype=torch.long, device=dev)
+        table[self.entry_pert, self.entry_ct] = torch.arange(e, device=dev)
+        column = torch.zeros(e, dtype=torch.long, device=dev)
+        for u in range(n_c):
+            rows_u = (self.entry_ct == u).nonzero().squeeze(1)
+            column[rows_u] = torch.arange(len(rows_u), device=dev)
+        for name, value in (("unit_shift", l2_normalise(self.shift)), ("entry_table", table), ("entry_column", column)):
+            self.register_buffer(name, value, persistent=False)
 
     def agreement(self, query_pert: torch.Tensor, query_ct: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Response agreement of every entry with every query (module docstring).
@@ -234,19 +251,16 @@ class ResponseIndex(nn.Module):
             the entry is not the query's own perturbation).
         """
         e, dev = len(self), self.shift.device
-        n_p = int(max(int(self.entry_pert.max()) if e else 0, int(query_pert.max()) if len(query_pert) else 0)) + 1
-        n_c = int(self.entry_ct.max()) + 1 if e else 1
-        table = torch.full((n_p, n_c), -1, dtype=torch.long, device=dev)  # (perturbation, cell type) -> entry
-        table[self.entry_pert, self.entry_ct] = torch.arange(e, device=dev)
-        q_rows = torch.where(query_pert[:, None] >= 0, table[query_pert.clamp_min(0)], -1)  # [B, n_c]
+        table, column = self.entry_table, self.entry_column
+        n_p, n_c = table.shape
+        known_q = (query_pert >= 0) & (query_pert < n_p)  # a perturbation with no entry has no row
+        q_rows = torch.where(known_q[:, None], table[query_pert.clamp(0, n_p - 1)], -1)  # [B, n_c]
         e_rows = table[self.entry_pert]  # [E, n_c]: each entry's perturbation in every cell type
         # per cell type u, the query's shift in u against the shifts of u's entries only: B x G x E
-        # multiply-adds in all (not n_c times that); column[r] is entry r's place among its cell type's
-        column = torch.zeros(e, dtype=torch.long, device=dev)
+        # multiply-adds in all (not n_c times that)
         dots = torch.zeros(len(query_pert), n_c, e, device=dev)
         for u in range(n_c):
             rows_u = (self.entry_ct == u).nonzero().squeeze(1)
-            column[rows_u] = torch.arange(len(rows_u), device=dev)
             d_u = self.unit_shift[q_rows[:, u].clamp_min(0)] @ self.unit_shift[rows_u].T  # [B, E_u]
             dots[:, u] = d_u.gather(1, column[e_rows[:, u].clamp_min(0)][None].expand(len(query_pert), -1))
         cts = torch.arange(n_c, device=dev)
@@ -286,7 +300,7 @@ class ResponseIndex(nn.Module):
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
         resize_buffers(self, state_dict, prefix)  # a placeholder database takes the checkpoint's sizes
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
-        self.unit_shift = l2_normalise(self.shift)
+        self._derive()
 
 
 def placeholder_index(n_genes: int, pert_dim: int, summary_dim: int, n_entries: int = 2) -> ResponseIndex:
