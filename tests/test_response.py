@@ -11,7 +11,6 @@ import pytest
 import torch
 
 from ptrag.cli import main
-from ptrag.nn.generator import ModelOutput
 from ptrag.nn.responses import ResponseIndex, candidate_scores, placeholder_index, readout_weights
 from ptrag.train.config import TrainConfig
 from ptrag.train.prepare import build_plan, make_loader, prepare_run
@@ -67,23 +66,21 @@ def test_agreement_readout_is_a_softmax_over_others_mixed_with_the_own_share(fil
     torch.manual_seed(0)
     model = build_plan(cfg, prep).model
     _, _, log_t, own_logit = model.agreement.detach().tolist()
-    # one query of perturbation 0: candidates = its own entry elsewhere, two entries with agreement, one
-    # with a gene cosine only; the last is not selected
-    out = ModelOutput(
-        pred=torch.zeros(1, 1, 1),
-        candidates=torch.tensor([[0, 1, 2, 3, 4]]),
-        similarity=torch.tensor([[0.9, 0.1, 0.2, 0.3, 0.4]]),
-        same_cell_type=torch.tensor([[False, True, True, True, True]]),
-        agreement=torch.tensor([[float("nan"), 0.5, 0.2, float("nan"), 0.9]]),
-    )
-    w = torch.tensor([[[1.0, 1.0, 1.0, 1.0, 0.0]]])
+    # one query of perturbation 0: candidates = its own entry elsewhere, three entries with
+    # agreement, one with a gene cosine only (every candidate counts: the selection does not gate)
     own = torch.tensor([[True, False, False, False, False]])
+    agree = torch.tensor([[float("nan"), 0.5, 0.2, float("nan"), 0.9]])
+    sim = torch.tensor([[0.9, 0.1, 0.2, 0.3, 0.4]])
     t, share = torch.tensor(log_t).exp(), torch.sigmoid(torch.tensor(own_logit))
-    r = readout_weights(w, own, out.agreement, out.similarity, t, share)[0, 0]
+    r = readout_weights(own, agree, sim, t, share)[0]
     t, beta = math.exp(log_t), 1 / (1 + math.exp(-own_logit))
-    e = torch.tensor([math.exp(0.5 / t), math.exp(0.2 / t), math.exp(0.3 / t)])
-    expected = torch.cat([torch.tensor([beta]), (1 - beta) * e / e.sum(), torch.tensor([0.0])])
-    torch.testing.assert_close(r, expected)
+    e = torch.tensor([math.exp(x / t) for x in (0.5, 0.2, 0.3, 0.9)])
+    torch.testing.assert_close(r, torch.cat([torch.tensor([beta]), (1 - beta) * e / e.sum()]))
+    # no own entry: the softmax takes everything; only own entries: they share it equally
+    r = readout_weights(torch.zeros(1, 5, dtype=torch.bool), agree, sim, t, share)[0]
+    torch.testing.assert_close(r, torch.cat([torch.tensor([math.exp(0.9 / t)]), e]) / (e.sum() + math.exp(0.9 / t)))
+    r = readout_weights(torch.ones(1, 5, dtype=torch.bool), agree, sim, t, share)[0]
+    torch.testing.assert_close(r, torch.full((5,), 0.2))
 
 
 def test_response_index_round_trips_through_a_placeholder():
@@ -181,24 +178,30 @@ def test_query_pair_is_never_a_candidate_in_any_batch(files):
     assert seen > 0
 
 
-def test_readout_starts_from_the_selected_groups_mean_shift(files):
+def test_readout_sets_the_set_mean_and_the_network_each_cells_departure(files):
     d, _ = files
     cfg, prep = _prepare(d / "d.h5ad", d / "g.pkl")
     torch.manual_seed(0)
     plan = build_plan(cfg, prep).eval()
-    torch.nn.init.zeros_(plan.model.decoder.net[2].weight)
-    torch.nn.init.zeros_(plan.model.decoder.net[2].bias)
     batch = next(iter(make_loader(cfg, prep, "train")))
     with torch.no_grad():
         out = plan(batch)
     db = plan.model.responses
     own = ~out.same_cell_type & (db.entry_pert[out.candidates] == plan.query_rows(batch["pert_id"])[:, None])
     m = plan.model.agreement.detach()
-    w = readout_weights(out.weights, own, out.agreement, out.similarity, m[2].exp(), torch.sigmoid(m[3]))
-    # delta = the control set's mean replaced by its cell type's control mean + the selected shifts
+    r = readout_weights(own, out.agreement, out.similarity, m[2].exp(), torch.sigmoid(m[3]))
+    # the set mean of control + change is the cell type's control mean + the retrieved shifts'
+    # weighted mean, whatever the network says (its part is centred in each set)
+    readout = torch.einsum("bk,bkg->bg", r, db.shift[out.candidates])
+    expected = db.control_mean[batch["ct_id"]] + readout
+    torch.testing.assert_close((batch["ctrl_expr"] + out.delta).mean(1), expected, atol=1e-5, rtol=1e-5)
+    # with a silent network, each cell moves by exactly that: its set's mean replaced
+    torch.nn.init.zeros_(plan.model.decoder.net[2].weight)
+    torch.nn.init.zeros_(plan.model.decoder.net[2].bias)
+    with torch.no_grad():
+        out = plan(batch)
     centring = db.control_mean[batch["ct_id"]][:, None, :] - batch["ctrl_expr"].mean(1, keepdim=True)
-    expected = centring + torch.einsum("bsk,bkg->bsg", w, db.shift[out.candidates])
-    torch.testing.assert_close(out.delta, expected)
+    torch.testing.assert_close(out.delta, (centring + readout[:, None]).expand_as(out.delta))
     # the control means are those of the cell types' control cells
     _, a = files
     ct0 = a[(a.obs["cell_type"] == "CT0") & (a.obs["gene"] == "non-targeting"), prep.genes].X.toarray().mean(0)
@@ -254,3 +257,28 @@ def test_response_agreement_equals_the_definition_on_a_random_database():
             if defined:
                 mean = sum(float(unit[entry[(p, u)]] @ unit[entry[(c, u)]]) for u in shared) / len(shared)
                 assert abs(float(agree[b, e]) - mean) < 1e-5
+
+
+def test_the_pair_table_answers_exactly_as_the_search():
+    g = torch.Generator().manual_seed(3)
+    n_p, n_c = 7, 3
+    pert, ct = torch.arange(n_p).repeat(n_c), torch.arange(n_c).repeat_interleave(n_p)
+    keep = torch.rand(len(pert), generator=g) > 0.2  # some pairs did not train
+    vec = torch.randn(n_p, 5, generator=g)
+    db = ResponseIndex(vec[pert[keep]], pert[keep], ct[keep], torch.randn(int(keep.sum()), 9, generator=g),
+                       torch.randn(int(keep.sum()), 2, generator=g))  # fmt: skip
+    qp = torch.tensor([0, 3, 6, 2, 5, 1])
+    qc = torch.tensor([0, 1, 2, 2, 0, 1])
+    for rule in ("both", "same", "other"):
+        for agreement in (False, True):
+            live = db._search(vec[qp], qp, qc, 4, rule, agreement)
+            served = db.search(vec[qp], qp, qc, 4, rule, agreement)
+            assert db._pairs, "known pairs must be served from the table"
+            torch.testing.assert_close(served.idx, live[1], rtol=0, atol=0)
+            torch.testing.assert_close(served.sim, live[0])
+            if agreement:
+                torch.testing.assert_close(served.agree, live[2], equal_nan=True)
+    # another gene vector, or an unknown perturbation, is searched live
+    other = db.search(vec[qp] + 1.0, qp, qc, 4)
+    torch.testing.assert_close(other.idx, db._search(vec[qp] + 1.0, qp, qc, 4, "both", False)[1], rtol=0, atol=0)
+    assert not db._known_pairs(vec[:2], torch.tensor([0, -1]), torch.tensor([0, 0]))

@@ -320,25 +320,29 @@ class PerturbationModel(nn.Module):
             z = self._select(h_ctrl, h_pert, h_ctx, sample_selection, out)
         out.delta = self.decoder(self.backbone(z))
         if self.responses is not None and self.cfg.response_readout:
-            out.delta = out.delta + self._readout(ctrl_expr, query_index, query_cell_type, out)
+            # the readout gives the set's mean change, the network each cell's departure from it
+            residual = out.delta - out.delta.mean(1, keepdim=True)
+            out.delta = residual + self._readout(ctrl_expr, query_index, query_cell_type, out)
         out.pred = torch.relu(ctrl_expr + out.delta)
         return out
 
     def _readout(
         self, ctrl_expr: torch.Tensor, query_pert: torch.Tensor, query_ct: torch.Tensor, out: ModelOutput
     ) -> torch.Tensor:
-        """``pt_rag_response``'s starting change: the selected entries' weighted mean shift plus the
-        set's control centring (``[B, S, G]``)."""
+        """``pt_rag_response``'s set mean change: the retrieved entries' weighted mean shift plus
+        the set's control centring (``[B, S or 1, G]``)."""
         assert self.responses is not None and out.weights is not None and out.candidates is not None
-        w, db = out.weights, self.responses
-        if out.agreement is not None:
+        db = self.responses
+        shift = db.shift[out.candidates]  # [B, K, G]
+        if out.agreement is not None:  # per set, over every candidate (module docstring)
             own = ~out.same_cell_type & (db.entry_pert[out.candidates] == query_pert[:, None])
             t, share = self.agreement[2].exp(), torch.sigmoid(self.agreement[3])
-            w = readout_weights(w, own, out.agreement, out.similarity, t, share)
-        else:
-            w = w / w.sum(-1, keepdim=True).clamp_min(1e-6)
-        shift = torch.bmm(w, db.shift[out.candidates].to(w.dtype))
-        return shift + db.set_centring(ctrl_expr, query_ct)
+            r = readout_weights(own, out.agreement, out.similarity, t, share)
+            mean = torch.einsum("bk,bkg->bg", r.to(ctrl_expr.dtype), shift.to(ctrl_expr.dtype))[:, None]
+        else:  # the selected entries' mean, per cell
+            w = out.weights / out.weights.sum(-1, keepdim=True).clamp_min(1e-6)
+            mean = torch.bmm(w, shift.to(w.dtype))
+        return mean + db.set_centring(ctrl_expr, query_ct)
 
     def _retrieve(self, pert_vec: torch.Tensor, query_index: torch.Tensor, out: ModelOutput) -> torch.Tensor:
         """Stage 1 over the gene vectors of the training perturbations; ``h_ctx`` ``[B, K, H]``."""

@@ -92,23 +92,22 @@ def agreement_prior(agree: torch.Tensor, gain: torch.Tensor, centre: torch.Tenso
 
 
 def readout_weights(
-    w: torch.Tensor,
     own: torch.Tensor,
     agree: torch.Tensor,
     sim: torch.Tensor,
     temperature: torch.Tensor,
     own_share: torch.Tensor,
 ) -> torch.Tensor:
-    """Readout weights ``[B, S, K]`` (each row sums to 1, or 0 where nothing is selected).
+    """Readout weights ``[B, K]`` of the retrieved entries (each row sums to 1).
 
-    Among the selected entries of other perturbations, a softmax of ``agree / temperature``
-    (``sim`` where ``agree`` is NaN) holds ``1 - own_share``; the query's own selected entries
-    elsewhere share ``own_share`` equally; each group takes everything when the other is empty.
+    Among the entries of other perturbations, a softmax of ``agree / temperature`` (``sim``
+    where ``agree`` is NaN) holds ``1 - own_share``; the query's own entries elsewhere share
+    ``own_share`` equally; each group takes everything when the other is empty. The weights
+    are per set, over every retrieved entry: the selection does not gate them (gated by the
+    selection, the readout's mean change was measured worse, docs/training.md).
 
     Parameters
     ----------
-    w
-        ``[B, S, K]`` selection weights (0/1 with a straight-through gradient, or soft).
     own
         ``[B, K]`` bool, the entry is the query perturbation's own, in another cell type.
     agree, sim
@@ -117,14 +116,13 @@ def readout_weights(
         Scalar tensors (learned).
     """
     score = torch.where(torch.isnan(agree), sim, agree) / temperature
-    keep = (w > 0) & ~own[:, None, :]  # finite masking: an all-masked row must not give NaN gradients
-    score = score[:, None, :].expand_as(w).masked_fill(~keep, -1e4)
-    soft = torch.softmax(score, -1) * keep * w  # w keeps the straight-through gradient
-    own_w = w * own[:, None, :].to(w.dtype)
+    score = score.masked_fill(own, -1e4)  # finite masking: an all-own row must not give NaN gradients
+    soft = torch.softmax(score, -1) * ~own
+    own_w = own.to(soft.dtype)
     n_own = own_w.sum(-1, keepdim=True)
     has_soft = soft.sum(-1, keepdim=True) > 0
     beta = torch.where(n_own > 0, torch.where(has_soft, own_share, 1.0), 0.0)
-    r = (1 - beta) * soft + beta * own_w / n_own.clamp_min(1e-6)
+    r = (1 - beta) * soft + beta * own_w / n_own.clamp_min(1.0)
     return r / r.sum(-1, keepdim=True).clamp_min(1e-6)
 
 
@@ -203,9 +201,26 @@ class ResponseIndex(nn.Module):
         agreement: bool = False,
     ) -> Retrieved:
         """Top-K entries of each query (ranked by gene cosine, plus the response agreement with
-        ``agreement=True``; see the module docstring)."""
+        ``agreement=True``; see the module docstring).
+
+        The result depends on the query's ``(perturbation, cell type)`` and gene vector only, and
+        the database is fixed, so queries of a known perturbation with its own gene vector are
+        answered from a table of every ``(perturbation, cell type)`` pair, searched once per
+        ``(k, rule, agreement)`` and device (:meth:`_pair_table`); other queries are searched.
+        """
         if k > len(self) - 1:
             raise PtragError(f"topk = {k} exceeds the {len(self)} response-database entries minus the query's own.")
+        if self._known_pairs(query_vec, query_pert, query_ct):
+            sim, idx, agree = self._pair_table(k, rule, agreement)
+            row = query_pert * self.entry_table.shape[1] + query_ct
+            sim, idx, agree = sim[row], idx[row], None if agree is None else agree[row]
+        else:
+            sim, idx, agree = self._search(query_vec, query_pert, query_ct, k, rule, agreement)
+        same = self.entry_ct[idx] == query_ct[:, None]
+        return Retrieved(sim, idx, same, agree)
+
+    def _search(self, query_vec, query_pert, query_ct, k: int, rule: str, agreement: bool):
+        """Stage 1 itself: ``(sim, idx, agree)`` ``[B, K]`` (``agree`` ``None`` without agreement)."""
         with torch.no_grad(), torch.autocast(device_type=query_vec.device.type, enabled=False):
             cos = l2_normalise(query_vec.detach().float()) @ self.unit.T
             rank, agree = cos, None
@@ -215,8 +230,35 @@ class ResponseIndex(nn.Module):
                 agree = torch.where(known, agree, torch.nan)
             scores = candidate_scores(rank, self.entry_pert, self.entry_ct, query_pert, query_ct, rule)
             _, idx = torch.topk(scores, k, dim=1)
-        same = self.entry_ct[idx] == query_ct[:, None]
-        return Retrieved(cos.gather(1, idx), idx, same, None if agree is None else agree.gather(1, idx))
+        return cos.gather(1, idx), idx, None if agree is None else agree.gather(1, idx)
+
+    def _known_pairs(self, query_vec: torch.Tensor, query_pert: torch.Tensor, query_ct: torch.Tensor) -> bool:
+        """Every query is a perturbation with an entry, a cell type of the table, and carries the
+        perturbation's own gene vector (so the pair table answers it exactly)."""
+        n_p, n_c = self.entry_table.shape
+        if len(query_pert) == 0 or not bool(((query_pert >= 0) & (query_pert < n_p)).all()):
+            return False
+        if not bool(((query_ct >= 0) & (query_ct < n_c)).all()):
+            return False
+        rows = self.pert_row[query_pert]
+        return bool((rows >= 0).all()) and torch.equal(query_vec.detach().float(), self.raw[rows])
+
+    def _pair_table(self, k: int, rule: str, agreement: bool):
+        """Stage 1 of every ``(perturbation, cell type)`` pair (row ``p * n_cell_types + t``), in
+        chunks of 256 queries; kept until the database is reloaded."""
+        key = (k, rule, agreement, str(self.raw.device))
+        if key not in self._pairs:
+            n_p, n_c = self.entry_table.shape
+            pert = torch.arange(n_p, device=self.raw.device).repeat_interleave(n_c)
+            ct = torch.arange(n_c, device=self.raw.device).repeat(n_p)
+            vec = self.raw[self.pert_row.clamp_min(0)[pert]]
+            parts = [
+                self._search(vec[i : i + 256], pert[i : i + 256], ct[i : i + 256], k, rule, agreement)
+                for i in range(0, len(pert), 256)
+            ]
+            agree = None if not agreement else torch.cat([a for _, _, a in parts])
+            self._pairs = {key: (torch.cat([s for s, _, _ in parts]), torch.cat([i for _, i, _ in parts]), agree)}
+        return self._pairs[key]
 
     def _derive(self) -> None:
         """The buffers derived from the saved ones (not in the checkpoint; rebuilt after loading):
@@ -231,8 +273,12 @@ class ResponseIndex(nn.Module):
         for u in range(n_c):
             rows_u = (self.entry_ct == u).nonzero().squeeze(1)
             column[rows_u] = torch.arange(len(rows_u), device=dev)
-        for name, value in (("unit_shift", l2_normalise(self.shift)), ("entry_table", table), ("entry_column", column)):
+        pert_row = torch.full((n_p,), -1, dtype=torch.long, device=dev)  # an entry of each perturbation
+        pert_row[self.entry_pert] = torch.arange(e, device=dev)  # (their gene vectors are the same)
+        derived = (("unit_shift", l2_normalise(self.shift)), ("entry_table", table), ("entry_column", column))
+        for name, value in (*derived, ("pert_row", pert_row)):
             self.register_buffer(name, value, persistent=False)
+        self._pairs: dict = {}  # Stage 1 of every pair, per (k, rule, agreement, device)
 
     def agreement(self, query_pert: torch.Tensor, query_ct: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Response agreement of every entry with every query (module docstring).
