@@ -3,94 +3,102 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.console import Console
 from rich.markdown import Markdown
 
-from ptrag.cli.options import Backed, BatchCol, CellTypeCol, Control, Layer, ObsmKey, PertCol
+from ptrag.cli.options import DATA_FLAGS, Backed, with_data_columns
 from ptrag.errors import check_output
+
+if TYPE_CHECKING:
+    from ptrag.data.io import ColumnSpec
 
 console = Console()
 
-#: CLI parameter name -> ColumnSpec field.
-_SPEC_FIELDS = {
-    "pert_col": "pert_col",
-    "cell_type_col": "cell_type_col",
-    "batch_col": "batch_col",
-    "control": "control",
-    "layer": "layer",
-    "obsm_key": "obsm_key",
-}
+Preds = Annotated[
+    list[Path],
+    typer.Option("--pred", help="Prediction file (.h5ad from ptrag predict); repeat for several models."),
+]
+Real = Annotated[
+    Path, typer.Option("--real", help="Observed Perturb-seq data (.h5ad) the predictions are scored against.")
+]
+EvalRun = Annotated[Path, typer.Option("--run", help="Run folder (genes.txt, pca.npz, config.toml).")]
+EvalOut = Annotated[Path, typer.Option("--out", help="Output folder for metrics.parquet/csv and summary.csv/md.")]
+Mode = Annotated[
+    str,
+    typer.Option(
+        "--mode", help="Metric definitions: ptrag (stated in docs/metrics.md) or gge (gge-eval 1.0.1 compatibility)."
+    ),
+]
+DegPval = Annotated[float, typer.Option("--deg-pval", help="ptrag mode: DEG when the Welch p-value is below this.")]
+DegCorrection = Annotated[
+    str,
+    typer.Option(
+        "--deg-correction", help="ptrag mode: none (raw p, as in the paper) or bh (Benjamini–Hochberg per group)."
+    ),
+]
+DegMinLfc = Annotated[
+    float, typer.Option("--deg-min-lfc", help="ptrag mode: also require |mean change| >= this (log-normalised units).")
+]
+CellEval = Annotated[
+    bool,
+    typer.Option(
+        "--cell-eval/--no-cell-eval",
+        help="ptrag mode: also compute cell-eval's metrics (PDS, DE overlap, ...; "
+        "they hold each cell type's control cells in memory).",
+    ),
+]
+GgeDegLfc = Annotated[
+    float, typer.Option("--gge-deg-lfc", help="gge mode: minimum |log2 fold change| of a DEG (authors' script: 0.05).")
+]
+GgeDegPval = Annotated[
+    float, typer.Option("--gge-deg-pval", help="gge mode: maximum p-value of a DEG (authors' script: 0.1).")
+]
+ModelNames = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--name", help="Model name of each --pred file, in order (default: the file's uns['ptrag']['model'])."
+    ),
+]
 
 
-def _given(ctx: typer.Context, name: str) -> bool:
-    """Whether the user set option ``name`` (on the command line or in the environment)."""
-    src = ctx.get_parameter_source(name)
-    # compared by name: Typer may ship its own copy of click's ParameterSource enum
-    return src is not None and getattr(src, "name", str(src)) != "DEFAULT"
+def _eval_columns(run_data: dict, given: dict) -> tuple[ColumnSpec, list[str]]:
+    """The data columns of an evaluation: the run's ``[data]`` table, overridden by the data flags
+    ``given``; and the columns left at ptrag's default (optional, as they were for training)."""
+    from ptrag.data.io import ColumnSpec
+
+    base = ColumnSpec.from_dict(run_data) if run_data else ColumnSpec()
+    fields = {f: getattr(base, f) for f in ColumnSpec.__dataclass_fields__}
+    defaults = []
+    for name in DATA_FLAGS:
+        if name in given:
+            value = given[name]
+            fields[name] = (value or None) if name in ("cell_type_col", "batch_col") else value
+        elif name not in run_data or fields[name] == getattr(ColumnSpec(), name):
+            # a run's [data] table lists every column; one left at ptrag's default stays
+            # optional here as it was for training (e.g. no gem_group column in the file)
+            defaults.append(name)
+    return ColumnSpec(**fields), defaults
 
 
+@with_data_columns(overrides=True)
 def evaluate_cmd(
-    ctx: typer.Context,
-    pred: Annotated[
-        list[Path],
-        typer.Option("--pred", help="Prediction file (.h5ad from ptrag predict); repeat for several models."),
-    ],
-    real: Annotated[
-        Path, typer.Option("--real", help="Observed Perturb-seq data (.h5ad) the predictions are scored against.")
-    ],
-    run: Annotated[Path, typer.Option("--run", help="Run folder (genes.txt, pca.npz, config.toml).")],
-    out: Annotated[Path, typer.Option("--out", help="Output folder for metrics.parquet/csv and summary.csv/md.")],
-    mode: Annotated[
-        str,
-        typer.Option(
-            "--mode",
-            help="Metric definitions: ptrag (stated in docs/metrics.md) or gge (gge-eval 1.0.1 compatibility).",
-        ),
-    ] = "ptrag",
-    pert_col: PertCol = "gene",
-    cell_type_col: CellTypeCol = "cell_type",
-    batch_col: BatchCol = "gem_group",
-    control: Control = "non-targeting",
-    layer: Layer = None,
-    obsm_key: ObsmKey = None,
+    pred: Preds,
+    real: Real,
+    run: EvalRun,
+    out: EvalOut,
+    mode: Mode = "ptrag",
+    spec: dict | None = None,  # the data flags given (@with_data_columns)
     backed: Backed = False,
-    deg_pval: Annotated[
-        float, typer.Option("--deg-pval", help="ptrag mode: DEG when the Welch p-value is below this.")
-    ] = 0.05,
-    deg_correction: Annotated[
-        str,
-        typer.Option(
-            "--deg-correction", help="ptrag mode: none (raw p, as in the paper) or bh (Benjamini–Hochberg per group)."
-        ),
-    ] = "none",
-    deg_min_lfc: Annotated[
-        float,
-        typer.Option("--deg-min-lfc", help="ptrag mode: also require |mean change| >= this (log-normalised units)."),
-    ] = 0.0,
-    cell_eval: Annotated[
-        bool,
-        typer.Option(
-            "--cell-eval/--no-cell-eval",
-            help="ptrag mode: also compute cell-eval's metrics (PDS, DE overlap, ...; "
-            "they hold each cell type's control cells in memory).",
-        ),
-    ] = True,
-    gge_deg_lfc: Annotated[
-        float,
-        typer.Option("--gge-deg-lfc", help="gge mode: minimum |log2 fold change| of a DEG (authors' script: 0.05)."),
-    ] = 0.05,
-    gge_deg_pval: Annotated[
-        float, typer.Option("--gge-deg-pval", help="gge mode: maximum p-value of a DEG (authors' script: 0.1).")
-    ] = 0.1,
-    model_names: Annotated[
-        list[str] | None,
-        typer.Option(
-            "--name", help="Model name of each --pred file, in order (default: the file's uns['ptrag']['model'])."
-        ),
-    ] = None,
+    deg_pval: DegPval = 0.05,
+    deg_correction: DegCorrection = "none",
+    deg_min_lfc: DegMinLfc = 0.0,
+    cell_eval: CellEval = True,
+    gge_deg_lfc: GgeDegLfc = 0.05,
+    gge_deg_pval: GgeDegPval = 0.1,
+    model_names: ModelNames = None,
 ) -> None:
     """Score prediction files against the observed data, per (cell type, perturbation).
 
@@ -98,7 +106,6 @@ def evaluate_cmd(
     given on the command line override it.
     """
     check_output(out, "folder")
-    from ptrag.data.io import ColumnSpec
     from ptrag.errors import check_choice
     from ptrag.eval.evaluate import evaluate, load_run
     from ptrag.eval.gge import GGEOptions
@@ -106,25 +113,12 @@ def evaluate_cmd(
     from ptrag.eval.tables import summary_markdown, summary_table
 
     check_choice("--mode", mode, ("ptrag", "gge"))
-    run_info = load_run(run)
-    base = ColumnSpec.from_dict(run_info.data) if run_info.data else ColumnSpec()
-    values = dict(pert_col=pert_col, cell_type_col=cell_type_col or None, batch_col=batch_col or None,
-                  control=control, layer=layer, obsm_key=obsm_key)  # fmt: skip
-    fields = {f: getattr(base, f) for f in ColumnSpec.__dataclass_fields__}
-    defaults = []
-    for name, field in _SPEC_FIELDS.items():
-        if _given(ctx, name):
-            fields[field] = values[name]
-        elif field not in run_info.data or fields[field] == getattr(ColumnSpec(), field):
-            # a run's [data] table lists every column; one left at ptrag's default stays
-            # optional here as it was for training (e.g. no gem_group column in the file)
-            defaults.append(field)
-    spec = ColumnSpec(**fields)
+    columns, defaults = _eval_columns(load_run(run).data, spec or {})
     options = MetricOptions(
         deg_pval=deg_pval, deg_correction=deg_correction, deg_min_lfc=deg_min_lfc, cell_eval=cell_eval
     )
     gge_options = GGEOptions(deg_lfc=gge_deg_lfc, deg_pval=gge_deg_pval)
-    metrics = evaluate(pred, real, run, out, mode, spec, defaults, backed, options, gge_options, model_names)
+    metrics = evaluate(pred, real, run, out, mode, columns, defaults, backed, options, gge_options, model_names)
     console.print(Markdown(summary_markdown(summary_table(metrics, mode), mode)))
     console.print(f"metrics of {len(metrics)} (model, cell type, perturbation) rows written to {out}")
 

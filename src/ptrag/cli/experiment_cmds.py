@@ -105,80 +105,83 @@ def show_result(result) -> None:
         )
 
 
+ExpOut = Annotated[Path, typer.Option("--out", help="Experiment folder (a second call resumes it).")]
+ExpData = Annotated[
+    Path | None,
+    typer.Option(
+        "--data",
+        help="Perturb-seq AnnData file (.h5ad). [default: the embedded synthetic benchmark, simulated into OUT/data]",
+        show_default=False,
+    ),
+]
+Models = Annotated[str, typer.Option("--models", help="Comma-separated models.")]
+CellTypes = Annotated[
+    str | None,
+    typer.Option("--cell-types", help="Comma-separated target cell types. [default: all]", show_default=False),
+]
+Fewshot = Annotated[float, typer.Option("--fewshot", help="Fraction of the target's perturbations that train.")]
+Seeds = Annotated[str, typer.Option("--seeds", help="Comma-separated seeds.")]
+TopK = Annotated[
+    int | None, typer.Option("--topk", help="Retrieved candidates K. [default: the preset's]", show_default=False)
+]
+SparsityWeight = Annotated[
+    float | None, typer.Option("--sparsity-weight", help="lambda_sparse of pt_rag. [default: 0.1]", show_default=False)
+]
+ResidualBase = Annotated[
+    str | None,
+    typer.Option(
+        "--residual-base",
+        help="none | context_mean: what every model's predicted change is added to "
+        "(see ptrag train --help). [default: none]",
+        show_default=False,
+    ),
+]
+Calibration = Annotated[
+    str | None,
+    typer.Option(
+        "--calibration",
+        help="none | validation: every model's calibration on the validation sets (see ptrag train --help).",
+        show_default=False,
+    ),
+]
+Sweeps = Annotated[
+    bool,
+    typer.Option(
+        "--sweeps/--no-sweeps",
+        help="Also run the paper's sweeps (pt_rag lambda x K, vanilla_rag K) on the first seed's split of the first "
+        "target.",
+    ),
+]
+Cost = Annotated[bool, typer.Option("--cost/--no-cost", help="Measure the cost table (parameters, FLOPs, step time).")]
+GroundTruth = Annotated[
+    Path | None,
+    typer.Option(
+        "--ground-truth",
+        help="Ground-truth context pairs (ground_truth.csv of `ptrag simulate`) for retrieval precision/recall.",
+    ),
+]
+ALL_MODELS = "state,state_genept,vanilla_rag,pt_rag,pt_rag_response"
+
+
 @with_data_columns
 def cross_celltype_cmd(
     spec: ColumnSpec,
-    out: Annotated[Path, typer.Option("--out", help="Experiment folder (a second call resumes it).")],
-    data: Annotated[
-        Path | None,
-        typer.Option(
-            "--data",
-            help=(
-                "Perturb-seq AnnData file (.h5ad). [default: the embedded synthetic benchmark, simulated into OUT/data]"
-            ),
-            show_default=False,
-        ),
-    ] = None,
+    out: ExpOut,
+    data: ExpData = None,
     genes: Genes = None,
-    models: Annotated[
-        str, typer.Option("--models", help="Comma-separated models.")
-    ] = "state,state_genept,vanilla_rag,pt_rag,pt_rag_response",
-    cell_types: Annotated[
-        str | None,
-        typer.Option("--cell-types", help="Comma-separated target cell types. [default: all]", show_default=False),
-    ] = None,
-    fewshot: Annotated[
-        float, typer.Option("--fewshot", help="Fraction of the target's perturbations that train.")
-    ] = 0.3,
-    seeds: Annotated[str, typer.Option("--seeds", help="Comma-separated seeds.")] = "0",
+    models: Models = ALL_MODELS,
+    cell_types: CellTypes = None,
+    fewshot: Fewshot = 0.3,
+    seeds: Seeds = "0",
     preset: Preset = "cpu",
     max_steps: MaxSteps = None,
-    topk: Annotated[
-        int | None, typer.Option("--topk", help="Retrieved candidates K. [default: the preset's]", show_default=False)
-    ] = None,
-    sparsity_weight: Annotated[
-        float | None,
-        typer.Option("--sparsity-weight", help="lambda_sparse of pt_rag. [default: 0.1]", show_default=False),
-    ] = None,
-    residual_base: Annotated[
-        str | None,
-        typer.Option(
-            "--residual-base",
-            help=(
-                "none | context_mean: what every model's predicted change is added to "
-                "(see ptrag train --help). [default: none]"
-            ),
-            show_default=False,
-        ),
-    ] = None,
-    calibration: Annotated[
-        str | None,
-        typer.Option(
-            "--calibration",
-            help="none | validation: every model's calibration on the validation sets (see ptrag train --help).",
-            show_default=False,
-        ),
-    ] = None,
-    sweeps: Annotated[
-        bool,
-        typer.Option(
-            "--sweeps/--no-sweeps",
-            help=(
-                "Also run the paper's sweeps (pt_rag lambda x K, vanilla_rag K) "
-                "on the first seed's split of the first target."
-            ),
-        ),
-    ] = False,
-    cost: Annotated[
-        bool, typer.Option("--cost/--no-cost", help="Measure the cost table (parameters, FLOPs, step time).")
-    ] = True,
-    ground_truth: Annotated[
-        Path | None,
-        typer.Option(
-            "--ground-truth",
-            help="Ground-truth context pairs (ground_truth.csv of `ptrag simulate`) for retrieval precision/recall.",
-        ),
-    ] = None,
+    topk: TopK = None,
+    sparsity_weight: SparsityWeight = None,
+    residual_base: ResidualBase = None,
+    calibration: Calibration = None,
+    sweeps: Sweeps = False,
+    cost: Cost = True,
+    ground_truth: GroundTruth = None,
 ) -> None:
     """Few-shot cross-cell-type protocol: for each seed and target cell type, split, train every
     model, predict its test perturbations, evaluate against the control baseline; then Table 1
@@ -187,6 +190,7 @@ def cross_celltype_cmd(
     check_output(out, "folder")
     from ptrag.experiments.cross_celltype import cross_celltype
 
+    options = dict(topk=topk, sparsity_weight=sparsity_weight, residual_base=residual_base, calibration=calibration)
     result = cross_celltype(
         data,
         out,
@@ -196,9 +200,7 @@ def cross_celltype_cmd(
         fewshot,
         _seeds(seeds),
         preset,
-        _overrides(
-            max_steps, topk=topk, sparsity_weight=sparsity_weight, residual_base=residual_base, calibration=calibration
-        ),
+        _overrides(max_steps, **options),
         spec,
         sweeps=sweeps,
         cost=cost,
@@ -208,6 +210,39 @@ def cross_celltype_cmd(
     show_result(result)
 
 
+Grid = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--grid",
+        help="option=v1,v2 (e.g. sparsity_weight=0,0.1,1); repeat for a product grid. "
+        "[default: the paper's grid of the model]",
+        show_default=False,
+    ),
+]
+SweepGroundTruth = Annotated[
+    Path | None,
+    typer.Option(
+        "--ground-truth",
+        help="Ground-truth context pairs (ground_truth.csv of `ptrag simulate`): "
+        "adds retrieval precision/recall of Stage 1 and of PT-RAG's selection.",
+    ),
+]
+
+
+def _grid(grid: list[str] | None, model: str) -> dict:
+    """The sweep's grid: the given ``--grid`` options, else the paper's grid of ``model``."""
+    from ptrag.errors import PtragError
+    from ptrag.experiments.sweep import PAPER_SWEEPS, parse_grid
+
+    if grid:
+        return parse_grid(grid)
+    if model in PAPER_SWEEPS:
+        return PAPER_SWEEPS[model]
+    raise PtragError(
+        f"the paper sweeps only pt_rag, pt_rag_response and vanilla_rag: give --grid option=v1,v2 for {model}."
+    )
+
+
 @with_data_columns
 def sweep_cmd(
     spec: ColumnSpec,
@@ -215,48 +250,21 @@ def sweep_cmd(
     split: Annotated[Path, typer.Option("--split", help="Split TOML (its test perturbations are evaluated).")],
     model: Annotated[str, typer.Option("--model", help="Model to sweep.")],
     out: Annotated[Path, typer.Option("--out", help="Sweep folder (a second call resumes it).")],
-    grid: Annotated[
-        list[str] | None,
-        typer.Option(
-            "--grid",
-            help=(
-                "option=v1,v2 (e.g. sparsity_weight=0,0.1,1); repeat for a product grid. "
-                "[default: the paper's grid of the model]"
-            ),
-            show_default=False,
-        ),
-    ] = None,
+    grid: Grid = None,
     genes: Genes = None,
     preset: Preset = "cpu",
     max_steps: MaxSteps = None,
     seed: Annotated[int, typer.Option("--seed", help="Training seed.")] = 0,
-    ground_truth: Annotated[
-        Path | None,
-        typer.Option(
-            "--ground-truth",
-            help=(
-                "Ground-truth context pairs (ground_truth.csv of `ptrag simulate`): "
-                "adds retrieval precision/recall of Stage 1 and of PT-RAG's selection."
-            ),
-        ),
-    ] = None,
+    ground_truth: SweepGroundTruth = None,
 ) -> None:
     """Sensitivity sweep: train one model at every point of a grid on one split, predict and
     evaluate its test perturbations beside the control baseline; table (sweep.csv/.md) and line
     plots (sweep.png)."""
     check_output(out, "folder")
-    from ptrag.errors import PtragError
     from ptrag.experiments.report import record_command
-    from ptrag.experiments.sweep import PAPER_SWEEPS, parse_grid, sweep
+    from ptrag.experiments.sweep import sweep
 
-    if grid:
-        g = parse_grid(grid)
-    elif model in PAPER_SWEEPS:
-        g = PAPER_SWEEPS[model]
-    else:
-        raise PtragError(
-            f"the paper sweeps only pt_rag, pt_rag_response and vanilla_rag: give --grid option=v1,v2 for {model}."
-        )
+    g = _grid(grid, model)
     table = sweep(
         data,
         split,

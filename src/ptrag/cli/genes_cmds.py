@@ -10,7 +10,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from ptrag.cli.options import Backed, DataPath, with_data_columns
+from ptrag.cli.options import Backed, DataPath, GeneAliases, with_data_columns
 from ptrag.errors import PtragError, atomic_write_csv, check_output
 
 if TYPE_CHECKING:
@@ -30,10 +30,6 @@ GenesOpt = Annotated[
         help="Gene table (GenePT .pkl, .csv/.tsv[.gz], .parquet, .npz); repeat to concatenate several.",
     ),
 ]
-AliasesOpt = Annotated[
-    Path | None,
-    typer.Option("--gene-aliases", help="CSV alias,symbol for perturbation names spelled differently in the table."),
-]
 OutTable = Annotated[
     Path,
     typer.Option("--out", help="Output table: .parquet, .csv[.gz], .tsv[.gz], .npz or .pkl (GenePT's dict)."),
@@ -52,13 +48,55 @@ def _labels(paths: list[Path]) -> list[str]:
     return labels
 
 
+def _coverage_table(title: str, cov, labels: list[str]) -> Table:
+    """Per cell type (and all): perturbations and cells with a vector in each table."""
+    t = Table(title=title)
+    t.add_column("cell type")
+    t.add_column("perturbations", justify="right")
+    t.add_column("cells", justify="right")
+    for lab in labels:
+        t.add_column(lab, justify="right")
+    singles = cov[~cov["combination"]]
+    for ct, sub in [*singles.groupby("cell_type", sort=True), ("all", singles)]:
+        row = [str(ct), str(len(sub)), str(int(sub["n_cells"].sum()))]
+        for lab in labels:
+            hit = sub[sub[lab]]
+            row.append(f"{len(hit)}/{len(sub)} ({int(hit['n_cells'].sum())})")
+        t.add_row(*row, end_section=(ct == singles["cell_type"].max()))
+    return t
+
+
+def _report_uncovered(cov, final: str, show_missing: int) -> None:
+    """Print the combination groups left out and the perturbations without a vector."""
+    n_combo = cov["combination"].sum()
+    if n_combo:
+        combo = cov[cov["combination"]]
+        console.print(
+            f"{int(n_combo)} combination groups ({int(combo['n_cells'].sum())} cells, e.g. "
+            f"{combo['perturbation'].iloc[0]}) are not counted above: ptrag predicts single-gene "
+            "perturbations and the data layer excludes them."
+        )
+    singles = cov[~cov["combination"]]
+    miss = singles[~singles["any_table"]].groupby("perturbation")["n_cells"].sum().sort_values(ascending=False)
+    if len(miss):
+        shown = ", ".join(f"{g} ({n})" for g, n in miss.head(show_missing).items())
+        more = f", ... ({len(miss)} in all)" if len(miss) > show_missing else ""
+        console.print(f"without a vector in {final} (cells): {shown}{more}")
+        console.print(
+            "To cover them: an alias map (--gene-aliases), another table (--genes, e.g. from "
+            "`ptrag genes embed-text` or `ptrag genes embed-graph`), or --missing-genes drop when training."
+        )
+    else:
+        console.print(f"every single-gene perturbation has a vector in {final}.")
+
+
 @with_data_columns
 def coverage_cmd(
     data: DataPath,
     genes: GenesOpt,
     spec: ColumnSpec,
     backed: Backed = False,
-    gene_aliases: AliasesOpt = None,
+    gene_aliases: GeneAliases = None,
     out: Annotated[
         Path | None, typer.Option("--out", help="Also write one row per (cell type, perturbation) as CSV.")
     ] = None,
@@ -82,41 +120,9 @@ def coverage_cmd(
         raise PtragError(f"{data}: no perturbed cells besides controls ({spec.control!r}).")
     cov = coverage(groups, tables, d.spec.control)
     labels = list(tables) + (["any_table"] if len(tables) > 1 else [])
-
-    t = Table(title=f"{data.name}: perturbations with a gene vector: covered/all (cells covered)")
-    t.add_column("cell type")
-    t.add_column("perturbations", justify="right")
-    t.add_column("cells", justify="right")
-    for lab in labels:
-        t.add_column(lab, justify="right")
-    singles = cov[~cov["combination"]]
-    for ct, sub in [*singles.groupby("cell_type", sort=True), ("all", singles)]:
-        row = [str(ct), str(len(sub)), str(int(sub["n_cells"].sum()))]
-        for lab in labels:
-            hit = sub[sub[lab]]
-            row.append(f"{len(hit)}/{len(sub)} ({int(hit['n_cells'].sum())})")
-        t.add_row(*row, end_section=(ct == singles["cell_type"].max()))
-    console.print(t)
-    n_combo = cov["combination"].sum()
-    if n_combo:
-        combo = cov[cov["combination"]]
-        console.print(
-            f"{int(n_combo)} combination groups ({int(combo['n_cells'].sum())} cells, e.g. "
-            f"{combo['perturbation'].iloc[0]}) are not counted above: ptrag predicts single-gene "
-            "perturbations and the data layer excludes them."
-        )
-    final = "any table" if len(tables) > 1 else labels[0]
-    miss = singles[~singles["any_table"]].groupby("perturbation")["n_cells"].sum().sort_values(ascending=False)
-    if len(miss):
-        shown = ", ".join(f"{g} ({n})" for g, n in miss.head(show_missing).items())
-        more = f", ... ({len(miss)} in all)" if len(miss) > show_missing else ""
-        console.print(f"without a vector in {final} (cells): {shown}{more}")
-        console.print(
-            "To cover them: an alias map (--gene-aliases), another table (--genes, e.g. from "
-            "`ptrag genes embed-text` or `ptrag genes embed-graph`), or --missing-genes drop when training."
-        )
-    else:
-        console.print(f"every single-gene perturbation has a vector in {final}.")
+    title = f"{data.name}: perturbations with a gene vector: covered/all (cells covered)"
+    console.print(_coverage_table(title, cov, labels))
+    _report_uncovered(cov, "any table" if len(tables) > 1 else labels[0], show_missing)
     if out is not None:
         atomic_write_csv(out, cov)
         console.print(f"coverage written to {out}")

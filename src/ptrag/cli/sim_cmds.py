@@ -44,9 +44,6 @@ def simulate_cmd(
 ) -> None:
     """Simulate the synthetic cross-cell-type Perturb-seq benchmark and write its three files."""
     check_output(out, "folder")
-    from rich.console import Console
-    from rich.table import Table
-
     from ptrag.data.synthetic import SimulationConfig, simulate, summarize, write_benchmark
     from ptrag.errors import PtragError
 
@@ -60,6 +57,18 @@ def simulate_cmd(
         embedding_dim=embedding_dim,
         seed=seed,
     )
+    _validate(config)
+    if out.exists() and not out.is_dir():
+        raise PtragError(f"--out {out} exists and is not a folder: pass a folder path.")
+    bench = simulate(config)
+    paths = write_benchmark(bench, out)
+    _print_summary(summarize(bench), paths, seed)
+
+
+def _validate(config) -> None:
+    """``config.validate()`` with the options named by their flags."""
+    from ptrag.errors import PtragError
+
     try:
         config.validate()
     except PtragError as exc:
@@ -67,11 +76,12 @@ def simulate_cmd(
         for name in _FLAGS:
             msg = re.sub(rf"(option )?\b{name}\b", f"--{name.replace('_', '-')}", msg)
         raise PtragError(msg) from None
-    if out.exists() and not out.is_dir():
-        raise PtragError(f"--out {out} exists and is not a folder: pass a folder path.")
-    bench = simulate(config)
-    paths = write_benchmark(bench, out)
-    stats = summarize(bench)
+
+
+def _print_summary(stats: dict, paths: dict, seed: int) -> None:
+    """The benchmark's table per cell type, its statistics and the files written."""
+    from rich.console import Console
+    from rich.table import Table
 
     console = Console()
     table = Table(title=f"synthetic benchmark (seed {seed})", show_header=True)

@@ -7,16 +7,20 @@ sizes (``cpu``, ``paper``). Re-exported by :mod:`ptrag.nn.generator` and :mod:`p
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Literal
 
-from ptrag.errors import PtragError, check_choice
+from ptrag.errors import PtragError
+from ptrag.model_checks import (  # the choices live beside the checks (torch-free); re-exported here
+    CONDITIONINGS,
+    EMPTY_SELECTIONS,
+    EVAL_SELECTIONS,
+    RESPONSE_CANDIDATES,
+    check_model_options,
+)
 
-CONDITIONINGS = ("none", "vanilla_rag", "pt_rag", "pt_rag_response")
-EMPTY_SELECTIONS = ("best", "null", "paper", "keep")
-EVAL_SELECTIONS = ("expected", "threshold", "sample", "all")
-RESPONSE_CANDIDATES = ("both", "same", "other")
+__all__ = ["CONDITIONINGS", "EMPTY_SELECTIONS", "EVAL_SELECTIONS", "PRESETS", "RESPONSE_CANDIDATES", "ModelConfig"]
 
 
 @dataclass
@@ -105,30 +109,18 @@ class ModelConfig:
     response_readout: bool = True
     response_agreement: bool = True
 
-    def validate(self) -> None:
-        """Raise :class:`PtragError` naming the first out-of-range option."""
-        check_choice("conditioning", self.conditioning, CONDITIONINGS)
-        check_choice("empty_selection", self.empty_selection, EMPTY_SELECTIONS)
-        check_choice("eval_selection", self.eval_selection, EVAL_SELECTIONS)
-        check_choice("aggregation", self.aggregation, ("sum", "mean"))
-        check_choice("train_selection", self.train_selection, EVAL_SELECTIONS)
-        check_choice("response_candidates", self.response_candidates, RESPONSE_CANDIDATES)
-        for name in ("hidden", "n_layers", "n_heads", "ffn", "cell_encoder_layers", "topk"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise PtragError(f"model option {name} must be an integer >= 1 (got {value!r}).")
-        if self.hidden % self.n_heads != 0:
-            raise PtragError(
-                f"model option n_heads ({self.n_heads}) must divide hidden ({self.hidden}): "
-                "choose n_heads among the divisors of hidden."
-            )
-        if not isinstance(self.dropout, (int, float)) or not 0.0 <= float(self.dropout) < 1.0:
-            raise PtragError(f"model option dropout must be in [0, 1) (got {self.dropout!r}).")
-        if not isinstance(self.tau, (int, float)) or isinstance(self.tau, bool) or not float(self.tau) > 0.0:
-            raise PtragError(f"model option tau (Gumbel-Softmax temperature) must be > 0 (got {self.tau!r}).")
-        for name in ("fused_triplets", "identity_init", "response_context", "response_readout", "response_agreement"):
-            if not isinstance(getattr(self, name), bool):
-                raise PtragError(f"model option {name} must be true or false (got {getattr(self, name)!r}).")
+    def validate(self, option: Callable[[str], str] | None = None) -> None:
+        """Raise :class:`PtragError` naming the first out-of-range option
+        (:func:`ptrag.model_checks.check_model_options`, shared with
+        :meth:`ptrag.train.config.TrainConfig.validate`).
+
+        Parameters
+        ----------
+        option
+            How a message names an option (e.g. ``"hidden"`` -> ``"--hidden"`` for a command
+            line); default ``model option NAME``.
+        """
+        check_model_options(self, option)
 
     def to_dict(self) -> dict:
         """Plain dict of the options (for hparams / TOML)."""

@@ -17,6 +17,7 @@ import tomli_w
 
 from ptrag.data.io import ColumnSpec
 from ptrag.errors import PtragError, atomic_write_text, read_toml
+from ptrag.model_checks import check_model_options
 
 ModelName = Literal["state", "state_genept", "vanilla_rag", "pt_rag", "pt_rag_response"]
 MODELS: tuple[str, ...] = get_args(ModelName)
@@ -31,148 +32,158 @@ MODEL_KINDS: dict[str, tuple[str, str]] = {
 }
 
 
+def _m(help: str, *, cli: bool = True, flag: str | None = None) -> dict[str, Any]:
+    """A :class:`TrainConfig` field's declaration: its help text, whether ``ptrag train`` has a
+    flag for it (else it is a ``--config`` TOML key only) and the flag when it is not
+    ``--`` + the name with ``_`` -> ``-`` (:mod:`ptrag.train.options`)."""
+    return {"help": help, "cli": cli, "flag": flag}
+
+
 @dataclass
 class TrainConfig:
     """Everything that defines a training run (besides the data paths).
 
-    Parameters
-    ----------
-    model
-        ``state`` (one-hot), ``state_genept``, ``vanilla_rag``, ``pt_rag`` or ``pt_rag_response``
-        (PT-RAG over the training groups' observed responses; docs/training.md).
-    preset
-        ``cpu`` (small, minutes on 2 cores) or ``paper`` (hidden 128, S = 64, batch 64,
-        K = 32, 50k steps).
-    hidden, n_layers, n_heads, ffn, cell_encoder_layers, dropout
-        Network sizes (see :class:`ptrag.nn.generator.ModelConfig`).
-    topk
-        K, retrieved candidates per query (RAG models).
-    tau
-        Gumbel-Softmax temperature (PT-RAG).
-    sparsity_weight
-        lambda_sparse, weight of the mean selected fraction in the PT-RAG loss.
-    residual_base
-        What the generator's change is added to: ``none`` (the control cells, the paper's
-        residual) or ``context_mean`` (the control cells shifted by the mean change of their
-        cell type's training groups, arc-state's ContextMean baseline; the network learns the
-        residual on top of it).
-    calibration
-        ``validation``: after training, fit two scales of the network's change on the
-        validation sets (its set mean, ``alpha``, and each cell's deviation from it, ``beta``;
-        :mod:`ptrag.train.calibrate`), applied by ``ptrag predict``; ``none``: predict with the
-        network as trained.
-    sparsity_scale
-        ``control`` (the sparsity term is lambda x the batch's predict-the-control energy x
-        mean(w): lambda is relative to the data's energy scale) or ``absolute`` (lambda x
-        mean(w), the paper's form).
-    empty_selection
-        PT-RAG's rule for a cell that selects nothing (see
-        :class:`ptrag.nn.generator.ModelConfig`): ``best`` (its best-scoring candidate),
-        ``null`` (a null-context triplet always added), ``paper`` (z = 0) or ``keep``
-        (h_ctrl + h_pert always added).
-    aggregation
-        PT-RAG's ``sum`` (Eq. 7) or ``mean`` of the selected projected triplets.
-    eval_selection
-        PT-RAG's selection at evaluation: ``expected`` (the expectation of the training
-        selection), ``threshold`` (p_include > 0.5) or ``sample``; ``all`` (train and eval):
-        every candidate, no selection (an ablation).
-    response_candidates, response_context, response_readout, response_agreement
-        ``pt_rag_response``'s Stage-1 rule, whether the contexts encode the observed responses,
-        whether the prediction starts from the selected groups' mean shift and whether the
-        response agreement elsewhere ranks, selects and weights the entries (see
-        :class:`ptrag.nn.generator.ModelConfig`; ablations, set in a ``--config`` TOML).
-    cell_set_size
-        S, cells per set.
-    batch_size
-        Sets per batch.
-    n_genes
-        Highly variable genes selected on training cells (all genes when fewer).
-    cell_encoder
-        What the cell encoder reads: ``mlp`` (expression), ``obsm`` (precomputed embeddings
-        in ``adata.obsm[cell_obsm_key]``, frozen) or ``pca`` (PCA scores fit on training cells).
-    cell_obsm_key
-        obsm key of precomputed cell embeddings (``cell_encoder = "obsm"``).
-    missing_genes
-        ``error`` or ``drop``: what to do with perturbations absent from the gene table.
-    match_batch
-        Pair perturbed cells with controls of the same batch.
-    optimizer
-        ``adamw`` (default): Adam with *decoupled* weight decay (each step multiplies every
-        weight by ``1 - lr * weight_decay``); ``adam``: ``torch.optim.Adam``, whose weight
-        decay is an L2 term added to the gradient and then rescaled by Adam. With one-hot
-        perturbations a row of the encoder gets a data gradient only when its perturbation is
-        in the batch, so under ``adam`` the rescaled L2 term alone pulls it to zero at about
-        ``lr`` per step in between, and STATE stops telling perturbations apart (measured in
-        ``docs/training.md``); ``adam`` is kept to reproduce that.
-    lr, weight_decay, grad_clip
-        Learning rate, weight decay (applied by the optimiser, see ``optimizer``) and
-        gradient-norm clipping.
-    max_steps, val_every
-        Training steps and validation interval (steps).
-    early_stopping
-        Patience in validations (0: off).
-    seed
-        Seed of everything (split, sets, initialisation, Gumbel noise).
-    task
-        ``fewshot`` (cross-cell-type) or ``unseen-perturbation``; used when no split file is given.
-    target_cell_type
-        Target cell type of the few-shot task.
-    fewshot
-        Fraction of the target's perturbations that train (few-shot), or held out
-        (unseen-perturbation).
-    accelerator, devices, strategy, precision, num_workers
-        Lightning Trainer settings.
-    data
-        Column spec of the data (``[data]`` table in TOML).
+    Each field declares its option once, in its ``metadata`` (:func:`_m`: help text, command-line
+    flag or TOML only); ``ptrag train``'s flags and the table of docs/training.md ("Every training
+    option", :func:`ptrag.train.options.options_markdown`) are generated from it. The model
+    options are checked by :func:`ptrag.model_checks.check_model_options` (as by ``ModelConfig.validate``).
     """
 
-    model: ModelName = "pt_rag"
-    preset: Literal["cpu", "paper"] = "cpu"
-    hidden: int = 64
-    n_layers: int = 2
-    n_heads: int = 4
-    ffn: int = 256
-    cell_encoder_layers: int = 2
-    dropout: float = 0.0
-    topk: int = 16
-    tau: float = 0.5
-    sparsity_weight: float = 0.1
-    sparsity_scale: Literal["control", "absolute"] = "control"
-    residual_base: Literal["none", "context_mean"] = "none"
-    calibration: Literal["none", "validation"] = "none"
-    empty_selection: Literal["best", "null", "paper", "keep"] = "best"
-    aggregation: Literal["sum", "mean"] = "sum"
-    train_selection: Literal["sample", "threshold", "expected", "all"] = "sample"
-    identity_init: bool = True
-    eval_selection: Literal["expected", "threshold", "sample", "all"] = "expected"
-    response_candidates: Literal["both", "same", "other"] = "both"
-    response_context: bool = True
-    response_readout: bool = True
-    response_agreement: bool = True
-    cell_set_size: int = 32
-    batch_size: int = 16
-    n_genes: int = 2000
-    cell_encoder: Literal["mlp", "obsm", "pca"] = "mlp"
-    cell_obsm_key: str = ""
-    missing_genes: Literal["error", "drop"] = "error"
-    match_batch: bool = False
-    optimizer: Literal["adamw", "adam"] = "adamw"
-    lr: float = 1e-3
-    weight_decay: float = 5e-4
-    grad_clip: float = 1.0
-    max_steps: int = 400
-    val_every: int = 100
-    early_stopping: int = 0
-    seed: int = 0
-    task: Literal["fewshot", "unseen-perturbation"] = "fewshot"
-    target_cell_type: str = ""
-    fewshot: float = 0.3
-    accelerator: str = "auto"
-    devices: str = "auto"
-    strategy: str = "auto"
-    precision: str = "32-true"
-    num_workers: int = 0
-    data: dict = field(default_factory=lambda: ColumnSpec().to_dict())
+    model: ModelName = field(
+        default="pt_rag",
+        metadata=_m(
+            "state | state_genept | vanilla_rag | pt_rag | pt_rag_response (PT-RAG over the training groups' "
+            "observed responses; docs/training.md)."
+        ),
+    )
+    preset: Literal["cpu", "paper"] = field(
+        default="cpu", metadata=_m("cpu (small) or paper (hidden 128, S 64, batch 64, K 32, 50k steps).")
+    )
+    hidden: int = field(default=64, metadata=_m("Hidden width."))
+    n_layers: int = field(default=2, metadata=_m("Transformer blocks."))
+    n_heads: int = field(default=4, metadata=_m("Attention heads (must divide the hidden width)."))
+    ffn: int = field(default=256, metadata=_m("Feed-forward width."))
+    cell_encoder_layers: int = field(default=2, metadata=_m("Linear layers of the cell encoder.", cli=False))
+    dropout: float = field(
+        default=0.0,
+        metadata=_m("Dropout in the encoders, the backbone attention and the vanilla cross-attention.", cli=False),
+    )
+    topk: int = field(default=16, metadata=_m("Retrieved candidates K (RAG models)."))
+    tau: float = field(default=0.5, metadata=_m("Gumbel-Softmax temperature (pt_rag)."))
+    sparsity_weight: float = field(default=0.1, metadata=_m("lambda_sparse (pt_rag)."))
+    sparsity_scale: Literal["control", "absolute"] = field(
+        default="control",
+        metadata=_m("control (lambda relative to the batch's predict-the-control energy) | absolute (pt_rag)."),
+    )
+    residual_base: Literal["none", "context_mean"] = field(
+        default="none",
+        metadata=_m(
+            "none (predict a change of the control cells) | "
+            "context_mean (a change on top of the cell type's mean training change)."
+        ),
+    )
+    calibration: Literal["none", "validation"] = field(
+        default="none",
+        metadata=_m(
+            "none | validation (after training, scale the predicted change's set mean and per-cell spread "
+            "toward the residual base, two scalars fitted on the validation sets)."
+        ),
+    )
+    empty_selection: Literal["best", "null", "paper", "keep"] = field(
+        default="best",
+        metadata=_m(
+            "best (an empty selection takes its best candidate) | null (a null-context triplet always added) | "
+            "paper (z = 0) | keep (z keeps h_ctrl + h_pert) (pt_rag)."
+        ),
+    )
+    aggregation: Literal["sum", "mean"] = field(
+        default="sum", metadata=_m("sum (Eq. 7) | mean of the selected triplets (pt_rag).")
+    )
+    train_selection: Literal["sample", "threshold", "expected", "all"] = field(
+        default="sample",
+        metadata=_m(
+            "sample (straight-through Gumbel, the paper's) | threshold | expected | "
+            "all (every candidate, no selection: an ablation) (pt_rag)."
+        ),
+    )
+    identity_init: bool = field(
+        default=True, metadata=_m("Start the triplet projection as h_ctrl + h_pert (+ a small context term) (pt_rag).")
+    )
+    eval_selection: Literal["expected", "threshold", "sample", "all"] = field(
+        default="expected",
+        metadata=_m("expected (the expectation of the training selection) | threshold | sample | all (pt_rag)."),
+    )
+    response_candidates: Literal["both", "same", "other"] = field(
+        default="both",
+        metadata=_m(
+            "pt_rag_response's Stage-1 rule: both (the query's own entries in other cell types, then its cell "
+            "type's) | same (its cell type's only) | other (other cell types' first); an ablation.",
+            cli=False,
+        ),
+    )
+    response_context: bool = field(
+        default=True,
+        metadata=_m("pt_rag_response: the contexts encode the entries' observed responses (an ablation).", cli=False),
+    )
+    response_readout: bool = field(
+        default=True,
+        metadata=_m(
+            "pt_rag_response: the prediction starts from the selected entries' mean observed shift (an ablation).",
+            cli=False,
+        ),
+    )
+    response_agreement: bool = field(
+        default=True,
+        metadata=_m(
+            "pt_rag_response: the response agreement elsewhere ranks, selects and weights the entries (an ablation).",
+            cli=False,
+        ),
+    )
+    cell_set_size: int = field(default=32, metadata=_m("Cells per set (S)."))
+    batch_size: int = field(default=16, metadata=_m("Sets per batch."))
+    n_genes: int = field(default=2000, metadata=_m("Highly variable genes (on training cells; all genes when fewer)."))
+    cell_encoder: Literal["mlp", "obsm", "pca"] = field(
+        default="mlp",
+        metadata=_m(
+            "mlp (expression) | obsm (precomputed, frozen; --cell-obsm-key) | pca (scores fit on training cells)."
+        ),
+    )
+    cell_obsm_key: str = field(default="", metadata=_m("obsm key of precomputed cell embeddings (e.g. X_state)."))
+    missing_genes: Literal["error", "drop"] = field(
+        default="error", metadata=_m("error | drop: perturbations without a gene vector.")
+    )
+    match_batch: bool = field(default=False, metadata=_m("Pair controls from the same batch."))
+    optimizer: Literal["adamw", "adam"] = field(
+        default="adamw", metadata=_m("adamw (decoupled weight decay) | adam (L2 in the gradient; docs/training.md).")
+    )
+    lr: float = field(default=1e-3, metadata=_m("Learning rate."))
+    weight_decay: float = field(default=5e-4, metadata=_m("Weight decay (see --optimizer)."))
+    grad_clip: float = field(default=1.0, metadata=_m("Gradient-norm clipping (0: off).", cli=False))
+    max_steps: int = field(default=400, metadata=_m("Training steps."))
+    val_every: int = field(default=100, metadata=_m("Validate every N steps."))
+    early_stopping: int = field(default=0, metadata=_m("Patience in validations (0: off)."))
+    seed: int = field(default=0, metadata=_m("Seed (split, sets, initialisation, Gumbel noise)."))
+    task: Literal["fewshot", "unseen-perturbation"] = field(
+        default="fewshot", metadata=_m("fewshot | unseen-perturbation (without --split).")
+    )
+    target_cell_type: str = field(default="", metadata=_m("Held-out cell type of the few-shot task (without --split)."))
+    fewshot: float = field(
+        default=0.3,
+        metadata=_m("Fraction of the target's perturbations that train (unseen-perturbation: that are held out)."),
+    )
+    accelerator: str = field(default="auto", metadata=_m("auto | cpu | gpu."))
+    devices: str = field(default="auto", metadata=_m("Number of devices or auto."))
+    strategy: str = field(default="auto", metadata=_m("Lightning strategy (ddp for several GPUs / nodes)."))
+    precision: str = field(default="32-true", metadata=_m("32-true | bf16-mixed | 16-mixed."))
+    num_workers: int = field(default=0, metadata=_m("DataLoader workers."))
+    data: dict = field(
+        default_factory=lambda: ColumnSpec().to_dict(),
+        metadata=_m(
+            "The data's columns: the [data] table (its keys are the data flags' names); on the command line "
+            "the data flags --pert-col ... --obsm-key, shared by every command.",
+            cli=False,
+        ),
+    )
 
     # ------------------------------------------------------------------ helpers
     @property
@@ -188,61 +199,37 @@ class TrainConfig:
         return ColumnSpec.from_dict(self.data)
 
     def model_config(self):
-        """The :class:`ptrag.nn.generator.ModelConfig` of this run."""
-        from ptrag.nn.generator import ModelConfig
+        """The :class:`ptrag.nn.config.ModelConfig` of this run (its fields of the same name)."""
+        from ptrag.nn.config import ModelConfig
 
-        return ModelConfig(
-            conditioning=self.conditioning,
-            hidden=self.hidden,
-            n_layers=self.n_layers,
-            n_heads=self.n_heads,
-            ffn=self.ffn,
-            cell_encoder_layers=self.cell_encoder_layers,
-            dropout=self.dropout,
-            topk=self.topk,
-            tau=self.tau,
-            empty_selection=self.empty_selection,
-            aggregation=self.aggregation,
-            train_selection=self.train_selection,
-            identity_init=self.identity_init,
-            eval_selection=self.eval_selection,
-            response_candidates=self.response_candidates,
-            response_context=self.response_context,
-            response_readout=self.response_readout,
-            response_agreement=self.response_agreement,
-        )
+        own = {f.name for f in fields(self)}
+        shared = {f.name: getattr(self, f.name) for f in fields(ModelConfig) if f.name in own}
+        return ModelConfig(conditioning=self.conditioning, **shared)
 
     def validate(self) -> None:
-        """Raise :class:`PtragError` naming the first out-of-range option."""
+        """Raise :class:`PtragError` naming the first out-of-range option (the model's options by
+        :func:`ptrag.model_checks.check_model_options`, as :meth:`ptrag.nn.config.ModelConfig.validate`
+        does; the others here)."""
+        _check_literals(self)
+        check_model_options(self, option=option_label)  # what ModelConfig.validate checks, torch-free
         checks = [
-            (self.hidden >= 1, "--hidden must be at least 1"),
-            (self.n_layers >= 1, "--n-layers must be at least 1"),
-            (
-                self.n_heads >= 1 and self.hidden % self.n_heads == 0,
-                f"--n-heads ({self.n_heads}) must divide --hidden ({self.hidden})",
-            ),
-            (self.ffn >= 1, "--ffn must be at least 1"),
-            (self.topk >= 1, "--topk must be at least 1"),
-            (self.tau > 0, f"--tau must be > 0 (got {self.tau})"),
             (self.sparsity_weight >= 0, f"--sparsity-weight must be >= 0 (got {self.sparsity_weight})"),
             (self.cell_set_size >= 2, f"--cell-set-size must be at least 2 (got {self.cell_set_size})"),
             (self.batch_size >= 1, f"--batch-size must be at least 1 (got {self.batch_size})"),
             (self.n_genes >= 1, f"--n-genes must be at least 1 (got {self.n_genes})"),
             (self.lr > 0, f"--lr must be > 0 (got {self.lr})"),
             (self.weight_decay >= 0, f"--weight-decay must be >= 0 (got {self.weight_decay})"),
-            (self.grad_clip >= 0, f"--grad-clip must be >= 0 (got {self.grad_clip})"),
+            (self.grad_clip >= 0, f"{option_label('grad_clip')} must be >= 0 (got {self.grad_clip})"),
             (self.max_steps >= 1, f"--max-steps must be at least 1 (got {self.max_steps})"),
             (self.val_every >= 1, f"--val-every must be at least 1 (got {self.val_every})"),
             (self.early_stopping >= 0, "--early-stopping must be >= 0"),
             (0 < self.fewshot < 1, f"--fewshot must be between 0 and 1 (got {self.fewshot})"),
-            (0 <= self.dropout < 1, f"--dropout must be in [0, 1) (got {self.dropout})"),
             (self.num_workers >= 0, "--num-workers must be >= 0"),
             (self.cell_encoder != "obsm" or bool(self.cell_obsm_key), "--cell-encoder obsm needs --cell-obsm-key"),
         ]
         for ok, msg in checks:
             if not ok:
                 raise PtragError(msg + ".")
-        _check_literals(self)
 
     def to_toml(self, path: str | Path) -> None:
         """Write the resolved configuration (atomically)."""
@@ -281,13 +268,25 @@ PRESETS: dict[str, dict[str, Any]] = {
 }
 
 
+def option_label(name: str) -> str:
+    """How messages name the :class:`TrainConfig` option ``name``: its flag (``--n-heads``), or
+    ``config key NAME`` for an option without one (set in a ``--config`` TOML)."""
+    name = "model" if name == "conditioning" else name  # the model's conditioning comes from --model
+    if name not in TrainConfig.__dataclass_fields__:
+        return name
+    meta = TrainConfig.__dataclass_fields__[name].metadata
+    if not meta.get("cli", True):
+        return f"config key {name}"
+    return meta.get("flag") or "--" + name.replace("_", "-")
+
+
 def _check_literals(cfg: TrainConfig) -> None:
     hints = get_type_hints(TrainConfig)
     for f in fields(TrainConfig):
         t = hints[f.name]
         if get_origin(t) is Literal and getattr(cfg, f.name) not in get_args(t):
             raise PtragError(
-                f"invalid value {getattr(cfg, f.name)!r} for --{f.name.replace('_', '-')}: "
+                f"invalid value {getattr(cfg, f.name)!r} for {option_label(f.name)}: "
                 f"choose one of {', '.join(map(str, get_args(t)))}."
             )
 
