@@ -1,1 +1,32 @@
-"""ptrag.data."""
+"""ptrag.data: reading, checking and splitting Perturb-seq data, gene tables, the synthetic benchmark.
+
+The reading entry points take an ``.h5ad`` path or an in-memory AnnData
+(:data:`~ptrag.data.sources.DataSource`); re-exported here (imported on first use):
+:func:`~ptrag.data.io.read_perturbseq`, :class:`~ptrag.data.io.ColumnSpec`,
+:class:`~ptrag.data.io.PerturbData`, the split makers of :mod:`ptrag.data.split_makers`.
+"""
+
+#: Public name -> module, imported on first access.
+_API = {
+    "DataSource": "ptrag.data.sources",
+    "ColumnSpec": "ptrag.data.io",
+    "PerturbData": "ptrag.data.io",
+    "read_perturbseq": "ptrag.data.io",
+    "fewshot_split": "ptrag.data.split_makers",
+    "unseen_perturbation_split": "ptrag.data.split_makers",
+    "make_split": "ptrag.data.split_makers",
+    "load_split": "ptrag.data.split_makers",
+}
+
+__all__ = list(_API)
+
+
+def __getattr__(name: str):
+    """The names of :data:`_API`, imported on first use."""
+    if name not in _API:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    import importlib
+
+    value = getattr(importlib.import_module(_API[name]), name)
+    globals()[name] = value
+    return value

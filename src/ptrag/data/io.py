@@ -1,10 +1,11 @@
 """Reading and validating Perturb-seq AnnData files.
 
-One function, :func:`read_perturbseq`, turns a user's ``.h5ad`` file into a
-:class:`PerturbData`: normalised cell metadata (perturbation, cell type, batch, control flag)
-plus row access to log-normalised expression, either in memory or streamed from disk
-(``backed=True``) for files larger than RAM. Every problem a user can fix is raised as a
-:class:`~ptrag.errors.PtragError` that names the file, column or label at fault.
+One function, :func:`read_perturbseq`, turns a user's ``.h5ad`` file or in-memory AnnData
+(:data:`~ptrag.data.sources.DataSource`) into a :class:`PerturbData`: normalised cell metadata
+(perturbation, cell type, batch, control flag) plus row access to log-normalised expression,
+either in memory or streamed from disk (``backed=True``) for files larger than RAM. Every
+problem a user can fix is raised as a :class:`~ptrag.errors.PtragError` that names the file
+(or the AnnData), column or label at fault.
 """
 
 from __future__ import annotations
@@ -19,8 +20,9 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
-from ptrag.data.checks import available_memory, check_fits_in_memory, check_names, check_values, detect_counts
+from ptrag.data.checks import available_memory, check_names, check_values, detect_counts
 from ptrag.data.columns import DEFAULT_SPEC, ColumnSpec, normalised_obs, resolve_columns
+from ptrag.data.sources import AnnDataLabel, DataSource, open_source
 from ptrag.errors import PtragError
 
 log = logging.getLogger("ptrag")
@@ -35,7 +37,8 @@ class PerturbData:
     Attributes
     ----------
     path
-        The file it was read from.
+        The file it was read from, or for an in-memory AnnData its label
+        (:class:`~ptrag.data.sources.AnnDataLabel`, e.g. ``<AnnData 1200 x 500>``).
     spec
         The column spec used.
     obs
@@ -51,7 +54,7 @@ class PerturbData:
 
     def __init__(
         self,
-        path: Path,
+        path: Path | AnnDataLabel,
         spec: ColumnSpec,
         obs: pd.DataFrame,
         var_names: list[str],
@@ -250,21 +253,24 @@ def _scale_rows(block, factors: np.ndarray):
 
 # ---------------------------------------------------------------------- reading
 def read_perturbseq(
-    path: str | Path,
+    path: DataSource,
     spec: ColumnSpec | None = None,
     backed: bool = False,
     spec_is_default: Sequence[str] | None = None,
 ) -> PerturbData:
-    """Read and validate a Perturb-seq ``.h5ad`` file.
+    """Read and validate a Perturb-seq data set: an ``.h5ad`` file or an in-memory AnnData.
 
     Parameters
     ----------
     path
-        The ``.h5ad`` file.
+        The ``.h5ad`` file, or an :class:`anndata.AnnData` (used as it is, not copied; see
+        :mod:`ptrag.data.sources`). :attr:`PerturbData.path` is then a label such as
+        ``<AnnData 1200 x 500>``.
     spec
         Where perturbation, cell type, batch, control label and expression are.
     backed
-        Stream expression from disk instead of loading it (for files larger than memory).
+        Stream expression from disk instead of loading it (for files larger than memory);
+        ignored, with a note, for an in-memory AnnData.
     spec_is_default
         Names of the spec fields the user left at their defaults; a default column that is
         absent is then tolerated (cell type, batch) or explained (perturbation). When
@@ -278,19 +284,13 @@ def read_perturbseq(
     Raises
     ------
     PtragError
-        For a missing or unreadable file, a missing column, an absent control label, or
-        NaN / Inf / negative expression.
+        For a source that is neither a path nor an AnnData, a missing or unreadable file, a
+        missing column, an absent control label, or NaN / Inf / negative expression.
     """
     spec = spec or ColumnSpec()
-    path = Path(path)
     if spec_is_default is None:
         spec_is_default = [f for f in ColumnSpec.__dataclass_fields__ if getattr(spec, f) == getattr(DEFAULT_SPEC, f)]
-    _check_data_file(path, backed)
-    h5file = None
-    try:
-        adata = ad.read_h5ad(path, backed="r") if backed else ad.read_h5ad(path)
-    except (OSError, KeyError, ValueError, TypeError) as exc:
-        raise PtragError(f"{path} could not be read as AnnData ({exc}); is the file complete?") from exc
+    adata, path, backed = open_source(path, backed)
     if adata.n_obs == 0 or adata.n_vars == 0:
         raise PtragError(f"{path} holds no cells or no genes ({adata.n_obs} x {adata.n_vars}).")
     check_names(adata.obs_names, None if spec.obsm_key else adata.var_names, path)
@@ -304,21 +304,6 @@ def read_perturbseq(
     data._obsm = adata.obsm
     check_values(data)
     return data
-
-
-def _check_data_file(path: Path, backed: bool) -> None:
-    """Refuse a missing path, a folder or a non-HDF5 file, and (in memory) a file too large for memory."""
-    if not path.exists():
-        raise PtragError(f"data file not found: {path}. Check the path given to --data.")
-    if path.is_dir():
-        raise PtragError(f"{path} is a folder; --data takes an .h5ad file.")
-    if not h5py.is_hdf5(path):
-        raise PtragError(
-            f"{path} is not an .h5ad (HDF5) file. Convert it to AnnData first "
-            "(e.g. scanpy.read_10x_h5 / anndata.read_csv, then .write_h5ad)."
-        )
-    if not backed:
-        check_fits_in_memory(path)
 
 
 def _backed_uns(adata) -> dict:

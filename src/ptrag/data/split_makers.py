@@ -7,9 +7,8 @@ from pathlib import Path
 from typing import Literal
 
 import numpy as np
-import pandas as pd
 
-from ptrag.data.splits import Split, _check_groups, _finish, read_split_toml, resolve_split
+from ptrag.data.splits import Groups, Split, _check_groups, _finish, read_split_toml, resolve_split
 from ptrag.errors import PtragError, check_choice
 
 
@@ -23,7 +22,7 @@ def _held_out_counts(n: int, train_fraction: float, val_share: float) -> tuple[i
 
 
 def fewshot_split(
-    groups: pd.DataFrame,
+    groups: Groups,
     target_cell_type: str,
     train_fraction: float = 0.3,
     val_share: float = 1 / 7,
@@ -38,7 +37,8 @@ def fewshot_split(
     Parameters
     ----------
     groups
-        Non-control groups (columns ``cell_type``, ``perturbation``).
+        Non-control groups (columns ``cell_type``, ``perturbation``: ``data.groups()``), or the
+        data itself: a PerturbData, an AnnData or an ``.h5ad`` path (:data:`~ptrag.data.splits.Groups`).
     target_cell_type
         The cell type to generalise to.
     train_fraction
@@ -82,7 +82,7 @@ def fewshot_split(
 
 
 def unseen_perturbation_split(
-    groups: pd.DataFrame,
+    groups: Groups,
     held_out_fraction: float = 0.3,
     val_share: float = 1 / 7,
     seed: int = 0,
@@ -95,7 +95,7 @@ def unseen_perturbation_split(
     Parameters
     ----------
     groups
-        Non-control groups.
+        Non-control groups, or the data (as for :func:`fewshot_split`).
     held_out_fraction
         Fraction of perturbations held out (validation + test).
     val_share
@@ -126,7 +126,7 @@ def unseen_perturbation_split(
 
 
 def make_split(
-    groups: pd.DataFrame,
+    groups: Groups,
     task: Literal["fewshot", "unseen-perturbation"] = "fewshot",
     target_cell_type: str | None = None,
     fraction: float = 0.3,
@@ -137,7 +137,7 @@ def make_split(
     Parameters
     ----------
     groups
-        Non-control groups.
+        Non-control groups, or the data (as for :func:`fewshot_split`).
     task
         ``fewshot`` (needs several cell types and a target) or ``unseen-perturbation``.
     target_cell_type
@@ -153,6 +153,7 @@ def make_split(
     Split
     """
     check_choice("--task", task, ("fewshot", "unseen-perturbation"))
+    groups = _check_groups(groups)
     n_ct = groups["cell_type"].nunique()
     if task == "fewshot" and n_ct > 1:
         if target_cell_type is None:
@@ -165,7 +166,7 @@ def make_split(
 
 
 def load_split(
-    groups: pd.DataFrame,
+    groups: Groups,
     split_path: str | Path | None = None,
     **kwargs,
 ) -> Split:

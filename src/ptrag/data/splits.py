@@ -23,6 +23,8 @@ from typing import Literal
 import pandas as pd
 import tomli_w
 
+from ptrag.data.io import PerturbData, read_perturbseq
+from ptrag.data.sources import DataSource
 from ptrag.errors import PtragError, atomic_write_text, check_choice, read_toml
 
 SplitName = Literal["train", "val", "test"]
@@ -169,7 +171,30 @@ class Split:
         atomic_write_text(path, "# ptrag split (cell-load format)\n" + tomli_w.dumps(doc))
 
 
-def _check_groups(groups: pd.DataFrame) -> pd.DataFrame:
+#: What the split functions take as ``groups``: the groups table (``PerturbData.groups()``), a
+#: :class:`~ptrag.data.io.PerturbData`, or a data source (an AnnData or an ``.h5ad`` path, read
+#: with ptrag's default columns; read it with :func:`~ptrag.data.io.read_perturbseq` and a
+#: ``ColumnSpec`` and pass the result for other columns).
+Groups = pd.DataFrame | PerturbData | DataSource
+
+
+def as_groups(groups: Groups) -> pd.DataFrame:
+    """The non-control groups table of ``groups`` (see :data:`Groups`)."""
+    if isinstance(groups, pd.DataFrame):
+        return groups
+    if isinstance(groups, PerturbData):
+        return groups.groups()
+    return read_perturbseq(groups).groups()
+
+
+def _check_groups(groups: Groups) -> pd.DataFrame:
+    groups = as_groups(groups)
+    missing = [c for c in ("cell_type", "perturbation") if c not in groups.columns]
+    if missing:
+        raise PtragError(
+            f"the groups table has no column {missing[0]!r}: pass data.groups() of a PerturbData "
+            "(columns cell_type, perturbation), the PerturbData itself, or an AnnData."
+        )
     if groups.empty:
         raise PtragError("the data holds no perturbed cells to split (only controls?).")
     return (
@@ -190,7 +215,7 @@ def _finish(table: pd.DataFrame, dataset: str, where: str) -> Split:
     return Split(table.reset_index(drop=True), dataset)
 
 
-def resolve_split(spec: SplitSpec, groups: pd.DataFrame, source: str = "split") -> Split:
+def resolve_split(spec: SplitSpec, groups: Groups, source: str = "split") -> Split:
     """Match a cell-load split to the groups of a data set.
 
     Cell types are matched to the part after the dot of ``"dataset.celltype"``
@@ -201,7 +226,8 @@ def resolve_split(spec: SplitSpec, groups: pd.DataFrame, source: str = "split") 
     spec
         The parsed split.
     groups
-        Non-control groups of the data (columns ``cell_type``, ``perturbation``).
+        Non-control groups of the data (columns ``cell_type``, ``perturbation``), or the data
+        (:data:`Groups`).
     source
         Name of the split file, for messages.
 

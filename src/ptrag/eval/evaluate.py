@@ -25,6 +25,7 @@ from typing import Literal
 import numpy as np
 import pandas as pd
 
+from ptrag.data.sources import DataSource, source_label
 from ptrag.errors import (
     PtragError,
     atomic_dir,
@@ -39,7 +40,15 @@ from ptrag.eval.gge import (
 )
 
 # the run folder and the prediction files are read in ptrag.eval.inputs (re-exported here)
-from ptrag.eval.inputs import Predictions, RunInfo, load_run, read_predictions
+from ptrag.eval.inputs import (  # noqa: F401 (re-exported)
+    Predictions,
+    PredictionSource,
+    RunInfo,
+    load_run,
+    prediction_label,
+    read_inputs,
+    read_predictions,
+)
 from ptrag.eval.metrics import (
     COUNT_COLUMNS,
     ID_COLUMNS,
@@ -285,10 +294,10 @@ def write_outputs(metrics: pd.DataFrame, out_dir: str | Path, mode: Mode, info: 
 
 
 def evaluate(
-    pred_paths: Sequence[str | Path],
-    real_path: str | Path,
+    pred_paths: Sequence[PredictionSource],
+    real_path: DataSource,
     run_dir: str | Path,
-    out_dir: str | Path,
+    out_dir: str | Path | None = None,
     mode: Mode = "ptrag",
     spec=None,
     spec_is_default: Sequence[str] | None = None,
@@ -302,13 +311,13 @@ def evaluate(
     Parameters
     ----------
     pred_paths
-        Prediction files (one model each).
+        Predictions, one model each: files, AnnData or the ``Prediction`` of ``predict``.
     real_path
-        The observed data (``.h5ad``), read with :func:`ptrag.data.io.read_perturbseq`.
+        The observed data: an ``.h5ad`` path or an in-memory AnnData.
     run_dir
         The run folder (genes, PCA, default data columns).
     out_dir
-        Output folder.
+        Output folder; ``None``: nothing is written, the metrics are only returned.
     mode
         ``"ptrag"`` or ``"gge"``.
     spec
@@ -317,7 +326,7 @@ def evaluate(
     spec_is_default
         Spec fields the user left at their defaults (see ``read_perturbseq``).
     backed
-        Stream the observed data from disk.
+        Stream the observed data from disk (a path only; ignored for an in-memory AnnData).
     options
         ptrag-mode DEG options.
     gge_options
@@ -329,11 +338,11 @@ def evaluate(
     Returns
     -------
     pandas.DataFrame
-        The per-group metrics (also written to ``out_dir``).
+        The per-group metrics (also written to ``out_dir``, when given).
     """
     from ptrag.data.io import read_perturbseq
 
-    run, pca, spec, preds = _read_inputs(pred_paths, run_dir, mode, spec, names)
+    run, pca, spec, preds = read_inputs(pred_paths, run_dir, mode, spec, names)
     data = read_perturbseq(real_path, spec, backed=backed, spec_is_default=spec_is_default)
     try:
         metrics, info = evaluate_predictions(preds, data, run.genes, pca, mode, options, gge_options)
@@ -341,13 +350,14 @@ def evaluate(
         data.close()
     opts = options if mode == "ptrag" else gge_options
     info.update(_provenance(pred_paths, real_path, run_dir, run, pca, opts, data))
-    write_outputs(metrics, out_dir, mode, info)
+    if out_dir is not None:
+        write_outputs(metrics, out_dir, mode, info)
     return metrics
 
 
 def _provenance(
-    pred_paths: Sequence[str | Path],
-    real_path: str | Path,
+    pred_paths: Sequence[PredictionSource],
+    real_path: DataSource,
     run_dir: str | Path,
     run: RunInfo,
     pca: PCASpace | None,
@@ -356,39 +366,11 @@ def _provenance(
 ) -> dict:
     """What :func:`evaluate` records in ``evaluation.json`` beside :func:`evaluate_predictions`'s info."""
     return {
-        "pred": [str(p) for p in pred_paths],
-        "real": str(real_path),
+        "pred": [prediction_label(p) for p in pred_paths],
+        "real": source_label(real_path),
         "run": str(run_dir),
         "n_genes": len(run.genes),
         "pca_components": pca.n_components if pca is not None else None,
         "options": asdict(options),
         "data_columns": data.spec.to_dict(),
     }
-
-
-def _read_inputs(
-    pred_paths: Sequence[str | Path], run_dir: str | Path, mode: Mode, spec, names: Sequence[str] | None
-) -> tuple[RunInfo, PCASpace | None, object, list[Predictions]]:
-    """Read and check the run folder and the prediction files of :func:`evaluate`.
-
-    Returns ``(run, pca, spec, preds)``: the run, its PCA space (``None`` in gge mode), the data
-    columns (``spec``, else the run's ``[data]`` table, else ptrag's defaults) and the
-    predictions, renamed by ``names``.
-    """
-    from ptrag.data.io import ColumnSpec
-
-    check_choice("--mode", mode, ("ptrag", "gge"))
-    if not pred_paths:
-        raise PtragError("give at least one prediction file with --pred.")
-    run = load_run(run_dir)
-    pca = run.pca() if mode == "ptrag" else None
-    if spec is None:
-        # columns at ptrag's defaults stay optional, as in training (read_perturbseq's own rule
-        # when spec_is_default is None)
-        spec = ColumnSpec.from_dict(run.data) if run.data else ColumnSpec()
-    if names and len(names) != len(pred_paths):
-        raise PtragError(f"give one --name per --pred ({len(names)} names for {len(pred_paths)} files).")
-    preds = [read_predictions(p, run.genes, spec.control) for p in pred_paths]
-    for p, name in zip(preds, names or [], strict=False):
-        p.model = str(name)
-    return run, pca, spec, preds

@@ -3,20 +3,23 @@ files (``ptrag predict``'s format), each read and checked against the other."""
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
 
+import anndata as ad
 import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
-from ptrag.errors import PtragError, read_toml
+from ptrag.data.sources import AnnDataLabel, source_label
+from ptrag.errors import PtragError, check_choice, read_toml
 from ptrag.eval.pca import PCASpace
+from ptrag.train.prediction import Prediction
 
-if TYPE_CHECKING:
-    import anndata as ad
+#: A prediction as :func:`read_predictions` takes it: a file, an AnnData or a ``Prediction``.
+PredictionSource = str | os.PathLike | ad.AnnData | Prediction
 
 # --------------------------------------------------------------------------- the run
 
@@ -99,9 +102,9 @@ class Predictions:
     Attributes
     ----------
     path
-        The file.
+        The file (for an in-memory prediction, its label, e.g. ``<AnnData 120 x 20>``).
     model
-        Model name (``uns["ptrag"]["model"]``, else the file name).
+        Model name (``uns["ptrag"]["model"]``, else the file name, else ``prediction``).
     X
         Expression matrix (dense or CSR), columns = the run's genes in order.
     perturbation, cell_type
@@ -112,7 +115,7 @@ class Predictions:
         The control label.
     """
 
-    path: Path
+    path: Path | AnnDataLabel
     model: str
     X: object
     perturbation: np.ndarray
@@ -140,13 +143,16 @@ class Predictions:
         return (x.toarray() if sp.issparse(x) else np.asarray(x)).astype(np.float32, copy=False)
 
 
-def read_predictions(path: str | Path, genes: Sequence[str], default_control: str = "non-targeting") -> Predictions:
-    """Read a prediction file (written by ``ptrag predict``) and check it against the run.
+def read_predictions(
+    path: PredictionSource, genes: Sequence[str], default_control: str = "non-targeting"
+) -> Predictions:
+    """Read a prediction (a file written by ``ptrag predict``, or in memory) and check it against the run.
 
     Parameters
     ----------
     path
-        The ``.h5ad`` prediction file.
+        The ``.h5ad`` prediction file, an AnnData of the same layout, or the
+        :class:`~ptrag.train.predict.Prediction` that ``predict`` returns.
     genes
         The run's genes; the file must hold all of them (they are taken in this order).
     default_control
@@ -156,14 +162,13 @@ def read_predictions(path: str | Path, genes: Sequence[str], default_control: st
     -------
     Predictions
     """
-    path = Path(path)
-    adata = _read_anndata(path)
+    adata, path = _prediction_anndata(path)
     meta = adata.uns.get("ptrag", {}) or {}
     meta = dict(meta) if hasattr(meta, "keys") else {}
     pert_col = str(meta.get("pert_col", "perturbation"))
     ct_col = str(meta.get("cell_type_col", "cell_type"))
     control = str(meta.get("control", default_control))
-    model = str(meta.get("model") or path.stem)
+    model = str(meta.get("model") or (path.stem if isinstance(path, Path) else "prediction"))
     for col, what in ((pert_col, "perturbation"), (ct_col, "cell type")):
         if col not in adata.obs.columns:
             raise PtragError(
@@ -182,9 +187,26 @@ def read_predictions(path: str | Path, genes: Sequence[str], default_control: st
     return Predictions(path, model, X, pert, ct, is_control, control)
 
 
+def prediction_label(source: PredictionSource) -> str:
+    """How messages and ``evaluation.json`` name a prediction (its path, or an AnnData's label)."""
+    return source_label(source.adata if isinstance(source, Prediction) else source)
+
+
+def _prediction_anndata(source: PredictionSource) -> tuple[ad.AnnData, Path | AnnDataLabel]:
+    """The AnnData of a prediction and its name in messages; a :class:`PtragError` for anything
+    that is neither a path, an AnnData nor a ``Prediction``."""
+    source = source.adata if isinstance(source, Prediction) else source
+    if isinstance(source, ad.AnnData):
+        return source, AnnDataLabel(source_label(source))
+    if not isinstance(source, (str, os.PathLike)):
+        raise PtragError(
+            f"a prediction must be an .h5ad path, an AnnData or a ptrag Prediction, got {type(source).__name__}."
+        )
+    return _read_anndata(Path(source)), Path(source)
+
+
 def _read_anndata(path: Path) -> ad.AnnData:
     """Read an ``.h5ad`` prediction file; a :class:`PtragError` when it is missing or unreadable."""
-    import anndata as ad
     import h5py
 
     if not path.is_file():
@@ -224,3 +246,31 @@ def _run_genes_matrix(adata: ad.AnnData, path: Path, genes: Sequence[str]) -> np
     if not np.all(np.isfinite(vals)):
         raise PtragError(f"{path}: predictions contain NaN or Inf values.")
     return X
+
+
+def read_inputs(
+    pred_paths: Sequence[PredictionSource], run_dir: str | Path, mode: str, spec, names: Sequence[str] | None
+) -> tuple[RunInfo, PCASpace | None, object, list[Predictions]]:
+    """Read and check the run folder and the prediction files of :func:`ptrag.eval.evaluate.evaluate`.
+
+    Returns ``(run, pca, spec, preds)``: the run, its PCA space (``None`` in gge mode), the data
+    columns (``spec``, else the run's ``[data]`` table, else ptrag's defaults) and the
+    predictions, renamed by ``names``.
+    """
+    from ptrag.data.io import ColumnSpec
+
+    check_choice("--mode", mode, ("ptrag", "gge"))
+    if not pred_paths:
+        raise PtragError("give at least one prediction file with --pred.")
+    run = load_run(run_dir)
+    pca = run.pca() if mode == "ptrag" else None
+    if spec is None:
+        # columns at ptrag's defaults stay optional, as in training (read_perturbseq's own rule
+        # when spec_is_default is None)
+        spec = ColumnSpec.from_dict(run.data) if run.data else ColumnSpec()
+    if names and len(names) != len(pred_paths):
+        raise PtragError(f"give one --name per --pred ({len(names)} names for {len(pred_paths)} files).")
+    preds = [read_predictions(p, run.genes, spec.control) for p in pred_paths]
+    for p, name in zip(preds, names or [], strict=False):
+        p.model = str(name)
+    return run, pca, spec, preds

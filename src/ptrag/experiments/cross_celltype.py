@@ -11,7 +11,8 @@ sweeps, and a Markdown + HTML report.
 
 Layout of ``OUT``::
 
-    data/                                    (no --data: the synthetic benchmark)
+    data/                                    (no --data: the synthetic benchmark; an in-memory
+                                              AnnData: input.h5ad, see below)
     experiment.json  commands.txt  splits.csv  validation.csv  cost.csv
     seed<S>/<target>/split.toml
     seed<S>/<target>/runs/<model>/           (ptrag train)
@@ -27,6 +28,11 @@ Layout of ``OUT``::
 A finished step is never redone: a run with ``train_summary.json`` is kept, a run with only
 ``checkpoints/last.ckpt`` is resumed, an existing prediction, evaluation or cost table is
 reused (delete it to redo it); tables, analyses and the report are rebuilt from the files.
+
+The data may be an in-memory AnnData instead of a path: it is checked in memory, then written
+once per call to ``OUT/data/input.h5ad`` (atomically, replacing the file of an earlier call),
+and every step (training, prediction, evaluation, sweeps) reads that file; ``experiment.json``
+names it. An AnnData opened backed is read from its own file and not copied.
 """
 
 from __future__ import annotations
@@ -40,6 +46,7 @@ from typing import TYPE_CHECKING, Any
 import pandas as pd
 
 from ptrag.data.io import ColumnSpec
+from ptrag.data.sources import DataSource
 from ptrag.errors import atomic_write_csv, atomic_write_text
 from ptrag.experiments.cross_celltype_inputs import (
     CrossCellTypePlan,
@@ -75,7 +82,7 @@ class CrossCellTypeResult:
 
 
 def cross_celltype(
-    data_path: str | Path | None,
+    data_path: DataSource | None,
     out_dir: str | Path,
     gene_tables: Sequence[str | Path] = (),
     models: Sequence[str] = MODELS,
@@ -97,8 +104,8 @@ def cross_celltype(
     Parameters
     ----------
     data_path
-        Perturb-seq ``.h5ad`` file; ``None``: the embedded synthetic benchmark, simulated into
-        ``out_dir/data`` with its gene table and ground truth.
+        Perturb-seq ``.h5ad`` file or AnnData (see the module docstring); ``None``: the embedded
+        synthetic benchmark, simulated into ``out_dir/data`` with its gene table and ground truth.
     out_dir
         Experiment folder (created; reused on a second call).
     gene_tables
@@ -250,7 +257,7 @@ def _closing_steps(
 
 
 def run_paper_sweeps(
-    data_path: str | Path,
+    data_path: DataSource,
     split_path: str | Path,
     out: Path,
     models: Sequence[str],

@@ -18,8 +18,12 @@ from pathlib import Path
 from typing import Any
 
 from ptrag.data.io import ColumnSpec, PerturbData
+from ptrag.data.sources import DataSource, write_source
 from ptrag.errors import PtragError, atomic_write_text, check_choice
 from ptrag.train.config import MODELS, TrainConfig, resolve_config
+
+#: The file of ``OUT/data/`` an in-memory AnnData given as the experiment's data is written to.
+INPUT_FILE = "input.h5ad"
 
 
 def synthetic_data(out_dir: str | Path, seed: int = 0) -> dict[str, Path]:
@@ -74,7 +78,8 @@ class CrossCellTypePlan:
     out
         Experiment folder.
     data_path, gene_tables, ground_truth
-        Data file (``None``: the synthetic benchmark), gene tables and ground-truth context pairs.
+        Data file (``None``: the synthetic benchmark; an in-memory AnnData is replaced by
+        ``out/data/input.h5ad`` once checked), gene tables and ground-truth context pairs.
     models, seeds, fewshot, preset, overrides, spec
         As in :func:`ptrag.experiments.cross_celltype.cross_celltype`.
     targets
@@ -84,7 +89,7 @@ class CrossCellTypePlan:
     """
 
     out: Path
-    data_path: str | Path | None
+    data_path: DataSource | None
     gene_tables: Sequence[str | Path]
     ground_truth: str | Path | None
     models: list[str]
@@ -106,7 +111,8 @@ def load_inputs(plan: CrossCellTypePlan, cell_types: Sequence[str] | None) -> Pe
     Parameters
     ----------
     plan
-        The run's inputs; its data files, targets and configurations are set here.
+        The run's inputs; its data files, targets and configurations are set here (an
+        in-memory AnnData is written to ``out/data/input.h5ad`` and its path set).
     cell_types
         Target cell types (``None`` or empty: every cell type of the data).
 
@@ -124,8 +130,10 @@ def load_inputs(plan: CrossCellTypePlan, cell_types: Sequence[str] | None) -> Pe
             plan.data_path, plan.gene_tables = files["data"], [files["genes"]]
             plan.ground_truth = files["ground_truth"]
         data = read_perturbseq(plan.data_path, plan.spec)
-        plan.targets = check_targets(data, cell_types, plan.data_path)
+        plan.targets = check_targets(data, cell_types, data.path)
         plan.configs = resolve_configs(plan)
+        # an in-memory AnnData, once checked, is written for the steps, which read it by path
+        plan.data_path = write_source(plan.data_path, plan.out / "data" / INPUT_FILE)
     except PtragError:
         if created and plan.out.is_dir():
             import shutil
@@ -145,7 +153,7 @@ def check_targets(data: PerturbData, cell_types: Sequence[str] | None, data_path
     cell_types
         Requested targets (``None`` or empty: every cell type of the data).
     data_path
-        The data file, for the messages.
+        The data file (or an AnnData's label, :attr:`PerturbData.path`), for the messages.
 
     Returns
     -------

@@ -11,6 +11,7 @@ from pathlib import Path
 import pandas as pd
 
 from ptrag.data.io import ColumnSpec
+from ptrag.data.sources import DataSource
 from ptrag.train.baselines import BASELINES
 from ptrag.train.config import TrainConfig
 
@@ -20,7 +21,7 @@ BASELINE = "control"
 
 
 def run_target(
-    data_path: str | Path,
+    data_path: DataSource,
     split_path: str | Path,
     out_dir: str | Path,
     configs: Mapping[str, TrainConfig],
@@ -40,7 +41,8 @@ def run_target(
     Parameters
     ----------
     data_path
-        Perturb-seq ``.h5ad`` file.
+        Perturb-seq ``.h5ad`` file, or an in-memory AnnData (each step reads it as it is; nothing
+        is written for it).
     split_path
         The split (cell-load TOML).
     out_dir
@@ -82,7 +84,7 @@ def run_target(
 def _train_and_predict(
     out: Path,
     configs: Mapping[str, TrainConfig],
-    data_path: str | Path,
+    data_path: DataSource,
     split_path: str | Path,
     gene_tables: Sequence[str | Path],
     progress: bool,
@@ -107,7 +109,7 @@ def _train_and_predict(
     return preds
 
 
-def _predict_missing_baselines(first_run: Path, data_path: str | Path, bases: Mapping[str, Path]) -> None:
+def _predict_missing_baselines(first_run: Path, data_path: DataSource, bases: Mapping[str, Path]) -> None:
     """Predict and write the baselines whose prediction file ``bases[name]`` is missing."""
     from ptrag.train.predict import iter_baselines, write_prediction
 

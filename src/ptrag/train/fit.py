@@ -128,7 +128,7 @@ def train(
     cfg
         Resolved configuration.
     data_path
-        The h5ad file.
+        The h5ad file or an in-memory AnnData (:data:`ptrag.data.sources.DataSource`).
     out_dir
         The run folder.
     split_path

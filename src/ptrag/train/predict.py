@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 
 import anndata as ad
@@ -23,10 +22,12 @@ import torch
 
 from ptrag.data.io import read_perturbseq
 from ptrag.data.sets import CellSet, SetSampler
+from ptrag.data.sources import DataSource
 from ptrag.data.splits import SPLITS, read_split_toml, resolve_split
-from ptrag.errors import PtragError, atomic_path, atomic_write_csv, check_choice
+from ptrag.errors import PtragError, check_choice
 from ptrag.train.baselines import BASELINES, baseline_shifts, group_mean_changes
 from ptrag.train.config import TrainConfig, read_run_config
+from ptrag.train.prediction import Prediction, write_prediction  # noqa: F401 (re-exported)
 from ptrag.train.queries import new_cell_type, new_vectors
 from ptrag.train.retrieval_log import aggregate_retrieval, retrieval_rows
 
@@ -53,21 +54,13 @@ def load_plan(run_dir: str | Path, checkpoint: str = "best"):
     return plan
 
 
-@dataclass
-class Prediction:
-    """Output of :func:`predict`."""
-
-    adata: ad.AnnData
-    retrieval: pd.DataFrame | None
-
-
 def _collate(items: list[dict]) -> dict:
     return {k: torch.stack([it[k] for it in items]) for k in items[0]}
 
 
 def predict(
     run_dir: str | Path,
-    data_path: str | Path,
+    data_path: DataSource,
     split: str = "test",
     perturbations: Sequence[str] | None = None,
     cell_type: str | None = None,
@@ -86,7 +79,7 @@ def predict(
     run_dir
         A run folder written by :func:`ptrag.train.fit.train`.
     data_path
-        The h5ad file (controls are taken from it; read with the run's column spec).
+        The h5ad file or an in-memory AnnData (controls are taken from it; run's column spec).
     split
         ``train``, ``val`` or ``test``: predict every group of that split, as many cells as
         were observed.
@@ -105,7 +98,7 @@ def predict(
     batch_size
         Sets per forward pass.
     backed
-        Stream expression from disk.
+        Stream expression from disk (a path only; ignored for an in-memory AnnData).
     control_baseline
         The same as ``baseline="control"``.
     baseline
@@ -118,6 +111,7 @@ def predict(
     Returns
     -------
     Prediction
+        ``.adata``: the predicted cells as an AnnData; ``.retrieval``: the RAG models' log.
     """
     baseline = _baseline_choice(n_cells, control_baseline, baseline)
     common = (split, perturbations, cell_type, n_cells, checkpoint, backed)  # what the baselines share
@@ -139,7 +133,7 @@ def _baseline_choice(n_cells: int | None, control_baseline: bool, baseline: str 
 
 def _predict_network(
     run_dir: str | Path,
-    data_path: str | Path,
+    data_path: DataSource,
     split: str,
     perturbations: Sequence[str] | None,
     cell_type: str | None,
@@ -166,7 +160,7 @@ def _predict_network(
     pert_index = {n: i for i, n in enumerate(plan.pert_names)}
     extra_vec: dict[str, torch.Tensor] = {}
     if perturbations:
-        cell_type = new_cell_type(data, data_path, cell_type)
+        cell_type = new_cell_type(data, data.path, cell_type)
         extra_vec = new_vectors(cfg, plan, [p for p in perturbations if p not in pert_index], gene_tables)
     sets, groups, split_name = _plan_sets(cfg, run_dir, data, pert_index, split, perturbations, cell_type, n_cells)
     gene_idx = data.gene_index(genes)
@@ -223,7 +217,7 @@ def _run_network(
 
 
 def predict_baselines(
-    run_dir: str | Path, data_path: str | Path, names: Sequence[str] = BASELINES, **options
+    run_dir: str | Path, data_path: DataSource, names: Sequence[str] = BASELINES, **options
 ) -> dict[str, Prediction]:
     """Baseline predictions (:mod:`ptrag.train.baselines`) on the sets of :func:`predict`.
 
@@ -247,7 +241,7 @@ def predict_baselines(
 
 def iter_baselines(
     run_dir: str | Path,
-    data_path: str | Path,
+    data_path: DataSource,
     names: Sequence[str] = BASELINES,
     split: str = "test",
     perturbations: Sequence[str] | None = None,
@@ -275,7 +269,7 @@ def iter_baselines(
     gene_idx = data.gene_index(genes)
     pert_index = {n: i for i, n in enumerate(plan.pert_names)}
     if perturbations:
-        cell_type = new_cell_type(data, data_path, cell_type)
+        cell_type = new_cell_type(data, data.path, cell_type)
     sets, groups, split_name = _plan_sets(cfg, run_dir, data, pert_index, split, perturbations, cell_type, n_cells)
     changes = None
     if any(n != "control" for n in names):
@@ -379,18 +373,3 @@ def _assemble(
         "split": split_name,
     }
     return adata
-
-
-def write_prediction(pred: Prediction, out: str | Path) -> dict[str, Path]:
-    """Write ``out`` (h5ad) and, for RAG models, ``<out stem>.retrieval.csv`` atomically."""
-    out = Path(out)
-    if out.suffix != ".h5ad":
-        raise PtragError(f"--out {out}: prediction files are AnnData; give a path ending in .h5ad.")
-    paths = {"predictions": out}
-    with atomic_path(out) as tmp:
-        pred.adata.write_h5ad(tmp)
-    if pred.retrieval is not None:
-        rpath = out.with_suffix(".retrieval.csv")
-        atomic_write_csv(rpath, pred.retrieval)
-        paths["retrieval"] = rpath
-    return paths

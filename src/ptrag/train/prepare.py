@@ -113,7 +113,7 @@ def prepare_run(
     cfg
         Resolved configuration.
     data_path
-        The h5ad file.
+        The h5ad file or an in-memory AnnData (:data:`ptrag.data.sources.DataSource`).
     split_path
         A cell-load split TOML; made from ``cfg.task`` when ``None``.
     gene_tables
@@ -175,7 +175,7 @@ def _read_groups(cfg: TrainConfig, data_path: str | Path, backed: bool) -> tuple
     data = read_perturbseq(data_path, cfg.column_spec, backed=backed)
     groups = data.groups()
     if groups.empty:
-        raise PtragError(f"{data_path}: no perturbed cells besides controls ({cfg.column_spec.control!r}).")
+        raise PtragError(f"{data.path}: no perturbed cells besides controls ({cfg.column_spec.control!r}).")
     return data, groups
 
 
@@ -248,7 +248,7 @@ def _genes_and_pca(
     rows = training_rows(data, split)
     genes = select_hvg(data, rows, cfg.n_genes, seed=cfg.seed)
     if len(genes) < cfg.n_genes:
-        log.info("--n-genes %d: %s offers %d genes to select from; all are used.", cfg.n_genes, data_path, len(genes))
+        log.info("--n-genes %d: %s offers %d genes to select from; all are used.", cfg.n_genes, data.path, len(genes))
     rng = np.random.default_rng(cfg.seed)
     fit_rows = np.sort(rng.choice(rows, min(len(rows), 50_000), replace=False))
     pca = PCASpace.fit(data.expression(fit_rows, genes), n_components=50, seed=cfg.seed, gene_names=genes)
