@@ -160,7 +160,10 @@ def main() -> None:
         for model, fused in rows:
             m, cfg, pert_dim = build(model, preset, args.genes, args.database, args.emb_dim, fused, device)
             opt = torch.optim.AdamW(m.parameters(), lr=1e-3, weight_decay=5e-4)
-            fn = step_fn(m, opt, energy, batch(b, s, args.genes, pert_dim, args.database, device), args.bf16, device)
+            data = batch(b, s, args.genes, pert_dim, args.database, device)
+            if m.responses is not None:  # as in training: a query carries its perturbation's own gene vector
+                data = (*data[:2], m.responses.raw[m.responses.pert_row[data[3]]], *data[3:])
+            fn = step_fn(m, opt, energy, data, args.bf16, device)
             for _ in range(args.warmup):
                 fn()
             built.append((model, fused, m, fn))
