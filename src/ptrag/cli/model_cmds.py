@@ -51,6 +51,10 @@ def train_cmd(
     else:
         cfg = resolve_config(over, config)
     result = train(cfg, data, out, split, list(genes or []), backed=backed, resume=resume, gene_aliases=gene_aliases)
+    from ptrag.train.distributed import is_rank_zero
+
+    if not is_rank_zero(result):  # the other ranks of a DDP run: rank 0 prints the summary
+        return
     console.print(
         f"[bold]{cfg.model}[/]: {result.n_parameters:,} parameters; validation energy "
         f"{_fmt(result.val_energy)} (predict-the-control baseline {_fmt(result.val_energy_control)})"

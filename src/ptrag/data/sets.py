@@ -7,6 +7,12 @@ the last one filled by sampling the group's cells with replacement; at evaluatio
 their real size. Each perturbed cell is paired with a control cell of the same cell type
 (and of the same batch when ``match_batch`` is on and that batch has controls). Everything is
 a function of ``(seed, epoch)``, so the same seed gives the same sets.
+
+Distributed training (``num_replicas > 1``) shards each epoch's plan explicitly: the plan is
+the same on every rank; it is padded to a multiple of ``num_replicas`` by repeating its first
+sets and rank ``r`` takes every ``num_replicas``-th set from position ``r`` (as torch's
+``DistributedSampler`` does), so the ranks' batch ``t`` together hold the single process's
+batch ``t`` of a global batch ``num_replicas`` times as large.
 """
 
 from __future__ import annotations
@@ -70,6 +76,12 @@ class SetSampler(torch.utils.data.Sampler):
         Shuffle the order of the sets (training).
     freeze_epoch
         Ignore :meth:`set_epoch`: always yield the same sets (a fixed validation set).
+    num_replicas
+        Distributed processes sharing each epoch (:meth:`shard`); 1: no sharding.
+    rank
+        This process's shard; ``None``: ``torch.distributed``'s rank when iterating (0 when
+        no process group is initialised), so a sampler built before the processes are started
+        or spawned still yields its own rank's shard.
     """
 
     def __init__(
@@ -82,8 +94,14 @@ class SetSampler(torch.utils.data.Sampler):
         match_batch: bool = False,
         shuffle: bool | None = None,
         freeze_epoch: bool = False,
+        num_replicas: int = 1,
+        rank: int | None = None,
     ) -> None:
         check_choice("mode", mode, ("train", "eval"))
+        if num_replicas < 1 or (rank is not None and not 0 <= rank < num_replicas):
+            raise PtragError(f"invalid shard: rank {rank} of {num_replicas} processes.")
+        self.num_replicas = int(num_replicas)
+        self.rank = rank
         if set_size < 2:
             raise PtragError(f"--cell-set-size must be at least 2 (got {set_size}).")
         self.set_size = int(set_size)
@@ -94,6 +112,8 @@ class SetSampler(torch.utils.data.Sampler):
         self.epoch = 0
         self.freeze_epoch = freeze_epoch
         self._skip = 0
+        self._resuming = False  # resume() called and no set_epoch() since
+        self._epoch_offset = 0  # the sets' epoch minus Lightning's (resumed runs)
         self.groups = groups[["cell_type", "perturbation"]].reset_index(drop=True)
         keep = obs["keep"].to_numpy() if "keep" in obs else np.ones(len(obs), bool)
         ct = obs["cell_type"].to_numpy()
@@ -141,9 +161,17 @@ class SetSampler(torch.utils.data.Sampler):
 
     # -------------------------------------------------------------- planning
     def set_epoch(self, epoch: int) -> None:
-        """Choose the epoch whose sets the next iteration yields (Lightning calls this)."""
-        if not self.freeze_epoch:
-            self.epoch = int(epoch)
+        """Choose the epoch whose sets the next iteration yields (Lightning calls this).
+
+        The first call after :meth:`resume` keeps the resumed epoch and fixes the offset of
+        Lightning's count to it: a run that stopped at ``max_steps`` counts its unfinished last
+        epoch as done, so once resumed its count runs one ahead of the sets'."""
+        if self.freeze_epoch:
+            return
+        if self._resuming:
+            self._epoch_offset, self._resuming = self.epoch - int(epoch), False
+            return
+        self.epoch = int(epoch) + self._epoch_offset
 
     def resume(self, epoch: int, sets_done: int) -> None:
         """Continue an interrupted epoch: the next iteration yields ``epoch``'s sets after the
@@ -154,10 +182,11 @@ class SetSampler(torch.utils.data.Sampler):
         epoch
             The interrupted epoch.
         sets_done
-            Sets of that epoch already consumed.
+            Sets of that epoch already consumed (of this rank's shard when sharded).
         """
         self.epoch = int(epoch)
         self._skip = int(sets_done)
+        self._resuming = True
 
     def _controls(self, rng: np.random.Generator, cell_type: str, rows: np.ndarray) -> np.ndarray:
         out = np.empty(len(rows), dtype=np.int64)
@@ -189,13 +218,44 @@ class SetSampler(torch.utils.data.Sampler):
             sets = [sets[i] for i in order]
         return sets
 
+    def _rank(self) -> int:
+        """This process's shard: :attr:`rank`, else ``torch.distributed``'s rank (checked
+        against :attr:`num_replicas`), else 0."""
+        if self.rank is not None:
+            return self.rank
+        dist = torch.distributed
+        if not (dist.is_available() and dist.is_initialized()):
+            return 0
+        if dist.get_world_size() != self.num_replicas:
+            raise PtragError(
+                f"the set sampler was built for {self.num_replicas} processes but {dist.get_world_size()} run."
+            )
+        return dist.get_rank()
+
+    def shard(self, sets: list[CellSet], rank: int | None = None) -> list[CellSet]:
+        """Rank ``rank``'s (default: this process's) share of an epoch's ``sets``: the sets
+        padded to a multiple of :attr:`num_replicas` by repeating the first ones, then every
+        ``num_replicas``-th from position ``rank``. Every rank gets ``len(self)`` sets; the
+        shards are disjoint and together hold every set (the padding aside)."""
+        w = self.num_replicas
+        if w == 1 or not sets:
+            return sets
+        r = self._rank() if rank is None else rank
+        n = len(sets) + (-len(sets) % w)
+        return [sets[i % len(sets)] for i in range(r, n, w)]
+
     def __iter__(self) -> Iterator[CellSet]:
-        sets = self.plan()
-        skip, self._skip = self._skip, 0
+        sets = self.shard(self.plan())
+        skip, self._skip, self._resuming = self._skip, 0, False
         return iter(sets[skip:])
 
-    def __len__(self) -> int:
+    def n_sets(self) -> int:
+        """Sets of one epoch (of every rank together, before padding)."""
         return int(sum(-(-len(r) // self.set_size) for r in self._rows))
+
+    def __len__(self) -> int:
+        """Sets this rank yields per epoch (:meth:`n_sets` when not sharded)."""
+        return -(-self.n_sets() // self.num_replicas)
 
 
 def _group_rows(obs: pd.DataFrame, groups: pd.DataFrame, keep: np.ndarray, ct: np.ndarray) -> list[np.ndarray]:

@@ -12,6 +12,10 @@ and fits the PCA-50 space on training cells.
     RUN_DIR/pca.npz       PCA-50 fit on training cells (evaluation; PCA cell encoder)
     RUN_DIR/checkpoints/  best.ckpt, last.ckpt (everything needed to predict)
     RUN_DIR/logs/         metrics.csv
+
+Under DDP (``--strategy ddp``, :mod:`ptrag.train.distributed`) ``--batch-size`` is the global
+batch, each rank trains on its own shard of every epoch's sets, and only rank 0 writes the run
+folder (the checkpoints through Lightning, which saves from rank 0).
 """
 
 from __future__ import annotations
@@ -27,6 +31,7 @@ import torch
 
 from ptrag.errors import PtragError, atomic_path, atomic_write_text
 from ptrag.train.config import TrainConfig, read_run_config
+from ptrag.train.distributed import check_launcher, ddp_strategy, rank_batch_size, shard_loader
 from ptrag.train.lock import run_lock
 from ptrag.train.prepare import (  # noqa: F401  (re-exported: the run's inputs)
     PreparedRun,
@@ -72,6 +77,8 @@ class TrainResult:
     val_energy_control: float | None
     n_parameters: int
     val_selected_contexts: float | None = None
+    #: ``False`` on the other ranks of a distributed run, which write and print nothing
+    is_global_zero: bool = True
 
 
 def step_progress_bar():
@@ -188,15 +195,22 @@ def _fit(cfg, data_path, run_dir: Path, split_path, gene_tables, backed, resume,
     _check_split(cfg, prep)
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     plan = build_plan(cfg, prep)
-    write_run_files(cfg, prep, run_dir)
     train_dl = make_loader(cfg, prep, "train")
     val_dl = make_loader(cfg, prep, "val", freeze_epoch=True)
-    plan.attach_train_sampler(train_dl.sampler, cfg.batch_size)
     callbacks = _callbacks(cfg, run_dir, val_dl is not None, progress)
-    trainer = _trainer(cfg, run_dir, val_dl is not None, callbacks, progress)
+    strategy = ddp_strategy(cfg.strategy, plan, train_dl)
+    trainer = _trainer(cfg, run_dir, val_dl is not None, callbacks, progress, strategy)
+    check_launcher(trainer, cfg.strategy)
+    # --batch-size is the global batch: each rank takes its share of it, from its shard of the sets
+    batch = rank_batch_size(cfg.batch_size, trainer.world_size)
+    train_dl = shard_loader(cfg, prep, train_dl, trainer.world_size, batch)
+    plan.attach_train_sampler(train_dl.sampler, batch)
+    if trainer.is_global_zero:  # the other ranks of a DDP run share rank 0's folder
+        write_run_files(cfg, prep, run_dir)
     trainer.fit(plan, train_dl, val_dl, ckpt_path=str(last) if resume else None)
     # ModelCheckpoint writes last.ckpt at validations only; the steps after the last validation
-    # would be lost, so the final state is saved as last.ckpt (atomically, by Lightning)
+    # would be lost, so the final state is saved as last.ckpt (atomically, by Lightning; on
+    # every rank, which Lightning requires, and written by rank 0)
     trainer.save_checkpoint(last, weights_only=False)  # the full state: --resume needs it
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
     best = run_dir / "checkpoints" / "best.ckpt"
@@ -210,8 +224,10 @@ def _fit(cfg, data_path, run_dir: Path, split_path, gene_tables, backed, resume,
         val_energy_control=metrics.get("val/energy_control"),
         n_parameters=count_parameters(plan.model),
         val_selected_contexts=metrics.get("val/selected_contexts"),
+        is_global_zero=trainer.is_global_zero,
     )
-    _write_summary(cfg, run_dir, int(trainer.global_step), result, metrics, calibration)
+    if trainer.is_global_zero:
+        _write_summary(cfg, run_dir, int(trainer.global_step), result, metrics, calibration)
     return result
 
 
@@ -246,8 +262,9 @@ def _callbacks(cfg: TrainConfig, run_dir: Path, validates: bool, progress: bool)
     return callbacks
 
 
-def _trainer(cfg: TrainConfig, run_dir: Path, validates: bool, callbacks: list, progress: bool):
-    """The Lightning Trainer of a run (deterministic, step-bound, checkpoints written atomically)."""
+def _trainer(cfg: TrainConfig, run_dir: Path, validates: bool, callbacks: list, progress: bool, strategy=None):
+    """The Lightning Trainer of a run (deterministic, step-bound, checkpoints written atomically;
+    ``strategy``: default ``cfg.strategy``; the sets are sharded by ptrag, not by Lightning)."""
     import lightning as L
     from lightning.pytorch.loggers import CSVLogger
 
@@ -262,7 +279,8 @@ def _trainer(cfg: TrainConfig, run_dir: Path, validates: bool, callbacks: list, 
         gradient_clip_val=cfg.grad_clip or None,
         accelerator=cfg.accelerator,
         devices=cfg.devices if cfg.devices == "auto" else int(cfg.devices),
-        strategy=cfg.strategy,
+        strategy=cfg.strategy if strategy is None else strategy,
+        use_distributed_sampler=False,  # SetSampler shards the training sets itself (ptrag.train.distributed)
         precision=cfg.precision,
         deterministic=True,
         plugins=[atomic_checkpoint_io()],

@@ -42,6 +42,23 @@ def calibrated_prediction(base: torch.Tensor, delta: torch.Tensor, alpha: float,
     return torch.relu(mean + beta * (y - y_mean) + (1.0 - beta) * (b - b_mean))
 
 
+def freeze_unused(model: PerturbationModel) -> None:
+    """Freeze what never reaches the loss: the backbone reads ``inputs_embeds``, so Llama's
+    (1-row) token embedding gets no gradient, and DDP would stop the run at its first step
+    ("parameters that were not used in producing the loss"); frozen, DDP does not wait for it.
+    It stays in the optimiser (which skips a parameter without gradient, as before), so the
+    checkpoints of earlier runs still resume."""
+    model.backbone.llama.embed_tokens.weight.requires_grad_(False)
+
+
+def rank_seed(seed: int, rank: int, step: int = 0) -> int:
+    """The torch seed of distributed rank ``rank`` > 0 of a run seeded ``seed``, starting (or
+    resumed without its saved stream) at ``step``: distinct per rank, a function of the three."""
+    import numpy as np
+
+    return int(np.random.SeedSequence([int(seed) % 2**63, int(rank), int(step)]).generate_state(1)[0])
+
+
 def _response_index(cfg, responses, pert_vectors, pert_names, cell_types, n_genes, summary_dim):
     """``pt_rag_response``'s :class:`ResponseIndex` (a placeholder when rebuilt from a checkpoint)."""
     if cfg.conditioning != "pt_rag_response":
@@ -151,6 +168,7 @@ class PerturbationPlan(L.LightningModule):
                 cfg, responses, pert_vectors, pert_names, cell_types, n_genes, response_summary_dim
             ),
         )
+        freeze_unused(self.model)
         self.pert_names = list(pert_names)
         self.register_buffer("pert_table", pert_vectors.clone())
         self.register_buffer("pert_to_db", torch.tensor([db_pos.get(n, -1) for n in pert_names], dtype=torch.long))
@@ -255,6 +273,22 @@ class PerturbationPlan(L.LightningModule):
     def on_train_start(self) -> None:
         # a resumed checkpoint may carry the calibration of its run; training refits it at the end
         self.calibration.fill_(1.0)
+        if self.global_rank > 0:  # distributed: each rank its own Gumbel / dropout noise (rank 0 the seed's)
+            torch.manual_seed(rank_seed(torch.initial_seed(), self.global_rank, self.global_step))
+
+    def unused_parameters(self, batch: dict) -> list[str]:
+        """Trainable parameters that get no gradient from one training step on ``batch`` (the
+        ones DDP would wait for); gradients and the torch RNG are left as they were."""
+        rng, was_training = torch.get_rng_state(), self.training
+        self.train()
+        try:
+            self.zero_grad(set_to_none=True)
+            self.objective(batch, self(batch))["loss"].backward()
+            return [n for n, p in self.named_parameters() if p.requires_grad and p.grad is None]
+        finally:
+            self.zero_grad(set_to_none=True)
+            torch.set_rng_state(rng)
+            self.train(was_training)
 
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
         return self._loss(batch, "train")
@@ -267,10 +301,18 @@ class PerturbationPlan(L.LightningModule):
     # position is global_step modulo the batches per epoch).
     train_sampler = None  # set by ptrag.train.fit.train: the training SetSampler
 
+    # Under DDP every rank has its own random stream (on_train_start): the checkpoint holds the
+    # state of each ("ranks", gathered; Lightning saves every checkpoint from all ranks at once).
+
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         rng = {"torch": torch.get_rng_state()}
         if torch.cuda.is_available():
             rng["cuda"] = torch.cuda.get_rng_state_all()
+        dist = torch.distributed
+        if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+            ranks = [None] * dist.get_world_size()
+            dist.all_gather_object(ranks, rng)
+            rng = {**rng, "ranks": ranks}
         checkpoint["ptrag_rng"] = rng
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
@@ -285,6 +327,10 @@ class PerturbationPlan(L.LightningModule):
 
     def on_train_batch_start(self, batch: dict, batch_idx: int) -> None:
         rng = getattr(self, "_pending_rng", None)
+        if rng is not None and self.global_rank > 0:  # this rank's stream, if the run had this rank
+            ranks = rng.get("ranks") or []
+            rng = ranks[self.global_rank] if self.global_rank < len(ranks) else None
+            self._pending_rng = rng  # None: keep the stream seeded for this rank (on_train_start)
         if rng is not None:  # first step after a resume: continue the interrupted random stream
             torch.set_rng_state(rng["torch"])
             if "cuda" in rng and torch.cuda.is_available():

@@ -361,12 +361,17 @@ def make_loader(
         prep.cell_features,
         {c: i for i, c in enumerate(prep.cell_types)},
     )
+    return data_loader(cfg, prep, dataset, sampler, cfg.batch_size)
+
+
+def data_loader(cfg: TrainConfig, prep: PreparedRun, dataset, sampler, batch_size: int) -> torch.utils.data.DataLoader:
+    """The DataLoader of a :class:`SetDataset` and its :class:`SetSampler`, ``batch_size`` sets a batch."""
     cuda = torch.cuda.is_available() and cfg.accelerator in ("auto", "gpu", "cuda")
     workers = 0 if prep.data.backed else cfg.num_workers
     return torch.utils.data.DataLoader(
         dataset,
         sampler=sampler,
-        batch_size=cfg.batch_size,
+        batch_size=batch_size,
         num_workers=workers,
         pin_memory=cuda,
         persistent_workers=workers > 0,

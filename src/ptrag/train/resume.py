@@ -15,7 +15,9 @@ from ptrag.errors import PtragError
 from ptrag.train.config import TrainConfig, coerce_option
 
 #: Options that may change when a run is resumed: how long and where it trains, not what it
-#: trains (docs/training.md, "Resuming").
+#: trains (docs/training.md, "Resuming"). The number of processes (``devices``, ``strategy``)
+#: may change because ``--batch-size`` is the global batch and each epoch's sets are the same
+#: whatever the number of processes (docs/training.md, "Distributed training").
 RESUMABLE_OPTIONS = (
     "max_steps",
     "val_every",
