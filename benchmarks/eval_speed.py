@@ -21,9 +21,9 @@ import time
 
 import numpy as np
 
+from ptrag.data.pca import PCASpace
 from ptrag.eval.gge import GGEReference, gge_group_metrics
 from ptrag.eval.metrics import GroupStats, MetricOptions
-from ptrag.eval.pca import PCASpace
 from ptrag.eval.scoring import ControlSet, score_cell_type
 
 

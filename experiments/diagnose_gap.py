@@ -36,7 +36,7 @@ import pandas as pd
 import torch
 
 from ptrag.data.io import read_perturbseq
-from ptrag.eval.pca import PCASpace
+from ptrag.data.pca import PCASpace
 from ptrag.train.calibrate import validation_outputs
 from ptrag.train.config import read_run_config
 from ptrag.train.plan import calibrated_prediction

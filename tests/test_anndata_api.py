@@ -3,7 +3,6 @@ and the README's Python example runs as it is written."""
 
 from __future__ import annotations
 
-import logging
 import pickle
 import re
 from pathlib import Path
@@ -47,11 +46,10 @@ def test_reading_an_anndata_equals_reading_its_file(tmp_path, counts):
     _same_data(read_perturbseq(view), read_perturbseq(tmp_path / "ct0.h5ad"))
 
 
-def test_backed_with_an_anndata(tmp_path, caplog):
+def test_backed_with_an_anndata(tmp_path, ptrag_log):
     adata = make_adata()
-    with caplog.at_level(logging.INFO, logger="ptrag"):
-        data = read_perturbseq(adata, backed=True)
-    assert not data.backed and "backed=True ignored" in caplog.text
+    data = read_perturbseq(adata, backed=True)
+    assert not data.backed and "backed=True ignored" in ptrag_log.text
     adata.write_h5ad(tmp_path / "d.h5ad")
     backed = ad.read_h5ad(tmp_path / "d.h5ad", backed="r")  # streamed from its own file
     data = read_perturbseq(backed)

@@ -73,7 +73,7 @@ def test_alpha_stays_in_the_unit_interval(monkeypatch):
 def test_beta_is_chosen_in_the_pca_space(monkeypatch):
     """Deviations only along genes the PCA space ignores: in that space every beta ties and the
     network is kept (beta = 1); in expression space they are dropped (beta = 0)."""
-    from ptrag.eval.pca import PCASpace
+    from ptrag.data.pca import PCASpace
 
     rows = []
     for base, delta, pert, ctrl in _rows(1.0):

@@ -12,8 +12,8 @@ import pandas as pd
 import pytest
 
 from ptrag.cli import main
+from ptrag.data.pca import PCASpace
 from ptrag.eval.metrics import metric_columns
-from ptrag.eval.pca import PCASpace
 from ptrag.eval.scoring import GROUP_METRICS, ControlSet, group_metrics
 from ptrag.eval.stats import significance_mark
 

@@ -10,6 +10,7 @@ import pandas as pd
 import pytest
 from scipy import stats
 
+from ptrag.data.pca import PCASpace
 from ptrag.errors import PtragError
 from ptrag.eval import gge as G
 from ptrag.eval.metrics import (
@@ -29,7 +30,6 @@ from ptrag.eval.metrics import (
     wasserstein_2_squared,
     welch_degs,
 )
-from ptrag.eval.pca import PCASpace
 
 # ------------------------------------------------------------------ distances
 

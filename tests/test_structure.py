@@ -65,3 +65,71 @@ def test_the_protocols_share_the_split_step_instead_of_importing_each_other() ->
         and "ptrag.experiments.split_step" in imported["cross_celltype"]
     )
     assert not {"ptrag.experiments.sweep", "ptrag.experiments.cross_celltype"} & imported["split_step"]
+
+
+#: Which top-level packages each package may import (docs/architecture.md, "Import rule"),
+#: counting imports inside functions too.
+ALLOWED_IMPORTS: dict[str, set[str]] = {
+    "errors": set(),
+    "model_checks": {"errors"},
+    "nn": {"errors", "model_checks"},
+    "data": {"errors"},
+    "genes": {"errors", "data"},
+    "eval": {"errors", "data"},
+    "train": {"errors", "model_checks", "nn", "data"},
+    "experiments": {"errors", "data", "eval", "train"},
+    "cli": {"errors", "data", "genes", "eval", "train", "experiments"},
+    "__main__": {"cli"},
+    "__init__": {"errors"},
+}
+MAX_FUNCTION_LINES = 60
+
+
+def _modules():
+    import ast
+
+    for path in sorted((SRC / "ptrag").rglob("*.py")):
+        parts = path.relative_to(SRC / "ptrag").parts
+        yield (parts[0] if len(parts) > 1 else path.stem), path, ast.parse(path.read_text(encoding="utf-8"))
+
+
+def _ptrag_imports(tree) -> set[str]:
+    import ast
+
+    names = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            names.add(node.module)
+        elif isinstance(node, ast.Import):
+            names.update(alias.name for alias in node.names)
+    return {name.split(".")[1] for name in names if name.startswith("ptrag.")}
+
+
+def test_packages_follow_the_import_rule() -> None:
+    broken = []
+    for package, path, tree in _modules():
+        for target in _ptrag_imports(tree) - {package} - ALLOWED_IMPORTS[package]:
+            broken.append(f"{path.relative_to(SRC)} imports ptrag.{target}")
+    assert not broken, "imports against docs/architecture.md's rule: " + "; ".join(broken)
+
+
+def _code_lines(node) -> int:
+    """Lines of a function without its docstring (the numpy-style parameter lists are not code)."""
+    import ast
+
+    body = node.body
+    doc = body[0] if body and isinstance(body[0], ast.Expr) and isinstance(body[0].value, ast.Constant) else None
+    skipped = doc.end_lineno - doc.lineno + 1 if doc is not None and isinstance(doc.value.value, str) else 0
+    return node.end_lineno - node.lineno + 1 - skipped
+
+
+def test_no_function_passes_the_line_limit() -> None:
+    import ast
+
+    too_long = [
+        f"{path.relative_to(SRC)}:{node.name} ({_code_lines(node)})"
+        for _, path, tree in _modules()
+        for node in ast.walk(tree)
+        if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef) and _code_lines(node) > MAX_FUNCTION_LINES
+    ]
+    assert not too_long, f"functions over {MAX_FUNCTION_LINES} lines of code: " + ", ".join(too_long)

@@ -25,6 +25,7 @@ from typing import Literal
 import numpy as np
 import pandas as pd
 
+from ptrag.data.pca import PCASpace
 from ptrag.data.sources import DataSource, source_label
 from ptrag.errors import (
     PtragError,
@@ -56,7 +57,6 @@ from ptrag.eval.metrics import (
     MetricOptions,
     metric_columns,
 )
-from ptrag.eval.pca import PCASpace
 from ptrag.eval.scoring import ControlSet, score_cell_type
 from ptrag.eval.tables import summary_markdown, summary_table
 

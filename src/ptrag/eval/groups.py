@@ -17,9 +17,9 @@ from functools import cached_property
 
 import numpy as np
 
+from ptrag.data.pca import PCASpace
 from ptrag.eval import celleval, distances
 from ptrag.eval.metrics import DEGResult, GroupStats, MetricOptions, welch_degs
-from ptrag.eval.pca import PCASpace
 
 
 @dataclass

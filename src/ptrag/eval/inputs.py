@@ -13,10 +13,10 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
+from ptrag.data.pca import PCASpace
+from ptrag.data.prediction import Prediction
 from ptrag.data.sources import AnnDataLabel, source_label
 from ptrag.errors import PtragError, check_choice, read_toml
-from ptrag.eval.pca import PCASpace
-from ptrag.train.prediction import Prediction
 
 #: A prediction as :func:`read_predictions` takes it: a file, an AnnData or a ``Prediction``.
 PredictionSource = str | os.PathLike | ad.AnnData | Prediction

@@ -18,6 +18,7 @@ from functools import cached_property
 
 import numpy as np
 
+from ptrag.data.pca import PCASpace
 from ptrag.errors import PtragError
 from ptrag.eval import celleval
 from ptrag.eval.distances import set_distances
@@ -29,7 +30,6 @@ from ptrag.eval.metrics import (
     delta_correlations,
     mean_errors,
 )
-from ptrag.eval.pca import PCASpace
 from ptrag.eval.registry import METRICS, MetricInfo
 
 GROUP_METRICS: tuple[MetricInfo, ...] = tuple(m for m in METRICS["ptrag"] if m.scope == "group")

@@ -2,7 +2,7 @@
 
 Re-exported here (imported on first use): :func:`~ptrag.train.fit.train`,
 :func:`~ptrag.train.config.resolve_config`, :class:`~ptrag.train.config.TrainConfig`,
-:class:`~ptrag.train.prediction.Prediction` and :func:`~ptrag.train.prediction.write_prediction`.
+:class:`~ptrag.data.prediction.Prediction` and :func:`~ptrag.data.prediction.write_prediction`.
 Prediction itself is :func:`ptrag.train.predict.predict` (``ptrag.train.predict`` is its module;
 ``ptrag.predict`` is the function).
 """
@@ -12,8 +12,8 @@ _API = {
     "train": "ptrag.train.fit",
     "resolve_config": "ptrag.train.config",
     "TrainConfig": "ptrag.train.config",
-    "Prediction": "ptrag.train.prediction",
-    "write_prediction": "ptrag.train.prediction",
+    "Prediction": "ptrag.data.prediction",
+    "write_prediction": "ptrag.data.prediction",
 }
 
 __all__ = list(_API)

@@ -108,7 +108,7 @@ def fit_calibration(plan, loader, pca=None) -> Calibration | None:
     loader
         The validation DataLoader (``None`` or empty: no calibration).
     pca
-        The run's :class:`~ptrag.eval.pca.PCASpace`: the energies that choose ``beta`` are
+        The run's :class:`~ptrag.data.pca.PCASpace`: the energies that choose ``beta`` are
         then measured in its space, where ``ptrag evaluate`` measures W1, W2² and energy
         (``None``: in expression space, the training loss's).
 

@@ -21,13 +21,13 @@ import pandas as pd
 import torch
 
 from ptrag.data.io import read_perturbseq
+from ptrag.data.prediction import Prediction, write_prediction  # noqa: F401 (re-exported)
 from ptrag.data.sets import CellSet, SetSampler
 from ptrag.data.sources import DataSource
 from ptrag.data.splits import SPLITS, read_split_toml, resolve_split
 from ptrag.errors import PtragError, check_choice
 from ptrag.train.baselines import BASELINES, baseline_shifts, group_mean_changes
 from ptrag.train.config import TrainConfig, read_run_config
-from ptrag.train.prediction import Prediction, write_prediction  # noqa: F401 (re-exported)
 from ptrag.train.queries import new_cell_type, new_vectors
 from ptrag.train.retrieval_log import aggregate_retrieval, retrieval_rows
 
@@ -151,7 +151,7 @@ def _predict_network(
     data = read_perturbseq(data_path, cfg.column_spec, backed=backed)
     pca = None
     if cfg.cell_encoder == "pca":
-        from ptrag.eval.pca import PCASpace
+        from ptrag.data.pca import PCASpace
 
         pca = PCASpace.load(run_dir / "pca.npz")
     from ptrag.train.fit import cell_feature_fn

@@ -243,7 +243,7 @@ def _genes_and_pca(
     cfg: TrainConfig, data: PerturbData, split: Split, data_path: str | Path
 ) -> tuple[list[str], object]:
     """The run's genes (HVGs of training cells) and the PCA-50 space fit on training cells."""
-    from ptrag.eval.pca import PCASpace
+    from ptrag.data.pca import PCASpace
 
     rows = training_rows(data, split)
     genes = select_hvg(data, rows, cfg.n_genes, seed=cfg.seed)
