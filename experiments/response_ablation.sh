@@ -7,10 +7,11 @@
 #   response_readout=false   the prediction starts from the control cells, not the selected shifts
 #   train/eval_selection=all every candidate, no selection (response without selection)
 #   response_agreement=false gene-cosine Stage 1, selector alone, uniform readout (no agreement)
+#   response_transfer=false  other cell types' shifts read as observed (no cell-type transfer)
 #
 #   bash experiments/response_ablation.sh [OUT_DIR] [TARGET] [SEED]
 #
-# About 14 minutes on 2 cores (7 trainings of about 1.5 min, their predictions and evaluations).
+# About 16 minutes on 2 cores (8 trainings of about 1.5 min, their predictions and evaluations).
 DEFAULT_OUT=response_ablation
 source "$(dirname "$0")/synthetic_sweep.sh"
 sweep pt_rag_response candidates --grid response_candidates=both,same,other
@@ -18,4 +19,5 @@ sweep pt_rag_response no_context --grid response_context=false
 sweep pt_rag_response no_readout --grid response_readout=false
 sweep pt_rag_response no_selection --grid train_selection=all --grid eval_selection=all
 sweep pt_rag_response no_agreement --grid response_agreement=false
-for t in candidates no_context no_readout no_selection no_agreement; do echo "table: $OUT/$t/sweep.md"; done
+sweep pt_rag_response no_transfer --grid response_transfer=false
+for t in candidates no_context no_readout no_selection no_agreement no_transfer; do echo "table: $OUT/$t/sweep.md"; done

@@ -37,6 +37,7 @@ TOML_ONLY = {
     "response_context",
     "response_readout",
     "response_agreement",
+    "response_transfer",
     "data",
 }
 

@@ -48,7 +48,7 @@ def _toy_index() -> ResponseIndex:
 
 
 def test_response_agreement_compares_shifts_in_the_other_cell_types_only():
-    agree, known = _toy_index().agreement(torch.tensor([0, 1, -1]), torch.tensor([0, 1, 0]))
+    agree, known = _toy_index().agreement(torch.tensor([0, 1, -1]), torch.tensor([0, 1, 0]), weighted=False)
     r = 2**-0.5
     # query (pert 0, ct 0): only ct 1 is compared, where pert 0 moved [1, 1]
     assert known[0].tolist() == [False, False, True, True, True]  # its own entries have no agreement
@@ -58,6 +58,10 @@ def test_response_agreement_compares_shifts_in_the_other_cell_types_only():
     torch.testing.assert_close(agree[1, :2], torch.tensor([0.0, 0.0]))
     # a perturbation that trained nowhere: no agreement at all
     assert not bool(known[2].any()) and not bool(agree[2].any())
+    # weighed by the similarity transfer: the two cell types share no pair of perturbations
+    # besides the query's, so nothing measured in one ranks the other's entries
+    agree, known = _toy_index().agreement(torch.tensor([0, 1, -1]), torch.tensor([0, 1, 0]))
+    assert not bool(known.any()) and not bool(agree.any())
 
 
 def test_agreement_readout_is_a_softmax_over_others_mixed_with_the_own_share(files):
@@ -187,12 +191,18 @@ def test_readout_sets_the_set_mean_and_the_network_each_cells_departure(files):
     with torch.no_grad():
         out = plan(batch)
     db = plan.model.responses
-    own = ~out.same_cell_type & (db.entry_pert[out.candidates] == plan.query_rows(batch["pert_id"])[:, None])
+    q = plan.query_rows(batch["pert_id"])
+    own = ~out.same_cell_type & (db.entry_pert[out.candidates] == q[:, None])
     m = plan.model.agreement.detach()
-    r = readout_weights(own, out.agreement, out.similarity, m[2].exp(), torch.sigmoid(m[3]))
+    # each other cell type's shifts scaled by its transfer to the query's, the own entries'
+    # share by the transfer's explained energy (ptrag.nn.transfer)
+    beta, rho2 = (x.gather(1, db.entry_ct[out.candidates]) for x in db.transfer(q, batch["ct_id"]))
+    assert bool((beta[out.same_cell_type] == 1).all())
+    share = torch.sigmoid(m[3]) * (rho2 * own).sum(-1, keepdim=True) / own.sum(-1, keepdim=True).clamp_min(1)
+    r = readout_weights(own, out.agreement, out.similarity, m[2].exp(), share)
     # the set mean of control + change is the cell type's control mean + the retrieved shifts'
     # weighted mean, whatever the network says (its part is centred in each set)
-    readout = torch.einsum("bk,bkg->bg", r, db.shift[out.candidates])
+    readout = torch.einsum("bk,bkg->bg", r, db.shift[out.candidates] * beta[..., None])
     expected = db.control_mean[batch["ct_id"]] + readout
     torch.testing.assert_close((batch["ctrl_expr"] + out.delta).mean(1), expected, atol=1e-5, rtol=1e-5)
     # with a silent network, each cell moves by exactly that: its set's mean replaced
@@ -247,7 +257,7 @@ def test_response_agreement_equals_the_definition_on_a_random_database():
     db = ResponseIndex(torch.randn(len(pert), 8, generator=g), pert, ct, torch.randn(len(pert), 50, generator=g),
                        torch.zeros(len(pert), 1))  # fmt: skip
     q_pert, q_ct = torch.tensor([0, 5, -1, 29, 7]), torch.tensor([0, 1, 2, 3, 0])
-    agree, known = db.agreement(q_pert, q_ct)
+    agree, known = db.agreement(q_pert, q_ct, weighted=False)  # the weighted form: tests/test_transfer.py
     unit, entry = l2_normalise(db.shift), {(int(p), int(c)): i for i, (p, c) in enumerate(zip(pert, ct, strict=True))}
     for b, (p, t) in enumerate(zip(q_pert.tolist(), q_ct.tolist(), strict=True)):
         for e, c in enumerate(pert.tolist()):

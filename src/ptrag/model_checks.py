@@ -17,7 +17,14 @@ CONDITIONINGS = ("none", "vanilla_rag", "pt_rag", "pt_rag_response")
 EMPTY_SELECTIONS = ("best", "null", "paper", "keep")
 EVAL_SELECTIONS = ("expected", "threshold", "sample", "all")
 RESPONSE_CANDIDATES = ("both", "same", "other")
-_FLAGS = ("fused_triplets", "identity_init", "response_context", "response_readout", "response_agreement")
+_FLAGS = (
+    "fused_triplets",
+    "identity_init",
+    "response_context",
+    "response_readout",
+    "response_agreement",
+    "response_transfer",
+)
 
 
 def check_model_options(cfg: Any, option: Callable[[str], str] | None = None) -> None:

@@ -87,6 +87,14 @@ class ModelConfig:
         ``agreement / T`` over the selected entries of other perturbations, mixed with the mean of
         the query's own selected entries elsewhere with a learned share); ``False``: gene cosine
         ranking, selector alone, uniform mean of the selected shifts.
+    response_transfer
+        ``pt_rag_response``: the readout scales each other cell type's shifts by how that cell
+        type's responses transfer to the query's, measured on the training groups
+        (:mod:`ptrag.nn.transfer`), and gives the query's own entries elsewhere their share in
+        proportion to the transfer's explained energy; the response agreement weighs each other
+        cell type by how far "perturbations that act alike there" carries to the query's cell
+        type (:func:`ptrag.nn.transfer.similarity_transfer`). ``False``: shifts read as observed,
+        every shared cell type counts alike in the agreement.
     """
 
     conditioning: Literal["none", "vanilla_rag", "pt_rag", "pt_rag_response"] = "none"
@@ -108,6 +116,7 @@ class ModelConfig:
     response_context: bool = True
     response_readout: bool = True
     response_agreement: bool = True
+    response_transfer: bool = True
 
     def validate(self, option: Callable[[str], str] | None = None) -> None:
         """Raise :class:`PtragError` naming the first out-of-range option

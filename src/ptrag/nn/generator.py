@@ -200,6 +200,7 @@ class PerturbationModel(nn.Module):
                 f"database minus the query's own: use topk <= {len(responses) - 1}."
             )
         self.responses = responses
+        responses.weighted_agreement = cfg.response_transfer  # the agreement weighs cell types by transfer
         self.selector = TripletSelector(h, cfg.tau, identity_init=cfg.identity_init)
         r = responses.summary.shape[1]
         self.response_encoder = PertEncoder(r, h, cfg.dropout) if cfg.response_context else None
@@ -334,9 +335,15 @@ class PerturbationModel(nn.Module):
         assert self.responses is not None and out.weights is not None and out.candidates is not None
         db = self.responses
         shift = db.shift[out.candidates]  # [B, K, G]
+        own = ~out.same_cell_type & (db.entry_pert[out.candidates] == query_pert[:, None])
+        reliability = None
+        if self.cfg.response_transfer:  # other cell types' shifts scaled to the query's (ptrag.nn.transfer)
+            beta, rho2 = (x.gather(1, db.entry_ct[out.candidates]) for x in db.transfer(query_pert, query_ct))
+            shift = shift * beta[..., None].to(shift.dtype)
+            reliability = (rho2 * own).sum(-1, keepdim=True) / own.sum(-1, keepdim=True).clamp_min(1)
         if out.agreement is not None:  # per set, over every candidate (module docstring)
-            own = ~out.same_cell_type & (db.entry_pert[out.candidates] == query_pert[:, None])
             t, share = self.agreement[2].exp(), torch.sigmoid(self.agreement[3])
+            share = share if reliability is None else share * reliability
             r = readout_weights(own, out.agreement, out.similarity, t, share)
             mean = torch.einsum("bk,bkg->bg", r.to(ctrl_expr.dtype), shift.to(ctrl_expr.dtype))[:, None]
         else:  # the selected entries' mean, per cell

@@ -39,6 +39,7 @@ from torch import nn
 
 from ptrag.errors import PtragError
 from ptrag.nn.retrieval import l2_normalise, resize_buffers
+from ptrag.nn.transfer import pair_dots, pair_similarity_sums, similarity_transfer, transfer
 
 #: Rank offsets of the three tiers (a rank score lies in [-2, 2], so tiers never interleave).
 _TIER = {"own": 16.0, "same": 8.0, "other": 0.0, "last": -8.0}
@@ -187,6 +188,9 @@ class ResponseIndex(nn.Module):
         self._derive()
         self.pert_names = [str(x) for x in pert_names]
         self.cell_type_names = [str(x) for x in cell_type_names]
+        #: the agreement weighs each cell type by its similarity transfer (set by the model from
+        #: its ``response_transfer`` option)
+        self.weighted_agreement = True
 
     def __len__(self) -> int:
         return int(self.raw.shape[0])
@@ -225,7 +229,7 @@ class ResponseIndex(nn.Module):
             cos = l2_normalise(query_vec.detach().float()) @ self.unit.T
             rank, agree = cos, None
             if agreement:  # computed only when it is used
-                agree, known = self.agreement(query_pert, query_ct)
+                agree, known = self.agreement(query_pert, query_ct, self.weighted_agreement)
                 rank = cos + agree
                 agree = torch.where(known, agree, torch.nan)
             scores = candidate_scores(rank, self.entry_pert, self.entry_ct, query_pert, query_ct, rule)
@@ -246,7 +250,7 @@ class ResponseIndex(nn.Module):
     def _pair_table(self, k: int, rule: str, agreement: bool):
         """Stage 1 of every ``(perturbation, cell type)`` pair (row ``p * n_cell_types + t``), in
         chunks of 256 queries; kept until the database is reloaded."""
-        key = (k, rule, agreement, str(self.raw.device))
+        key = (k, rule, agreement, self.weighted_agreement, str(self.raw.device))
         if key not in self._pairs:
             n_p, n_c = self.entry_table.shape
             pert = torch.arange(n_p, device=self.raw.device).repeat_interleave(n_c)
@@ -276,25 +280,34 @@ class ResponseIndex(nn.Module):
         pert_row = torch.full((n_p,), -1, dtype=torch.long, device=dev)  # an entry of each perturbation
         pert_row[self.entry_pert] = torch.arange(e, device=dev)  # (their gene vectors are the same)
         derived = (("unit_shift", l2_normalise(self.shift)), ("entry_table", table), ("entry_column", column))
-        for name, value in (*derived, ("pert_row", pert_row)):
+        unit = derived[0][1]
+        transfer_sums = (("pair_dots", pair_dots(self.shift, table)), ("pair_sims", pair_similarity_sums(unit, table)))
+        for name, value in (*derived, ("pert_row", pert_row), *transfer_sums):
             self.register_buffer(name, value, persistent=False)
         self._pairs: dict = {}  # Stage 1 of every pair, per (k, rule, agreement, device)
 
-    def agreement(self, query_pert: torch.Tensor, query_ct: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def agreement(
+        self, query_pert: torch.Tensor, query_ct: torch.Tensor, weighted: bool = True
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """Response agreement of every entry with every query (module docstring).
 
         Parameters
         ----------
         query_pert, query_ct
             ``[B]`` perturbation and cell-type ids of the queries (``-1``: unknown).
+        weighted
+            Weigh each cell type by its similarity transfer (what the model uses); ``False``:
+            every shared other cell type counts 1.
 
         Returns
         -------
         agree : torch.Tensor
-            ``[B, E]`` mean cosine of the shifts over the shared other cell types (0 where undefined).
+            ``[B, E]`` mean cosine of the shifts over the shared other cell types, each cell type
+            weighed by its similarity transfer to the query's (:func:`ptrag.nn.transfer.
+            similarity_transfer`; 0 where undefined).
         known : torch.Tensor
-            ``[B, E]`` bool, the agreement is defined (at least one shared other cell type, and
-            the entry is not the query's own perturbation).
+            ``[B, E]`` bool, the agreement is defined (at least one shared other cell type with a
+            positive similarity transfer, and the entry is not the query's own perturbation).
         """
         e, dev = len(self), self.shift.device
         table, column = self.entry_table, self.entry_column
@@ -311,9 +324,17 @@ class ResponseIndex(nn.Module):
             dots[:, u] = d_u.gather(1, column[e_rows[:, u].clamp_min(0)][None].expand(len(query_pert), -1))
         cts = torch.arange(n_c, device=dev)
         ok = (q_rows[:, :, None] >= 0) & (e_rows.T[None] >= 0) & (query_ct[:, None, None] != cts[None, :, None])
+        # each cell type u weighed by how far similarity in u carries to the query's (ptrag.nn.transfer)
+        w = similarity_transfer(self.pair_sims, query_pert, query_ct) if weighted else torch.ones(len(query_pert), n_c)
+        w = torch.where(ok, w.to(dev)[:, :, None], 0.0)
         count = ok.sum(1)
-        known = (count > 0) & (self.entry_pert[None, :] != query_pert[:, None])
-        return torch.where(known, torch.where(ok, dots, 0.0).sum(1) / count.clamp_min(1), 0.0), known
+        known = ((w > 0).sum(1) > 0) & (self.entry_pert[None, :] != query_pert[:, None])
+        return torch.where(known, (w * dots).sum(1) / count.clamp_min(1), 0.0), known
+
+    def transfer(self, query_pert: torch.Tensor, query_ct: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(beta, rho2)`` ``[B, n_cell_types]``: how each cell type's shifts transfer to each
+        query's cell type, measured without the query's perturbation (:mod:`ptrag.nn.transfer`)."""
+        return transfer(self.pair_dots, self.entry_table, query_pert, query_ct)
 
     def own_summary(self, query_pert: torch.Tensor, query_ct: torch.Tensor) -> torch.Tensor:
         """``[B, R]`` mean summary of each query's own entries in the *other* cell types (what

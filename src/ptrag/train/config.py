@@ -139,6 +139,14 @@ class TrainConfig:
             cli=False,
         ),
     )
+    response_transfer: bool = field(
+        default=True,
+        metadata=_m(
+            "pt_rag_response: other cell types' shifts scaled, and their agreement weighed, by how they transfer "
+            "to the query's cell type, measured on training groups (an ablation).",
+            cli=False,
+        ),
+    )
     cell_set_size: int = field(default=32, metadata=_m("Cells per set (S)."))
     batch_size: int = field(default=16, metadata=_m("Sets per batch."))
     n_genes: int = field(default=2000, metadata=_m("Highly variable genes (on training cells; all genes when fewer)."))
