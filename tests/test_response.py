@@ -194,12 +194,10 @@ def test_readout_sets_the_set_mean_and_the_network_each_cells_departure(files):
     q = plan.query_rows(batch["pert_id"])
     own = ~out.same_cell_type & (db.entry_pert[out.candidates] == q[:, None])
     m = plan.model.agreement.detach()
-    # each other cell type's shifts scaled by its transfer to the query's, the own entries'
-    # share by the transfer's explained energy (ptrag.nn.transfer)
-    beta, rho2 = (x.gather(1, db.entry_ct[out.candidates]) for x in db.transfer(q, batch["ct_id"]))
+    # each other cell type's shifts scaled by its transfer to the query's (ptrag.nn.transfer)
+    beta = db.transfer(q, batch["ct_id"])[0].gather(1, db.entry_ct[out.candidates])
     assert bool((beta[out.same_cell_type] == 1).all())
-    share = torch.sigmoid(m[3]) * (rho2 * own).sum(-1, keepdim=True) / own.sum(-1, keepdim=True).clamp_min(1)
-    r = readout_weights(own, out.agreement, out.similarity, m[2].exp(), share)
+    r = readout_weights(own, out.agreement, out.similarity, m[2].exp(), torch.sigmoid(m[3]))
     # the set mean of control + change is the cell type's control mean + the retrieved shifts'
     # weighted mean, whatever the network says (its part is centred in each set)
     readout = torch.einsum("bk,bkg->bg", r, db.shift[out.candidates] * beta[..., None])

@@ -71,16 +71,17 @@ def test_the_protocols_share_the_split_step_instead_of_importing_each_other() ->
 #: counting imports inside functions too.
 ALLOWED_IMPORTS: dict[str, set[str]] = {
     "errors": set(),
+    "lazy": set(),
     "model_checks": {"errors"},
     "nn": {"errors", "model_checks"},
-    "data": {"errors"},
+    "data": {"errors", "lazy"},
     "genes": {"errors", "data"},
     "eval": {"errors", "data"},
-    "train": {"errors", "model_checks", "nn", "data"},
+    "train": {"errors", "lazy", "model_checks", "nn", "data"},
     "experiments": {"errors", "data", "eval", "train"},
     "cli": {"errors", "data", "genes", "eval", "train", "experiments"},
     "__main__": {"cli"},
-    "__init__": {"errors"},
+    "__init__": {"errors", "lazy"},
 }
 MAX_FUNCTION_LINES = 60
 

@@ -21,6 +21,7 @@ of an ``.h5ad`` file (:data:`DataSource`):
 """
 
 from ptrag.errors import PtragError
+from ptrag.lazy import lazy_getattr
 
 __version__ = "0.1.0"
 
@@ -49,16 +50,7 @@ _API = {
 __all__ = ["PtragError", "__version__", *_API]
 
 
-def __getattr__(name: str):
-    """The API's names, imported on first use (see the module docstring)."""
-    if name not in _API:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    import importlib
-
-    module, attr = _API[name]
-    value = getattr(importlib.import_module(module), attr)
-    globals()[name] = value
-    return value
+__getattr__ = lazy_getattr(globals(), _API)
 
 
 def __dir__() -> list[str]:

@@ -6,6 +6,8 @@ The reading entry points take an ``.h5ad`` path or an in-memory AnnData
 :class:`~ptrag.data.io.PerturbData`, the split makers of :mod:`ptrag.data.split_makers`.
 """
 
+from ptrag.lazy import lazy_getattr
+
 #: Public name -> module, imported on first access.
 _API = {
     "DataSource": "ptrag.data.sources",
@@ -21,12 +23,4 @@ _API = {
 __all__ = list(_API)
 
 
-def __getattr__(name: str):
-    """The names of :data:`_API`, imported on first use."""
-    if name not in _API:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    import importlib
-
-    value = getattr(importlib.import_module(_API[name]), name)
-    globals()[name] = value
-    return value
+__getattr__ = lazy_getattr(globals(), _API)

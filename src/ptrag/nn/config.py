@@ -90,8 +90,7 @@ class ModelConfig:
     response_transfer
         ``pt_rag_response``: the readout scales each other cell type's shifts by how that cell
         type's responses transfer to the query's, measured on the training groups
-        (:mod:`ptrag.nn.transfer`), and gives the query's own entries elsewhere their share in
-        proportion to the transfer's explained energy; the response agreement weighs each other
+        (:mod:`ptrag.nn.transfer`); the response agreement weighs each other
         cell type by how far "perturbations that act alike there" carries to the query's cell
         type (:func:`ptrag.nn.transfer.similarity_transfer`). ``False``: shifts read as observed,
         every shared cell type counts alike in the agreement.

@@ -136,6 +136,15 @@ class Decoder(nn.Module):
         """``[..., H] -> [..., G]``."""
         return self.net(x)
 
+    def centred(self, x: torch.Tensor, offset: torch.Tensor) -> torch.Tensor:
+        """``forward(x) - mean_set(forward(x)) + offset`` for ``x`` ``[B, S, H]`` and ``offset``
+        ``[B, 1 or S, G]``, computed without a ``[B, S, G]`` mean: the last layer is linear, so
+        centring its ``H``-wide input centres its output (the bias cancels); the offset is added
+        in place (the product's backward does not read its output)."""
+        h = self.net[1](self.net[0](x))
+        out = torch.nn.functional.linear(h - h.mean(-2, keepdim=True), self.net[2].weight)
+        return out.add_(offset.to(out.dtype))
+
 
 def count_parameters(model: nn.Module, trainable_only: bool = False) -> int:
     """Number of parameters of ``model`` (buffers such as the retrieval database excluded).

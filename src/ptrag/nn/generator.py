@@ -18,10 +18,9 @@ PT-RAG follows the paper's Eq. 7: the cell and its perturbation reach the backbo
 the selected triplets. ``empty_selection`` says what a cell whose selection is empty gets:
 ``"best"`` (default) its highest-scoring candidate; ``"null"`` a null-context triplet
 ``proj([h_ctrl; h_pert; 0])`` always added; ``"paper"`` nothing (``z = 0``); ``"keep"``
-``h_ctrl + h_pert`` always added (ptrag's first form). ``pt_rag_response`` (database, Stage 1,
-response agreement, readout): :mod:`ptrag.nn.responses` and ``docs/training.md``.
-The backbone is a bidirectional, position-free Llama stack
-(:class:`ptrag.nn.backbone.SetTransformer`); the prediction is
+``h_ctrl + h_pert`` always added (ptrag's first form). ``pt_rag_response``: :mod:`ptrag.nn.responses`,
+:mod:`ptrag.nn.transfer`, ``docs/training.md``. The backbone is a bidirectional, position-free
+Llama stack (:class:`ptrag.nn.backbone.SetTransformer`); the prediction is
 ``relu(ctrl_expr + Decoder(backbone(z)))``.
 """
 
@@ -319,11 +318,13 @@ class PerturbationModel(nn.Module):
             else:
                 h_ctx = self._retrieve_responses(pert_vec, query_index, query_cell_type, out)
             z = self._select(h_ctrl, h_pert, h_ctx, sample_selection, out)
-        out.delta = self.decoder(self.backbone(z))
         if self.responses is not None and self.cfg.response_readout:
             # the readout gives the set's mean change, the network each cell's departure from it
-            residual = out.delta - out.delta.mean(1, keepdim=True)
-            out.delta = residual + self._readout(ctrl_expr, query_index, query_cell_type, out)
+            out.delta = self.decoder.centred(
+                self.backbone(z), self._readout(ctrl_expr, query_index, query_cell_type, out)
+            )
+        else:
+            out.delta = self.decoder(self.backbone(z))
         out.pred = torch.relu(ctrl_expr + out.delta)
         return out
 
@@ -334,21 +335,18 @@ class PerturbationModel(nn.Module):
         the set's control centring (``[B, S or 1, G]``)."""
         assert self.responses is not None and out.weights is not None and out.candidates is not None
         db = self.responses
-        shift = db.shift[out.candidates]  # [B, K, G]
+        shift = db.shift[out.candidates].to(ctrl_expr.dtype)  # [B, K, G]
         own = ~out.same_cell_type & (db.entry_pert[out.candidates] == query_pert[:, None])
-        reliability = None
-        if self.cfg.response_transfer:  # other cell types' shifts scaled to the query's (ptrag.nn.transfer)
-            beta, rho2 = (x.gather(1, db.entry_ct[out.candidates]) for x in db.transfer(query_pert, query_ct))
-            shift = shift * beta[..., None].to(shift.dtype)
-            reliability = (rho2 * own).sum(-1, keepdim=True) / own.sum(-1, keepdim=True).clamp_min(1)
+        beta = torch.ones_like(out.similarity)  # other cell types' shifts scaled to the query's, via the weights
+        if self.cfg.response_transfer:  # (ptrag.nn.transfer)
+            beta = db.transfer(query_pert, query_ct)[0].gather(1, db.entry_ct[out.candidates])
         if out.agreement is not None:  # per set, over every candidate (module docstring)
             t, share = self.agreement[2].exp(), torch.sigmoid(self.agreement[3])
-            share = share if reliability is None else share * reliability
-            r = readout_weights(own, out.agreement, out.similarity, t, share)
-            mean = torch.einsum("bk,bkg->bg", r.to(ctrl_expr.dtype), shift.to(ctrl_expr.dtype))[:, None]
+            r = readout_weights(own, out.agreement, out.similarity, t, share) * beta
+            mean = torch.bmm(r.to(shift.dtype)[:, None], shift)
         else:  # the selected entries' mean, per cell
-            w = out.weights / out.weights.sum(-1, keepdim=True).clamp_min(1e-6)
-            mean = torch.bmm(w, shift.to(w.dtype))
+            w = out.weights / out.weights.sum(-1, keepdim=True).clamp_min(1e-6) * beta[:, None]
+            mean = torch.bmm(w.to(shift.dtype), shift)
         return mean + db.set_centring(ctrl_expr, query_ct)
 
     def _retrieve(self, pert_vec: torch.Tensor, query_index: torch.Tensor, out: ModelOutput) -> torch.Tensor:

@@ -302,9 +302,9 @@ class ResponseIndex(nn.Module):
         Returns
         -------
         agree : torch.Tensor
-            ``[B, E]`` mean cosine of the shifts over the shared other cell types, each cell type
-            weighed by its similarity transfer to the query's (:func:`ptrag.nn.transfer.
-            similarity_transfer`; 0 where undefined).
+            ``[B, E]`` mean over the shared other cell types of the shifts' cosine times that cell
+            type's similarity transfer to the query's (:func:`ptrag.nn.transfer.
+            similarity_transfer`: weak evidence shrinks the agreement toward 0; 0 where undefined).
         known : torch.Tensor
             ``[B, E]`` bool, the agreement is defined (at least one shared other cell type with a
             positive similarity transfer, and the entry is not the query's own perturbation).

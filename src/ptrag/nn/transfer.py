@@ -13,10 +13,11 @@ and the share of ``t``'s shift energy it explains
 
     rho2(t, u) = (sum_q <s(q, t), s(q, u)>)^2 / ((sum_q |s(q, u)|^2 + lambda_u) (sum_q |s(q, t)|^2 + lambda_t)),
 
-with ``lambda_c`` the mean squared norm of ``c``'s shifts (``p``'s left out) (one pseudo-perturbation of no
-transfer: a pair with little shared evidence shrinks toward ``beta = 0``). The readout scales
-each entry of ``u`` by ``beta(t, u)`` and the query's own entries elsewhere take their share of
-the readout in proportion to ``rho2`` (:meth:`ptrag.nn.generator.PerturbationModel._readout`).
+with ``lambda_c`` the mean squared norm of ``c``'s shifts (``p``'s left out; one
+pseudo-perturbation of no transfer: a pair with little shared evidence shrinks toward
+``beta = 0``). The readout scales each entry of ``u`` by ``beta(t, u)``
+(:meth:`ptrag.nn.generator.PerturbationModel._readout`); ``rho2`` is a diagnostic (gating the
+own entries' share by it was measured worse on the synthetic benchmark, docs/training.md).
 
 For a query ``(p, t)`` the sums leave out ``p`` itself (in training ``(p, t)`` is the target);
 the query's group never reaches its own prediction, and a held-out group is in no sum (it has

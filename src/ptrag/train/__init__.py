@@ -7,6 +7,8 @@ Prediction itself is :func:`ptrag.train.predict.predict` (``ptrag.train.predict`
 ``ptrag.predict`` is the function).
 """
 
+from ptrag.lazy import lazy_getattr
+
 #: Public name -> module, imported on first access.
 _API = {
     "train": "ptrag.train.fit",
@@ -19,12 +21,4 @@ _API = {
 __all__ = list(_API)
 
 
-def __getattr__(name: str):
-    """The names of :data:`_API`, imported on first use."""
-    if name not in _API:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    import importlib
-
-    value = getattr(importlib.import_module(_API[name]), name)
-    globals()[name] = value
-    return value
+__getattr__ = lazy_getattr(globals(), _API)
