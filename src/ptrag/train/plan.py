@@ -47,8 +47,12 @@ def freeze_unused(model: PerturbationModel) -> None:
     (1-row) token embedding gets no gradient, and DDP would stop the run at its first step
     ("parameters that were not used in producing the loss"); frozen, DDP does not wait for it.
     It stays in the optimiser (which skips a parameter without gradient, as before), so the
-    checkpoints of earlier runs still resume."""
+    checkpoints of earlier runs still resume. Likewise the decoder's last bias under
+    ``pt_rag_response``'s readout, whose network change is centred per set (the bias cancels,
+    :meth:`ptrag.nn.encoders.Decoder.centred`)."""
     model.backbone.llama.embed_tokens.weight.requires_grad_(False)
+    if model.responses is not None and model.cfg.response_readout:
+        model.decoder.net[2].bias.requires_grad_(False)
 
 
 def rank_seed(seed: int, rank: int, step: int = 0) -> int:
