@@ -47,3 +47,12 @@ def make_adata(
         a.X = sp.csr_matrix(np.log1p(x / np.maximum(tot, 1) * 1e4).astype(np.float32))
         a.uns["log1p"] = {"base": None}
     return a
+
+
+def write_gene_table(path, n_perts: int = 8, dim: int = 12, seed: int = 0) -> None:
+    """A GenePT-style pickle of random ``dim``-vectors for perturbations ``P0 .. P{n_perts-1}``."""
+    import pickle
+
+    rng = np.random.default_rng(seed)
+    with open(path, "wb") as f:
+        pickle.dump({f"P{i}": rng.normal(size=dim).tolist() for i in range(n_perts)}, f)

@@ -3,7 +3,6 @@ and the README's Python example runs as it is written."""
 
 from __future__ import annotations
 
-import pickle
 import re
 from pathlib import Path
 
@@ -11,7 +10,7 @@ import anndata as ad
 import numpy as np
 import pandas as pd
 import pytest
-from _data import make_adata
+from _data import make_adata, write_gene_table
 
 import ptrag
 from ptrag.data.io import read_perturbseq
@@ -89,9 +88,7 @@ def two_runs(tmp_path_factory):
     d = tmp_path_factory.mktemp("anndata_api")
     adata = make_adata(n_perts=8, cells=16)
     adata.write_h5ad(d / "d.h5ad")
-    rng = np.random.default_rng(0)
-    with open(d / "genept.pkl", "wb") as f:
-        pickle.dump({f"P{i}": rng.normal(size=12).tolist() for i in range(8)}, f)
+    write_gene_table(d / "genept.pkl")
     cfg = ptrag.resolve_config({"model": "pt_rag", "target_cell_type": "CT1", **TINY})
     for name, source in (("memory", adata), ("file", d / "d.h5ad")):
         ptrag.fit(cfg, source, d / name, gene_tables=[d / "genept.pkl"], progress=False)

@@ -8,14 +8,13 @@ change in CT0 alone).
 
 from __future__ import annotations
 
-import pickle
 import shutil
 
 import anndata as ad
 import numpy as np
 import pandas as pd
 import pytest
-from _data import TINY_TRAIN, make_adata
+from _data import TINY_TRAIN, make_adata, write_gene_table
 
 from ptrag.cli import main
 from ptrag.train.baselines import (
@@ -66,9 +65,7 @@ def files(tmp_path_factory):
     )
     a[~drop.to_numpy()].copy().write_h5ad(d / "d.h5ad")
     (d / "split.toml").write_text(SPLIT)
-    rng = np.random.default_rng(0)
-    with open(d / "g.pkl", "wb") as f:
-        pickle.dump({f"P{i}": rng.normal(size=12).tolist() for i in range(8)}, f)
+    write_gene_table(d / "g.pkl")
     run = d / "run"
     assert (
         main(

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import os
-import pickle
 import subprocess
 import sys
 import textwrap
@@ -17,7 +16,7 @@ import textwrap
 import numpy as np
 import pytest
 import torch
-from _data import TINY_MODEL, make_adata
+from _data import TINY_MODEL, make_adata, write_gene_table
 
 from ptrag.cli import main
 from ptrag.data.io import read_perturbseq
@@ -52,9 +51,7 @@ LAUNCH = textwrap.dedent(
 def files(tmp_path_factory):
     d = tmp_path_factory.mktemp("ddp")
     make_adata(n_perts=8, cells=16, n_genes=30).write_h5ad(d / "d.h5ad")
-    rng = np.random.default_rng(0)
-    with open(d / "g.pkl", "wb") as f:
-        pickle.dump({f"P{i}": rng.normal(size=12).tolist() for i in range(8)}, f)
+    write_gene_table(d / "g.pkl")
     (d / "launch.py").write_text(LAUNCH)
     return d
 

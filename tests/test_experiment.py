@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import json
-import pickle
 import re
 
 import numpy as np
 import pandas as pd
 import pytest
-from _data import make_adata
+from _data import make_adata, write_gene_table
 
 from ptrag.cli import main
 from ptrag.train.baselines import BASELINES
@@ -20,9 +19,7 @@ SMALL = ["--max-steps", "2", "--topk", "3"]
 
 def _files(tmp_path):
     make_adata(n_perts=8, cells=16, n_genes=30).write_h5ad(tmp_path / "d.h5ad")
-    rng = np.random.default_rng(0)
-    with open(tmp_path / "g.pkl", "wb") as f:
-        pickle.dump({f"P{i}": rng.normal(size=12).tolist() for i in range(8)}, f)
+    write_gene_table(tmp_path / "g.pkl")
 
 
 def test_cross_celltype_runs_every_target_and_resumes(tmp_path, monkeypatch):

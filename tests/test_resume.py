@@ -4,7 +4,6 @@ uninterrupted run (same seed): data order, optimiser and RNG state all come back
 from __future__ import annotations
 
 import os
-import pickle
 import signal
 import subprocess
 import sys
@@ -13,7 +12,7 @@ import textwrap
 import numpy as np
 import pytest
 import torch
-from _data import TINY_MODEL, make_adata
+from _data import TINY_MODEL, make_adata, write_gene_table
 
 from ptrag.cli import main
 
@@ -63,9 +62,7 @@ def _weights(run):
 @pytest.mark.timeout(300)
 def test_sigkill_then_resume_equals_uninterrupted(tmp_path):
     make_adata(n_perts=8, cells=16, n_genes=30).write_h5ad(tmp_path / "d.h5ad")
-    rng = np.random.default_rng(0)
-    with open(tmp_path / "g.pkl", "wb") as f:
-        pickle.dump({f"P{i}": rng.normal(size=12).tolist() for i in range(8)}, f)
+    write_gene_table(tmp_path / "g.pkl")
     base = ["train", "--data", str(tmp_path / "d.h5ad"), "--genes", str(tmp_path / "g.pkl"), *ARGS]
 
     assert main([*base, "--out", str(tmp_path / "whole")]) == 0
@@ -94,9 +91,7 @@ def test_sigkill_then_resume_equals_uninterrupted(tmp_path):
 
 def test_same_seed_same_weights_predictions_and_metrics(tmp_path):
     make_adata(n_perts=8, cells=16, n_genes=30).write_h5ad(tmp_path / "d.h5ad")
-    rng = np.random.default_rng(0)
-    with open(tmp_path / "g.pkl", "wb") as f:
-        pickle.dump({f"P{i}": rng.normal(size=12).tolist() for i in range(8)}, f)
+    write_gene_table(tmp_path / "g.pkl")
     args = [a if a != "14" else "6" for a in ARGS]
     base = ["train", "--data", str(tmp_path / "d.h5ad"), "--genes", str(tmp_path / "g.pkl"), *args]
     files = {}

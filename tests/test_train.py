@@ -8,7 +8,7 @@ import anndata as ad
 import numpy as np
 import pandas as pd
 import pytest
-from _data import TINY_TRAIN, make_adata
+from _data import TINY_TRAIN, make_adata, write_gene_table
 
 from ptrag.cli import main
 from ptrag.train.config import resolve_config
@@ -21,9 +21,7 @@ FAST = [*TINY_TRAIN, "--target-cell-type", "CT1"]
 def files(tmp_path_factory):
     d = tmp_path_factory.mktemp("train")
     make_adata(n_perts=8, cells=16, n_genes=30).write_h5ad(d / "d.h5ad")
-    rng = np.random.default_rng(0)
-    with open(d / "genept.pkl", "wb") as f:
-        pickle.dump({f"P{i}": rng.normal(size=12).tolist() for i in range(8)}, f)
+    write_gene_table(d / "genept.pkl")
     return d
 
 

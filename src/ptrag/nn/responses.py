@@ -325,8 +325,12 @@ class ResponseIndex(nn.Module):
         cts = torch.arange(n_c, device=dev)
         ok = (q_rows[:, :, None] >= 0) & (e_rows.T[None] >= 0) & (query_ct[:, None, None] != cts[None, :, None])
         # each cell type u weighed by how far similarity in u carries to the query's (ptrag.nn.transfer)
-        w = similarity_transfer(self.pair_sims, query_pert, query_ct) if weighted else torch.ones(len(query_pert), n_c)
-        w = torch.where(ok, w.to(dev)[:, :, None], 0.0)
+        w = (
+            similarity_transfer(self.pair_sims, query_pert, query_ct)
+            if weighted
+            else torch.ones(len(query_pert), n_c, device=dev)
+        )
+        w = torch.where(ok, w[:, :, None], 0.0)
         count = ok.sum(1)
         known = ((w > 0).sum(1) > 0) & (self.entry_pert[None, :] != query_pert[:, None])
         return torch.where(known, (w * dots).sum(1) / count.clamp_min(1), 0.0), known

@@ -92,17 +92,21 @@ def pair_similarity_sums(unit_shift: torch.Tensor, table: torch.Tensor) -> torch
     ``cos_t(q, c) cos_u(q, c)``, ``cos_u(q, c)^2``, ``cos_t(q, c)^2`` and 1 (``cos_t``: the cosine
     of two perturbations' shifts in ``t``); the rows of :func:`similarity_transfer`."""
     n_p, n_c = table.shape
-    unit = torch.cat([unit_shift.float(), torch.zeros(1, unit_shift.shape[1], device=unit_shift.device)])
-    rows = torch.where(table >= 0, table, len(unit_shift))
-    cos = [unit[rows[:, t]] @ unit[rows[:, t]].T for t in range(n_c)]  # [n_p, n_p] each (0 where absent)
-    has = (table >= 0).float()
-    off = 1.0 - torch.eye(n_p, device=table.device)
     out = torch.zeros(n_p, n_c, n_c, 4, device=table.device)
+    # only perturbations trained in two or more cell types enter a sum (t != u), so the
+    # [n, n] cosine matrices are built over those alone
+    shared = ((table >= 0).sum(1) >= 2).nonzero().squeeze(1)
+    sub = table[shared]
+    unit = torch.cat([unit_shift.float(), torch.zeros(1, unit_shift.shape[1], device=unit_shift.device)])
+    rows = torch.where(sub >= 0, sub, len(unit_shift))
+    cos = [unit[rows[:, t]] @ unit[rows[:, t]].T for t in range(n_c)]  # [n, n] each (0 where absent)
+    has = (sub >= 0).float()
+    off = 1.0 - torch.eye(len(shared), device=table.device)
     for t in range(n_c):
         for u in range(n_c):
             both = has[:, t] * has[:, u]
             m = both[:, None] * both[None, :] * off
-            out[:, t, u] = torch.stack(
+            out[shared, t, u] = torch.stack(
                 [(cos[t] * cos[u] * m).sum(1), (cos[u] ** 2 * m).sum(1), (cos[t] ** 2 * m).sum(1), m.sum(1)], -1
             )
     return out
