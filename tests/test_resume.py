@@ -133,7 +133,7 @@ def test_same_seed_same_weights_predictions_and_metrics(tmp_path):
 
 
 def test_out_of_memory_suggests_backed_mode(tmp_path, monkeypatch, capsys):
-    import ptrag.data.io as io
+    import ptrag.data.sources as io
 
     make_adata().write_h5ad(tmp_path / "d.h5ad")
 

@@ -3,7 +3,9 @@
 The reading entry points take an ``.h5ad`` path or an in-memory AnnData
 (:data:`~ptrag.data.sources.DataSource`); re-exported here (imported on first use):
 :func:`~ptrag.data.io.read_perturbseq`, :class:`~ptrag.data.io.ColumnSpec`,
-:class:`~ptrag.data.io.PerturbData`, the split makers of :mod:`ptrag.data.split_makers`.
+:class:`~ptrag.data.io.PerturbData`, the split makers of :mod:`ptrag.data.split_makers`,
+:func:`~ptrag.data.prepare_write.write_prepared` (``ptrag prepare``: a run-ready copy that
+backed reads use).
 """
 
 from ptrag.lazy import lazy_getattr
@@ -18,6 +20,7 @@ _API = {
     "unseen_perturbation_split": "ptrag.data.split_makers",
     "make_split": "ptrag.data.split_makers",
     "load_split": "ptrag.data.split_makers",
+    "write_prepared": "ptrag.data.prepare_write",
 }
 
 __all__ = list(_API)

@@ -14,7 +14,6 @@ import logging
 from collections.abc import Sequence
 from pathlib import Path
 
-import anndata as ad
 import h5py
 import numpy as np
 import pandas as pd
@@ -22,7 +21,8 @@ import scipy.sparse as sp
 
 from ptrag.data.checks import available_memory, check_names, check_values, detect_counts
 from ptrag.data.columns import DEFAULT_SPEC, ColumnSpec, normalised_obs, resolve_columns
-from ptrag.data.sources import AnnDataLabel, DataSource, open_source
+from ptrag.data.prepared import PreparedMatrix, find_prepared
+from ptrag.data.sources import AnnDataLabel, DataSource, expression_source, open_source
 from ptrag.errors import PtragError
 
 log = logging.getLogger("ptrag")
@@ -62,6 +62,7 @@ class PerturbData:
         is_counts: bool,
         backed: bool,
         h5file: h5py.File | None = None,
+        totals: np.ndarray | None = None,
     ) -> None:
         self.path = path
         self.spec = spec
@@ -76,8 +77,12 @@ class PerturbData:
         self._gene_pos = {g: i for i, g in enumerate(var_names)}
         self._size_factors: np.ndarray | None = None
         self.target_sum: float | None = None
+        self._totals: np.ndarray | None = None
+        self._prepared: PreparedMatrix | None = None  # a run-ready copy (ptrag prepare), backed only
+        self._prepared_maps: dict[bytes, np.ndarray | None] = {}
         if is_counts:
-            totals = self._row_totals()
+            totals = self._row_totals() if totals is None else totals
+            self._totals = totals
             if np.any(totals <= 0):
                 n = int(np.sum(totals <= 0))
                 raise PtragError(f"{path}: {n} cells have zero total counts; remove empty cells before use.")
@@ -167,15 +172,38 @@ class PerturbData:
             if self._size_factors is not None:
                 block = _scale_rows(block, self._size_factors[rows]).log1p()
             return block.toarray().astype(np.float32, copy=False)
+        fast = self._from_prepared(rows, gidx)
+        if fast is not None:
+            return fast
         uniq, inverse = np.unique(rows, return_inverse=True)
-        block = self._read_rows(uniq)
-        if self._size_factors is not None:
-            block = _scale_rows(block, self._size_factors[uniq])
-            block = block.log1p() if sp.issparse(block) else np.log1p(block)
+        block = self.normalised_rows(uniq)
         if gidx is not None:
             block = block[:, gidx]
         dense = block.toarray() if sp.issparse(block) else np.asarray(block)
         return dense.astype(np.float32, copy=False)[inverse]
+
+    def normalised_rows(self, sorted_rows: np.ndarray):
+        """Log-normalised expression of sorted unique ``sorted_rows`` over all genes, as read
+        (sparse or dense): counts scaled by their size factors and ``log1p``-transformed."""
+        block = self._read_rows(sorted_rows)
+        if self._size_factors is not None:
+            block = _scale_rows(block, self._size_factors[sorted_rows])
+            block = block.log1p() if sp.issparse(block) else np.log1p(block)
+        return block
+
+    def _from_prepared(self, rows: np.ndarray, gidx: np.ndarray | None) -> np.ndarray | None:
+        """``rows`` x ``gidx`` from the prepared file, or ``None`` when there is none or it
+        lacks some of these genes (then the source is read)."""
+        if self._prepared is None:
+            return None
+        cols = np.arange(len(self.var_names)) if gidx is None else gidx
+        key = cols.tobytes()
+        if key not in self._prepared_maps:
+            self._prepared_maps[key] = self._prepared.column_map(cols, self.var_names)
+            if self._prepared_maps[key] is None:
+                log.info("%s: genes outside its prepared file are read from the source.", self.path)
+        col_map = self._prepared_maps[key]
+        return None if col_map is None else self._prepared.dense(rows, col_map, len(cols))
 
     def _gene_columns(self, gidx: np.ndarray | None):
         """An in-memory sparse matrix restricted to the columns ``gidx``, built on first use
@@ -234,6 +262,9 @@ class PerturbData:
         if self._h5 is not None:
             self._h5.close()
             self._h5 = None
+        if self._prepared is not None:
+            self._prepared.close()
+            self._prepared = None
 
     def __repr__(self) -> str:
         g = self.groups()
@@ -298,11 +329,20 @@ def read_perturbseq(
     spec = resolve_columns(adata.obs, spec, set(spec_is_default), path)
     obs = normalised_obs(adata.obs, spec, path)
 
-    var_names, matrix, h5file = _expression_source(adata, spec, path, backed)
+    var_names, matrix, h5file = expression_source(adata, spec, path, backed)
     is_counts = detect_counts(matrix, adata.uns if not backed else _backed_uns(adata), obsm=spec.obsm_key is not None)
-    data = PerturbData(path, spec, obs, var_names, matrix, is_counts, backed, h5file)
+    prepared = find_prepared(path, spec.layer, adata.n_obs) if backed and spec.obsm_key is None else None
+    if prepared is not None and bool(prepared.attrs.get("is_counts")) != is_counts:
+        prepared.close()
+        prepared = None
+    totals = prepared.totals if prepared is not None else None
+    data = PerturbData(path, spec, obs, var_names, matrix, is_counts, backed, h5file, totals=totals)
     data._obsm = adata.obsm
-    check_values(data)
+    if prepared is None:
+        check_values(data)  # a prepared file's source was checked when it was prepared
+    else:
+        data._prepared = prepared
+        log.info("%s: reading expression from its prepared file %s.", path, prepared.path)
     return data
 
 
@@ -311,63 +351,6 @@ def _backed_uns(adata) -> dict:
         return dict(adata.uns)
     except Exception:  # noqa: BLE001 -- uns is optional metadata
         return {}
-
-
-def _expression_source(adata, spec: ColumnSpec, path: Path, backed: bool):
-    if spec.layer is not None and spec.obsm_key is not None:
-        raise PtragError("pass at most one of --layer and --obsm-key.")
-    h5file = None
-    if spec.obsm_key is not None:
-        if spec.obsm_key not in adata.obsm:
-            raise PtragError(
-                f"{path}: obsm key {spec.obsm_key!r} not found; available: {', '.join(adata.obsm.keys()) or 'none'}."
-            )
-        m = adata.obsm[spec.obsm_key]
-        m = m.to_numpy() if isinstance(m, pd.DataFrame) else m
-        n = m.shape[1]
-        hv = adata.var.get("highly_variable")
-        if n == adata.n_vars:
-            names = list(map(str, adata.var_names))
-        elif hv is not None and int(np.sum(hv)) == n:
-            names = list(map(str, adata.var_names[np.asarray(hv, bool)]))
-        else:
-            names = [f"{spec.obsm_key}_{i}" for i in range(n)]
-        matrix = sp.csr_matrix(m) if sp.issparse(m) else np.asarray(m)
-        return names, matrix, None
-    names = list(map(str, adata.var_names))
-    if spec.layer is not None:
-        if spec.layer not in adata.layers:
-            raise PtragError(
-                f"{path}: layer {spec.layer!r} not found; available: {', '.join(adata.layers.keys()) or 'none'}."
-            )
-        if not backed:
-            return names, _as_row_matrix(adata.layers[spec.layer]), None
-        h5file = h5py.File(path, "r")
-        return names, _h5_matrix(h5file[f"layers/{spec.layer}"]), h5file
-    if adata.X is None:
-        raise PtragError(f"{path}: X is empty; pass --layer or --obsm-key to say where the expression is.")
-    if not backed:
-        return names, _as_row_matrix(adata.X), None
-    h5file = h5py.File(path, "r")
-    return names, _h5_matrix(h5file["X"]), h5file
-
-
-def _as_row_matrix(m):
-    if sp.issparse(m):
-        return m.tocsr() if not isinstance(m, sp.csr_matrix) else m
-    return np.asarray(m)
-
-
-def _h5_matrix(node):
-    if isinstance(node, h5py.Dataset):
-        return node
-    enc = node.attrs.get("encoding-type", "")
-    if enc != "csr_matrix":
-        raise PtragError(
-            f"backed reading needs CSR or dense expression, found {enc!r}; rewrite the file with "
-            "X as CSR (adata.X = scipy.sparse.csr_matrix(adata.X)) or use --in-memory."
-        )
-    return ad.io.sparse_dataset(node)
 
 
 def raw_chunks(data: PerturbData):

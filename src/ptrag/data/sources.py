@@ -20,6 +20,9 @@ from pathlib import Path
 
 import anndata as ad
 import h5py
+import numpy as np
+import pandas as pd
+import scipy.sparse as sp
 
 from ptrag.data.checks import check_fits_in_memory
 from ptrag.errors import PtragError
@@ -128,3 +131,63 @@ def write_source(source: DataSource, path: str | Path) -> Path:
         (source.copy() if source.is_view else source).write_h5ad(tmp)
     log.info("wrote the in-memory AnnData (%s) to %s for the experiment's steps.", anndata_label(source), path)
     return path
+
+
+def expression_source(adata, spec, path: Path | AnnDataLabel, backed: bool):
+    """``(gene names, matrix, open h5py file or None)`` of the expression ``spec`` names:
+    ``obsm[spec.obsm_key]``, ``layers[spec.layer]`` or ``X``; backed: an h5py dataset or
+    AnnData sparse dataset of the file (opened here), else the in-memory matrix."""
+    if spec.layer is not None and spec.obsm_key is not None:
+        raise PtragError("pass at most one of --layer and --obsm-key.")
+    h5file = None
+    if spec.obsm_key is not None:
+        if spec.obsm_key not in adata.obsm:
+            raise PtragError(
+                f"{path}: obsm key {spec.obsm_key!r} not found; available: {', '.join(adata.obsm.keys()) or 'none'}."
+            )
+        m = adata.obsm[spec.obsm_key]
+        m = m.to_numpy() if isinstance(m, pd.DataFrame) else m
+        n = m.shape[1]
+        hv = adata.var.get("highly_variable")
+        if n == adata.n_vars:
+            names = list(map(str, adata.var_names))
+        elif hv is not None and int(np.sum(hv)) == n:
+            names = list(map(str, adata.var_names[np.asarray(hv, bool)]))
+        else:
+            names = [f"{spec.obsm_key}_{i}" for i in range(n)]
+        matrix = sp.csr_matrix(m) if sp.issparse(m) else np.asarray(m)
+        return names, matrix, None
+    names = list(map(str, adata.var_names))
+    if spec.layer is not None:
+        if spec.layer not in adata.layers:
+            raise PtragError(
+                f"{path}: layer {spec.layer!r} not found; available: {', '.join(adata.layers.keys()) or 'none'}."
+            )
+        if not backed:
+            return names, _as_row_matrix(adata.layers[spec.layer]), None
+        h5file = h5py.File(path, "r")
+        return names, _h5_matrix(h5file[f"layers/{spec.layer}"]), h5file
+    if adata.X is None:
+        raise PtragError(f"{path}: X is empty; pass --layer or --obsm-key to say where the expression is.")
+    if not backed:
+        return names, _as_row_matrix(adata.X), None
+    h5file = h5py.File(path, "r")
+    return names, _h5_matrix(h5file["X"]), h5file
+
+
+def _as_row_matrix(m):
+    if sp.issparse(m):
+        return m.tocsr() if not isinstance(m, sp.csr_matrix) else m
+    return np.asarray(m)
+
+
+def _h5_matrix(node):
+    if isinstance(node, h5py.Dataset):
+        return node
+    enc = node.attrs.get("encoding-type", "")
+    if enc != "csr_matrix":
+        raise PtragError(
+            f"backed reading needs CSR or dense expression, found {enc!r}; rewrite the file with "
+            "X as CSR (adata.X = scipy.sparse.csr_matrix(adata.X)) or use --in-memory."
+        )
+    return ad.io.sparse_dataset(node)
