@@ -159,6 +159,7 @@ def _write_header(f: h5py.File, data: PerturbData, genes, position, indptr, idx_
         source=data.path.name,
         layer=data.spec.layer or "",
         n_cells=data.n_cells,
+        n_controls=int(data.obs["is_control"].sum()),
         is_counts=bool(data.is_counts),
         target_sum=float(data.target_sum or 0.0),
         **source_fingerprint(data.path),

@@ -11,8 +11,8 @@ uncompressed) datasets; ``indices`` are ``uint16`` when there are fewer than 65,
 :class:`PreparedMatrix` reads it through a read-only memory map: a batch of rows is gathered
 into a dense block by one compiled loop over the rows' non-zeros, with no HDF5 call per read.
 The operating system's page cache holds the file between reads; the pages this process has
-touched are released from its resident memory (``madvise(MADV_DONTNEED)``) every
-``touch_budget_mib`` of reads, so its memory stays bounded whatever the file's size.
+mapped are released from its resident memory (``madvise(MADV_DONTNEED)``) once they exceed
+``touch_budget_mib``, so its memory stays bounded whatever the file's size.
 
 :func:`find_prepared` is what ``read_perturbseq(..., backed=True)`` calls: a prepared file
 whose recorded source size, modification time, layer and cell count match the source is used
@@ -44,6 +44,8 @@ PREPARED_VERSION = 1
 PREPARED_SUFFIX = ".ptrag.h5"
 #: Environment variable naming another folder for prepared files (read-only data folders).
 PREPARED_DIR_ENV = "PTRAG_PREPARED_DIR"
+#: Environment variable setting :class:`PreparedMatrix`'s resident budget in MiB (default 256).
+MAP_BUDGET_ENV = "PTRAG_PREPARED_MAP_MIB"
 
 
 def prepared_path(source: str | os.PathLike, out_dir: str | os.PathLike | None = None) -> Path:
@@ -132,6 +134,13 @@ _BYTES_PER_ROW_ESTIMATE = 72 * 2**10
 _PAGE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
 
 
+def _page_range(start: int, end: int) -> tuple[int, int]:
+    """``(offset, length)`` of the whole pages inside bytes ``[start, end)`` (madvise needs
+    page-aligned offsets)."""
+    first = -(-start // _PAGE) * _PAGE
+    return first, max(end - first, 0)
+
+
 def _file_resident_bytes() -> int | None:
     """Resident shared (file-backed) bytes of this process, from ``/proc/self/statm``."""
     try:
@@ -169,8 +178,10 @@ class PreparedMatrix:
     path
         The prepared file.
     touch_budget_mib
-        Bytes of the file read between two releases of its pages from this process's
-        resident memory.
+        MiB of the file's pages resident in this process (checked every 512 rows read)
+        past which they are released (they stay in the page cache); default
+        ``$PTRAG_PREPARED_MAP_MIB``, else 256. A release makes the next reads fault their
+        pages in again: a larger budget reads faster and holds more memory.
 
     Attributes
     ----------
@@ -185,7 +196,7 @@ class PreparedMatrix:
         the source's totals pass is not repeated.
     """
 
-    def __init__(self, path: str | os.PathLike, touch_budget_mib: int = 256) -> None:
+    def __init__(self, path: str | os.PathLike, touch_budget_mib: int | None = None) -> None:
         self.path = Path(path)
         with h5py.File(self.path, "r") as f:
             self.attrs = dict(f.attrs)
@@ -197,14 +208,24 @@ class PreparedMatrix:
         nnz = int(self._indptr[-1])
         self._file = open(self.path, "rb")  # noqa: SIM115 -- held until close()
         self._map = mmap.mmap(self._file.fileno(), 0, access=mmap.ACCESS_READ) if nnz else None
-        if self._map is not None:
-            self._map.madvise(mmap.MADV_RANDOM)  # no read-ahead nor fault-around: map only the pages read
+        if self._map is not None and hasattr(mmap, "MADV_RANDOM"):
+            self._map.madvise(mmap.MADV_RANDOM)  # rows are read scattered: no read-ahead per page fault
         (off_d, dt_d), (off_i, dt_i) = views
+        # released ranges: everything after the controls (the first rows: reused by every set)
+        kept = int(self._indptr[min(int(self.attrs.get("n_controls", 0)), len(self._indptr) - 1)])
+        self._release = (
+            [_page_range(off + kept * dt.itemsize, off + nnz * dt.itemsize) for off, dt in views] if nnz else []
+        )
         self._data = np.frombuffer(self._map, dt_d, nnz, off_d) if nnz else np.zeros(0, dt_d)
         self._indices = np.frombuffer(self._map, dt_i, nnz, off_i) if nnz else np.zeros(0, dt_i)
+        if touch_budget_mib is None:
+            value = os.environ.get(MAP_BUDGET_ENV, "256")
+            if not value.strip().isdigit():
+                raise PtragError(f"{MAP_BUDGET_ENV}={value!r}: give a whole number of MiB (e.g. 256), or unset it.")
+            touch_budget_mib = int(value)
         self._budget = int(touch_budget_mib) * 2**20
         self._touched = 0  # estimated growth since the last release (no /proc/self/statm)
-        self._baseline = _file_resident_bytes() or -1  # file-backed resident bytes after it
+        self._baseline = _file_resident_bytes() or 0  # file-backed resident bytes after it
 
     @property
     def n_cells(self) -> int:
@@ -249,17 +270,23 @@ class PreparedMatrix:
 
     def _release_if_over_budget(self, n_rows: int) -> None:
         """Drop the file's pages from this process's resident memory once they exceed the
-        budget (they stay in the page cache). Each row read maps the kernel's fault-around
-        window (64 KiB by default), far more than its bytes: the growth is read from
-        ``/proc/self/statm`` where there is one, else estimated per row."""
-        if self._map is None:
+        budget (they stay in the page cache), except the controls' (every set reads some).
+        Each row read maps the kernel's fault-around window (64 KiB by default), far more
+        than its bytes: the growth is read from ``/proc/self/statm`` where there is one,
+        else estimated per row."""
+        if self._map is None or not hasattr(mmap, "MADV_DONTNEED"):
             return
-        grown = _file_resident_bytes()
-        grown = n_rows * _BYTES_PER_ROW_ESTIMATE + self._touched if grown is None else grown - self._baseline
-        self._touched = grown if self._baseline < 0 else 0
+        resident = _file_resident_bytes()
+        if resident is None:
+            self._touched += n_rows * _BYTES_PER_ROW_ESTIMATE
+            grown = self._touched
+        else:
+            grown = resident - self._baseline
         if grown > self._budget:
-            self._map.madvise(mmap.MADV_DONTNEED)
-            self._baseline = _file_resident_bytes() or -1
+            for start, length in self._release:
+                if length > 0:
+                    self._map.madvise(mmap.MADV_DONTNEED, start, length)
+            self._baseline = _file_resident_bytes() or 0
             self._touched = 0
 
     def close(self) -> None:
