@@ -198,6 +198,11 @@ class PreparedMatrix:
 
     def __init__(self, path: str | os.PathLike, touch_budget_mib: int | None = None) -> None:
         self.path = Path(path)
+        if touch_budget_mib is None:  # checked before anything is opened
+            value = os.environ.get(MAP_BUDGET_ENV, "256")
+            if not value.strip().isdigit():
+                raise PtragError(f"{MAP_BUDGET_ENV}={value!r}: give a whole number of MiB (e.g. 256), or unset it.")
+            touch_budget_mib = int(value)
         with h5py.File(self.path, "r") as f:
             self.attrs = dict(f.attrs)
             self.genes = [g.decode() if isinstance(g, bytes) else str(g) for g in f["var_names"][:]]
@@ -218,11 +223,6 @@ class PreparedMatrix:
         )
         self._data = np.frombuffer(self._map, dt_d, nnz, off_d) if nnz else np.zeros(0, dt_d)
         self._indices = np.frombuffer(self._map, dt_i, nnz, off_i) if nnz else np.zeros(0, dt_i)
-        if touch_budget_mib is None:
-            value = os.environ.get(MAP_BUDGET_ENV, "256")
-            if not value.strip().isdigit():
-                raise PtragError(f"{MAP_BUDGET_ENV}={value!r}: give a whole number of MiB (e.g. 256), or unset it.")
-            touch_budget_mib = int(value)
         self._budget = int(touch_budget_mib) * 2**20
         self._touched = 0  # estimated growth since the last release (no /proc/self/statm)
         self._baseline = _file_resident_bytes() or 0  # file-backed resident bytes after it
