@@ -57,6 +57,8 @@ def world(tmp_path_factory):
     for base in ("none", "context_mean"):
         runs[base] = d / base
         assert main(["train", *args, "--out", str(runs[base]), "--residual-base", base]) == 0
+    runs["auto"] = d / "auto"  # CT1's groups share their response, CT0 does not transfer it
+    assert main(["train", *args, "--out", str(runs["auto"]), "--residual-base", "auto", "--calibration", "auto"]) == 0
     return {"dir": d, "adata": a, "shared": shared, "runs": runs}
 
 
@@ -97,4 +99,19 @@ def test_predicted_change_follows_the_shared_shift(world):
         mean_change = _mean_changes(pred, a).mean(0)
         corr[base] = np.corrcoef(mean_change, target)[0, 1]
     print("correlation of the mean predicted change with the shared shift:", corr)
-    assert corr["context_mean"] >= 0.9
+    assert corr["context_mean"] >= 0.9 and corr["auto"] >= 0.9
+
+
+def test_auto_chooses_the_context_mean_base_and_calibration_here(world):
+    """auto resolves to the remedy on a shared-shift target, recorded in config.toml."""
+    import json
+
+    from ptrag.train.config import read_run_config
+
+    cfg = read_run_config(world["runs"]["auto"])
+    assert (cfg.residual_base, cfg.calibration) == ("context_mean", "validation")
+    summary = json.loads((world["runs"]["auto"] / "train_summary.json").read_text())
+    assert summary["residual_base"] == "context_mean" and summary["residual_base_evidence"].endswith("context_mean")
+    assert summary["calibration"], "auto calibrates with the context-mean base"
+    shift = load_plan(world["runs"]["auto"]).base_shift
+    np.testing.assert_array_equal(shift.numpy(), load_plan(world["runs"]["context_mean"]).base_shift.numpy())

@@ -131,8 +131,8 @@ ResidualBase = Annotated[
     str | None,
     typer.Option(
         "--residual-base",
-        help="none | context_mean: what every model's predicted change is added to "
-        "(see ptrag train --help). [default: none]",
+        help="none | context_mean | auto: what every model's predicted change is added to "
+        "(auto: chosen per run; see ptrag train --help). [default: none]",
         show_default=False,
     ),
 ]
@@ -140,7 +140,8 @@ Calibration = Annotated[
     str | None,
     typer.Option(
         "--calibration",
-        help="none | validation: every model's calibration on the validation sets (see ptrag train --help).",
+        help="none | validation | auto: every model's calibration on the validation sets "
+        "(see ptrag train --help). [default: none]",
         show_default=False,
     ),
 ]

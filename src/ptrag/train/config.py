@@ -75,18 +75,20 @@ class TrainConfig:
         default="control",
         metadata=_m("control (lambda relative to the batch's predict-the-control energy) | absolute (pt_rag)."),
     )
-    residual_base: Literal["none", "context_mean"] = field(
+    residual_base: Literal["none", "context_mean", "auto"] = field(
         default="none",
         metadata=_m(
             "none (predict a change of the control cells) | "
-            "context_mean (a change on top of the cell type's mean training change)."
+            "context_mean (a change on top of the cell type's mean training change) | auto (context_mean where "
+            "the target's training groups share their response more than the other cell types transfer it)."
         ),
     )
-    calibration: Literal["none", "validation"] = field(
+    calibration: Literal["none", "validation", "auto"] = field(
         default="none",
         metadata=_m(
             "none | validation (after training, scale the predicted change's set mean and per-cell spread "
-            "toward the residual base, two scalars fitted on the validation sets)."
+            "toward the residual base, two scalars fitted on the validation sets) | auto (validation with "
+            "the context_mean residual base, else none)."
         ),
     )
     empty_selection: Literal["best", "null", "paper", "keep"] = field(

@@ -30,6 +30,7 @@ from pathlib import Path
 import torch
 
 from ptrag.errors import PtragError, atomic_path, atomic_write_text
+from ptrag.train.base_choice import BaseEvidence
 from ptrag.train.config import TrainConfig, read_run_config
 from ptrag.train.distributed import check_launcher, ddp_strategy, rank_batch_size, shard_loader
 from ptrag.train.lock import run_lock
@@ -100,7 +101,7 @@ def step_progress_bar():
 
 def _calibrate(cfg: TrainConfig, checkpoints: Sequence[Path], val_dl, pca) -> dict:
     """``--calibration validation``: fit and store each checkpoint's calibration."""
-    if cfg.calibration == "none":
+    if cfg.calibration != "validation":
         return {}
     from ptrag.train.calibrate import calibrate_checkpoint
 
@@ -192,6 +193,7 @@ def _fit(cfg, data_path, run_dir: Path, split_path, gene_tables, backed, resume,
 
     last = run_dir / "checkpoints" / "last.ckpt"
     prep = prepare_run(cfg, data_path, split_path, gene_tables, backed, gene_aliases)
+    cfg = prep.config  # --residual-base / --calibration auto resolved for this split
     _check_split(cfg, prep)
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     plan = build_plan(cfg, prep)
@@ -227,7 +229,7 @@ def _fit(cfg, data_path, run_dir: Path, split_path, gene_tables, backed, resume,
         is_global_zero=trainer.is_global_zero,
     )
     if trainer.is_global_zero:
-        _write_summary(cfg, run_dir, int(trainer.global_step), result, metrics, calibration)
+        _write_summary(cfg, run_dir, int(trainer.global_step), result, metrics, calibration, prep.base_evidence)
     return result
 
 
@@ -292,7 +294,13 @@ def _trainer(cfg: TrainConfig, run_dir: Path, validates: bool, callbacks: list, 
 
 
 def _write_summary(
-    cfg: TrainConfig, run_dir: Path, steps: int, result: TrainResult, metrics: dict, calibration: dict
+    cfg: TrainConfig,
+    run_dir: Path,
+    steps: int,
+    result: TrainResult,
+    metrics: dict,
+    calibration: dict,
+    base_evidence: BaseEvidence | None = None,
 ) -> None:
     """Write the run's ``train_summary.json`` (atomically)."""
     atomic_write_text(
@@ -305,6 +313,8 @@ def _write_summary(
                 "val_energy_last": metrics.get("val/energy"),
                 "val_energy_control": result.val_energy_control,
                 "n_parameters": result.n_parameters,
+                "residual_base": cfg.residual_base,
+                "residual_base_evidence": None if base_evidence is None else base_evidence.describe(),
                 "calibration": calibration,
                 "metrics": metrics,
             },

@@ -24,6 +24,7 @@ from ptrag.data.io import PerturbData, read_perturbseq
 from ptrag.data.sets import SetDataset, SetSampler
 from ptrag.data.splits import Split, load_split
 from ptrag.errors import PtragError
+from ptrag.train.base_choice import BaseEvidence, resolve_auto
 from ptrag.train.config import TrainConfig
 
 log = logging.getLogger("ptrag")
@@ -61,6 +62,10 @@ class PreparedRun:
         ``[n_cell_types, n_genes]`` residual base shift (``--residual-base``), or ``None``.
     responses
         ``pt_rag_response``'s database (:func:`response_database`), else ``None``.
+    config
+        The run's configuration with ``auto`` options resolved (:mod:`ptrag.train.base_choice`).
+    base_evidence
+        What ``--residual-base auto`` measured, or ``None``.
     """
 
     data: PerturbData
@@ -76,6 +81,8 @@ class PreparedRun:
     base_shift: np.ndarray | None = None
     source_split: Split | None = None
     responses: dict[str, np.ndarray] | None = None
+    config: TrainConfig | None = None
+    base_evidence: BaseEvidence | None = None
 
 
 def training_rows(data: PerturbData, split: Split) -> np.ndarray:
@@ -138,6 +145,7 @@ def prepare_run(
     genes, pca = _genes_and_pca(cfg, data, split, data_path)
     features, dim = cell_feature_fn(cfg, data, pca)
     cell_types = list(data.cell_types)
+    cfg, evidence = resolve_auto(cfg, data, split, genes)
     return PreparedRun(
         data=data,
         split=split,
@@ -154,6 +162,8 @@ def prepare_run(
         responses=response_database(data, split, genes, pert_names, cell_types, pca, cfg.topk)
         if cfg.conditioning == "pt_rag_response"
         else None,
+        config=cfg,
+        base_evidence=evidence,
     )
 
 
@@ -298,7 +308,7 @@ def response_database(data, split, genes, pert_names, cell_types, pca, topk: int
 def _base_shift(cfg: TrainConfig, data, split, genes, pert_names, cell_types) -> np.ndarray | None:
     """``--residual-base context_mean``: each cell type's mean change over its training groups
     (training cells only; a cell type without training groups: the mean over all of them)."""
-    if cfg.residual_base == "none":
+    if cfg.residual_base != "context_mean":
         return None
     from ptrag.train.baselines import context_mean, group_mean_changes
 

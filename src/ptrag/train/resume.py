@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from ptrag.errors import PtragError
+from ptrag.train.base_choice import AUTO_OPTIONS
 from ptrag.train.config import TrainConfig, coerce_option
 
 #: Options that may change when a run is resumed: how long and where it trains, not what it
@@ -62,8 +63,8 @@ def resume_config(run_cfg: TrainConfig, overrides: dict[str, Any], run_dir: str 
         if name not in old:
             raise PtragError(f"unknown option {name!r}.")
         new = value if name == "data" else coerce_option(name, value, "option")
-        if new == old[name]:
-            continue
+        if new == old[name] or (name in AUTO_OPTIONS and new == "auto"):
+            continue  # auto: what the run resolved it to when it started
         if name in RESUMABLE_OPTIONS:
             keep[name] = new
         else:
