@@ -7,7 +7,7 @@ import dataclasses
 import numpy as np
 import pytest
 
-from ptrag.train.base_choice import AUTO_MARGIN, BaseEvidence, base_evidence, resolve_auto
+from ptrag.train.base_choice import AUTO_MARGIN, TRANSFER_FLOOR, BaseEvidence, base_evidence, resolve_auto
 from ptrag.train.baselines import MeanChanges
 from ptrag.train.config import TrainConfig
 
@@ -44,14 +44,17 @@ def test_evidence_is_leave_one_out_and_same_perturbation_elsewhere():
     ("shared", "transfer", "choice"),
     [
         (0.5, 0.1, "context_mean"),
-        (0.3, 0.3 - AUTO_MARGIN / 2, "none"),  # within the margin: the paper's
-        (0.15, -0.4, "context_mean"),  # a negative transfer counts as none
-        (0.05, -0.4, "none"),
+        (0.3, 0.3 - AUTO_MARGIN / 2, "none"),  # transfer above the floor, shared within the margin: the paper's
+        (0.3 + 2 * AUTO_MARGIN, 0.3, "context_mean"),  # ... ahead by more than the margin
+        (0.8, TRANSFER_FLOOR + 0.05, "context_mean"),
+        (0.25, TRANSFER_FLOOR + 0.05, "none"),
+        (-0.1, TRANSFER_FLOOR - 0.01, "context_mean"),  # the other cell types barely predict it (devel's K562)
+        (0.05, -0.4, "context_mean"),  # a negative transfer is below the floor
         (0.4, float("nan"), "context_mean"),  # nothing trains elsewhere
         (float("nan"), 0.0, "none"),  # fewer than two training groups
     ],
 )
-def test_choice_needs_the_shared_response_ahead_by_the_margin(shared, transfer, choice):
+def test_choice_takes_the_base_unless_the_other_cell_types_transfer(shared, transfer, choice):
     assert BaseEvidence(shared, transfer, 3, 3).choice == choice
 
 
@@ -63,7 +66,7 @@ def test_resolve_keeps_explicit_options_and_pt_rag_response_uses_no_base():
     assert (cfg.residual_base, cfg.calibration, ev) == ("none", "none", None)
     cfg, _ = resolve_auto(TrainConfig(residual_base="context_mean", calibration="auto"), None, None, [])
     assert (cfg.residual_base, cfg.calibration) == ("context_mean", "validation")
-    assert dataclasses.replace(cfg, calibration="none") == TrainConfig(residual_base="context_mean")
+    assert dataclasses.replace(cfg, calibration="none") == TrainConfig(residual_base="context_mean", calibration="none")
 
 
 def test_the_synthetic_benchmark_keeps_the_papers_defaults():

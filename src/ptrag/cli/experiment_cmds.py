@@ -132,7 +132,7 @@ ResidualBase = Annotated[
     typer.Option(
         "--residual-base",
         help="none | context_mean | auto: what every model's predicted change is added to "
-        "(auto: chosen per run; see ptrag train --help). [default: none]",
+        "(auto: chosen per run; see ptrag train --help). [default: auto; paper preset none]",
         show_default=False,
     ),
 ]
@@ -141,7 +141,7 @@ Calibration = Annotated[
     typer.Option(
         "--calibration",
         help="none | validation | auto: every model's calibration on the validation sets "
-        "(see ptrag train --help). [default: none]",
+        "(see ptrag train --help). [default: auto; paper preset none]",
         show_default=False,
     ),
 ]

@@ -76,7 +76,7 @@ class TrainConfig:
         metadata=_m("control (lambda relative to the batch's predict-the-control energy) | absolute (pt_rag)."),
     )
     residual_base: Literal["none", "context_mean", "auto"] = field(
-        default="none",
+        default="auto",
         metadata=_m(
             "none (predict a change of the control cells) | "
             "context_mean (a change on top of the cell type's mean training change) | auto (context_mean where "
@@ -84,7 +84,7 @@ class TrainConfig:
         ),
     )
     calibration: Literal["none", "validation", "auto"] = field(
-        default="none",
+        default="auto",
         metadata=_m(
             "none | validation (after training, scale the predicted change's set mean and per-cell spread "
             "toward the residual base, two scalars fitted on the validation sets) | auto (validation with "
@@ -274,6 +274,8 @@ PRESETS: dict[str, dict[str, Any]] = {
         lr=1e-3,
         weight_decay=5e-4,
         n_genes=2000,
+        residual_base="none",
+        calibration="none",
     ),
 }
 
