@@ -38,6 +38,7 @@ TOML_ONLY = {
     "response_readout",
     "response_agreement",
     "response_transfer",
+    "response_flat",
     "data",
 }
 

@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from ptrag.cli import main
+from ptrag.nn.readout import flat_queries
 from ptrag.nn.responses import ResponseIndex, candidate_scores, placeholder_index, readout_weights
 from ptrag.train.config import TrainConfig
 from ptrag.train.prepare import build_plan, make_loader, prepare_run
@@ -197,7 +198,8 @@ def test_readout_sets_the_set_mean_and_the_network_each_cells_departure(files):
     # each other cell type's shifts scaled by its transfer to the query's (ptrag.nn.transfer)
     beta = db.transfer(q, batch["ct_id"])[0].gather(1, db.entry_ct[out.candidates])
     assert bool((beta[out.same_cell_type] == 1).all())
-    r = readout_weights(own, out.agreement, out.similarity, m[2].exp(), torch.sigmoid(m[3]))
+    flat = flat_queries(db, plan.model.cfg, batch["ct_id"])  # cell types read with equal weights (ptrag.nn.readout)
+    r = readout_weights(own, out.agreement, out.similarity, m[2].exp(), torch.sigmoid(m[3]), flat)
     # the set mean of control + change is the cell type's control mean + the retrieved shifts'
     # weighted mean, whatever the network says (its part is centred in each set)
     readout = torch.einsum("bk,bkg->bg", r, db.shift[out.candidates] * beta[..., None])

@@ -24,6 +24,7 @@ _FLAGS = (
     "response_readout",
     "response_agreement",
     "response_transfer",
+    "response_flat",
 )
 
 

@@ -94,6 +94,11 @@ class ModelConfig:
         cell type by how far "perturbations that act alike there" carries to the query's cell
         type (:func:`ptrag.nn.transfer.similarity_transfer`). ``False``: shifts read as observed,
         every shared cell type counts alike in the agreement.
+    response_flat
+        ``pt_rag_response``: a cell type whose training groups the readout's softmax predicts no
+        better (leave one out) than equal weights reads its retrieved entries of other
+        perturbations with equal weights (:mod:`ptrag.nn.readout`); ``False``: the softmax
+        everywhere.
     """
 
     conditioning: Literal["none", "vanilla_rag", "pt_rag", "pt_rag_response"] = "none"
@@ -116,6 +121,7 @@ class ModelConfig:
     response_readout: bool = True
     response_agreement: bool = True
     response_transfer: bool = True
+    response_flat: bool = True
 
     def validate(self, option: Callable[[str], str] | None = None) -> None:
         """Raise :class:`PtragError` naming the first out-of-range option

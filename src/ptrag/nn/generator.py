@@ -37,6 +37,7 @@ from ptrag.errors import PtragError
 from ptrag.nn.backbone import SetTransformer
 from ptrag.nn.config import CONDITIONINGS, EMPTY_SELECTIONS, EVAL_SELECTIONS, PRESETS, ModelConfig
 from ptrag.nn.encoders import CellEncoder, Decoder, PertEncoder, count_parameters
+from ptrag.nn.readout import entry_beta, flat_queries
 from ptrag.nn.responses import ResponseIndex, agreement_prior, readout_weights
 from ptrag.nn.retrieval import PerturbationIndex, TripletSelector
 
@@ -337,12 +338,11 @@ class PerturbationModel(nn.Module):
         db = self.responses
         shift = db.shift[out.candidates].to(ctrl_expr.dtype)  # [B, K, G]
         own = ~out.same_cell_type & (db.entry_pert[out.candidates] == query_pert[:, None])
-        beta = torch.ones_like(out.similarity)  # other cell types' shifts scaled to the query's, via the weights
-        if self.cfg.response_transfer:  # (ptrag.nn.transfer)
-            beta = db.transfer(query_pert, query_ct)[0].gather(1, db.entry_ct[out.candidates])
+        beta = entry_beta(db, self.cfg.response_transfer, query_pert, query_ct, out.candidates)  # via the weights
         if out.agreement is not None:  # per set, over every candidate (module docstring)
             t, share = self.agreement[2].exp(), torch.sigmoid(self.agreement[3])
-            r = readout_weights(own, out.agreement, out.similarity, t, share) * beta
+            r = readout_weights(own, out.agreement, out.similarity, t, share, flat_queries(db, self.cfg, query_ct))
+            r = r * beta
             mean = torch.bmm(r.to(shift.dtype)[:, None], shift)
         else:  # the selected entries' mean, per cell
             w = out.weights / out.weights.sum(-1, keepdim=True).clamp_min(1e-6) * beta[:, None]

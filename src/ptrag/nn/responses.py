@@ -98,6 +98,7 @@ def readout_weights(
     sim: torch.Tensor,
     temperature: torch.Tensor,
     own_share: torch.Tensor,
+    flat: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Readout weights ``[B, K]`` of the retrieved entries (each row sums to 1).
 
@@ -115,8 +116,13 @@ def readout_weights(
         ``[B, K]`` response agreement (NaN where undefined) and gene cosine of each entry.
     temperature, own_share
         Scalar tensors (learned).
+    flat
+        ``[B]`` bool: the set's entries of other perturbations weigh equally
+        (:func:`ptrag.nn.readout.flat_cell_types`); ``None``: none.
     """
     score = torch.where(torch.isnan(agree), sim, agree) / temperature
+    if flat is not None:
+        score = score.masked_fill(flat[:, None], 0.0)
     score = score.masked_fill(own, -1e4)  # finite masking: an all-own row must not give NaN gradients
     soft = torch.softmax(score, -1) * ~own
     own_w = own.to(soft.dtype)
@@ -285,6 +291,7 @@ class ResponseIndex(nn.Module):
         for name, value in (*derived, ("pert_row", pert_row), *transfer_sums):
             self.register_buffer(name, value, persistent=False)
         self._pairs: dict = {}  # Stage 1 of every pair, per (k, rule, agreement, device)
+        self.memo: dict = {}  # what the model derives once from the database (ptrag.nn.readout)
 
     def agreement(
         self, query_pert: torch.Tensor, query_ct: torch.Tensor, weighted: bool = True

@@ -39,6 +39,11 @@ def _m(help: str, *, cli: bool = True, flag: str | None = None) -> dict[str, Any
     return {"help": help, "cli": cli, "flag": flag}
 
 
+def _ablation(help: str) -> Any:
+    """A TOML-only bool option, true by default, whose false is an ablation of ``pt_rag_response``."""
+    return field(default=True, metadata=_m(help.removesuffix(".") + " (an ablation).", cli=False))
+
+
 @dataclass
 class TrainConfig:
     """Everything that defines a training run (besides the data paths).
@@ -123,31 +128,20 @@ class TrainConfig:
             cli=False,
         ),
     )
-    response_context: bool = field(
-        default=True,
-        metadata=_m("pt_rag_response: the contexts encode the entries' observed responses (an ablation).", cli=False),
+    response_context: bool = _ablation("pt_rag_response: the contexts encode the entries' observed responses.")
+    response_readout: bool = _ablation(
+        "pt_rag_response: the prediction starts from the selected entries' mean observed shift."
     )
-    response_readout: bool = field(
-        default=True,
-        metadata=_m(
-            "pt_rag_response: the prediction starts from the selected entries' mean observed shift (an ablation).",
-            cli=False,
-        ),
+    response_agreement: bool = _ablation(
+        "pt_rag_response: the response agreement elsewhere ranks, selects and weights the entries."
     )
-    response_agreement: bool = field(
-        default=True,
-        metadata=_m(
-            "pt_rag_response: the response agreement elsewhere ranks, selects and weights the entries (an ablation).",
-            cli=False,
-        ),
+    response_transfer: bool = _ablation(
+        "pt_rag_response: other cell types' shifts scaled, and their agreement weighed, by how they transfer "
+        "to the query's cell type, measured on training groups."
     )
-    response_transfer: bool = field(
-        default=True,
-        metadata=_m(
-            "pt_rag_response: other cell types' shifts scaled, and their agreement weighed, by how they transfer "
-            "to the query's cell type, measured on training groups (an ablation).",
-            cli=False,
-        ),
+    response_flat: bool = _ablation(
+        "pt_rag_response: equal readout weights in a cell type whose training groups the agreement softmax "
+        "predicts no better, leave one out."
     )
     cell_set_size: int = field(default=32, metadata=_m("Cells per set (S)."))
     batch_size: int = field(default=16, metadata=_m("Sets per batch."))
