@@ -1,0 +1,55 @@
+"""Which cell types a pt_rag_response run reads flat, and why (``ptrag.nn.readout``).
+
+Usage: ``python experiments/flat_readout.py RUN [RUN ...]`` (run folders of ``ptrag train``).
+
+Per run and cell type it prints the training entries measured (``n``), the z-score of the best
+temperature's mean leave-one-out gain over equal weights (the rule keeps the softmax above
+``MARGIN_SE``), the mean leave-one-out Pearson correlation at each temperature and with equal
+weights, and ``FLAT`` where the readout weighs equally. The database depends on the run's
+training groups only, so a run trained for one step (``--max-steps 1``) gives the same answer.
+"""
+
+from __future__ import annotations
+
+import sys
+
+import torch
+
+from ptrag.nn.readout import TEMPERATURES, flat_cell_types, leave_one_out_fit
+from ptrag.train.predict import load_plan
+
+
+def describe(run: str) -> str:
+    """One line per run: each cell type's ``n``, z, fits and choice."""
+    model = load_plan(run).model
+    db, cfg = model.responses, model.cfg
+    fit = leave_one_out_fit(db, cfg.topk, cfg.response_candidates, cfg.response_transfer)
+    flat = flat_cell_types(db, cfg.topk, cfg.response_candidates, cfg.response_transfer)
+    parts = []
+    for t, name in enumerate(db.cell_type_names):
+        f = fit[:, db.entry_ct == t]
+        f = f[:, torch.isfinite(f).all(0)]
+        n = f.shape[1]
+        if n < 2:
+            parts.append(f"{name}: n={n}")
+            continue
+        gain = f[int(f[:-1].mean(1).argmax())] - f[-1]
+        z = float(gain.mean() / (gain.std() / n**0.5).clamp_min(1e-12))
+        fits = "/".join(f"{x:.2f}" for x in f.mean(1).tolist())
+        parts.append(f"{name}: n={n} z={z:.1f} fit {fits}" + (" FLAT" if flat[t] else ""))
+    return f"{run}  " + " | ".join(parts)
+
+
+def main(runs: list[str]) -> int:
+    """Print :func:`describe` for each run."""
+    if not runs:
+        print(__doc__)
+        return 2
+    print("fit: mean leave-one-out Pearson at T = " + ", ".join(map(str, TEMPERATURES)) + " and equal weights")
+    for run in runs:
+        print(describe(run))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
