@@ -13,9 +13,7 @@ from __future__ import annotations
 
 import sys
 
-import torch
-
-from ptrag.nn.readout import TEMPERATURES, flat_cell_types, leave_one_out_fit
+from ptrag.nn.readout import TEMPERATURES, cell_type_fits, flat_cell_types, leave_one_out_fit, ranking_z
 from ptrag.train.predict import load_plan
 
 
@@ -26,17 +24,13 @@ def describe(run: str) -> str:
     fit = leave_one_out_fit(db, cfg.topk, cfg.response_candidates, cfg.response_transfer)
     flat = flat_cell_types(db, cfg.topk, cfg.response_candidates, cfg.response_transfer)
     parts = []
-    for t, name in enumerate(db.cell_type_names):
-        f = fit[:, db.entry_ct == t]
-        f = f[:, torch.isfinite(f).all(0)]
+    for t, (name, f) in enumerate(zip(db.cell_type_names, cell_type_fits(db, fit), strict=True)):
         n = f.shape[1]
         if n < 2:
             parts.append(f"{name}: n={n}")
             continue
-        gain = f[int(f[:-1].mean(1).argmax())] - f[-1]
-        z = float(gain.mean() / (gain.std() / n**0.5).clamp_min(1e-12))
         fits = "/".join(f"{x:.2f}" for x in f.mean(1).tolist())
-        parts.append(f"{name}: n={n} z={z:.1f} fit {fits}" + (" FLAT" if flat[t] else ""))
+        parts.append(f"{name}: n={n} z={ranking_z(f):.1f} fit {fits}" + (" FLAT" if flat[t] else ""))
     return f"{run}  " + " | ".join(parts)
 
 

@@ -65,7 +65,7 @@ def leave_one_out_fit(db, k: int, rule: str, transfer: bool, chunk: int = 256) -
         truth = db.shift[rows]
         for i, w in enumerate(weights):
             pred = torch.bmm((w * beta)[:, None], db.shift[idx]).squeeze(1)
-            r = _pearson_rows(pred, truth)
+            r = pearson_rows(pred, truth)
             out[i, rows] = torch.where(other.sum(-1) > 0, r, float("nan"))
     return out
 
@@ -86,34 +86,41 @@ def flat_cell_types(db, k: int, rule: str, transfer: bool) -> torch.Tensor:
     key = ("flat", k, rule, transfer, db.weighted_agreement, str(db.shift.device))
     cached = db.memo.get(key)
     if cached is None:
-        fit = leave_one_out_fit(db, k, rule, transfer)
-        n_c = db.entry_table.shape[1]
-        cached = torch.zeros(n_c, dtype=torch.bool, device=db.shift.device)
-        for t in range(n_c):
-            f = fit[:, db.entry_ct == t]
-            cached[t] = not ranking_helps(f[:, torch.isfinite(f).all(0)])
+        fits = cell_type_fits(db, leave_one_out_fit(db, k, rule, transfer))
+        cached = torch.tensor([not ranking_helps(f) for f in fits], dtype=torch.bool, device=db.shift.device)
         db.memo[key] = cached
     return cached
 
 
-def ranking_helps(fit: torch.Tensor) -> bool:
-    """Whether the best temperature's leave-one-out fit beats equal weights' significantly: the
-    mean paired difference over the cell type's entries above :data:`MARGIN_SE` standard errors
-    (``fit``: ``[len(TEMPERATURES) + 1, n]``, equal weights last). With fewer than two entries
-    there is nothing to measure, and the softmax is kept."""
-    n = fit.shape[1]
-    if n < 2:
-        return True
+def cell_type_fits(db, fit: torch.Tensor) -> list[torch.Tensor]:
+    """Per cell type (database order), the columns of :func:`leave_one_out_fit`'s ``fit`` of its
+    entries that were measured (finite at every temperature)."""
+    out = []
+    for t in range(db.entry_table.shape[1]):
+        f = fit[:, db.entry_ct == t]
+        out.append(f[:, torch.isfinite(f).all(0)])
+    return out
+
+
+def ranking_z(fit: torch.Tensor) -> float:
+    """The best temperature's mean leave-one-out gain over equal weights, in standard errors of
+    the paired gain (``fit``: ``[len(TEMPERATURES) + 1, n]``, equal weights last, ``n >= 2``)."""
     d = fit[int(fit[:-1].mean(1).argmax())] - fit[-1]
-    return bool(d.mean() > MARGIN_SE * d.std() / n**0.5)
+    return float(d.mean() / (d.std() / fit.shape[1] ** 0.5))
 
 
-def _pearson_rows(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+def ranking_helps(fit: torch.Tensor) -> bool:
+    """Whether the best temperature's leave-one-out fit beats equal weights' significantly
+    (:func:`ranking_z` above :data:`MARGIN_SE`). With fewer than two entries there is nothing to
+    measure, and the softmax is kept."""
+    return fit.shape[1] < 2 or ranking_z(fit) > MARGIN_SE
+
+
+def pearson_rows(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """Row-wise Pearson correlation of ``[N, G]`` tensors (NaN for a constant row)."""
     a = a - a.mean(-1, keepdim=True)
     b = b - b.mean(-1, keepdim=True)
-    den = (a.square().sum(-1) * b.square().sum(-1)).sqrt()
-    return torch.where(den > 0, (a * b).sum(-1) / den.clamp_min(1e-30), float("nan"))
+    return (a * b).sum(-1) / (a.norm(dim=-1) * b.norm(dim=-1))
 
 
 def flat_queries(db, cfg, query_ct: torch.Tensor) -> torch.Tensor | None:

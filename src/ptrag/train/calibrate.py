@@ -33,6 +33,7 @@ from pathlib import Path
 import torch
 
 from ptrag.errors import atomic_path
+from ptrag.nn.readout import pearson_rows
 from ptrag.train.plan import calibrated_prediction
 
 log = logging.getLogger("ptrag")
@@ -134,7 +135,7 @@ def fit_calibration(plan, loader, pca=None) -> Calibration | None:
         return [(calibrated_prediction(x, d, a, b).mean(1), p.mean(1), c) for x, d, p, c in rows]
 
     def pearson_delta(a: float) -> float:
-        r = [_pearson(pm - c, om - c) for pm, om, c in set_means(a, 1.0)]
+        r = [pearson_rows(pm - c, om - c) for pm, om, c in set_means(a, 1.0)]
         return float(torch.cat(r).nanmean())
 
     def mse(a: float, b: float) -> float:
@@ -155,13 +156,6 @@ def fit_calibration(plan, loader, pca=None) -> Calibration | None:
         val_pearson_delta_raw=pearsons[1.0],
         n_sets=n,
     )
-
-
-def _pearson(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    """Row-wise Pearson correlation of ``[N, G]`` tensors (NaN for a constant row)."""
-    x = x - x.mean(1, keepdim=True)
-    y = y - y.mean(1, keepdim=True)
-    return (x * y).sum(1) / (x.norm(dim=1) * y.norm(dim=1))
 
 
 def _projection(pca):
