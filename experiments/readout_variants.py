@@ -28,7 +28,7 @@ import torch
 
 import ptrag.train.predict as predict_module
 from ptrag.nn.generator import PerturbationModel
-from ptrag.nn.responses import readout_weights
+from ptrag.nn.readout import readout_weights
 
 
 def _dense(x) -> np.ndarray:

@@ -120,6 +120,27 @@ def test_defaults_preset_config_then_flags(tmp_path, trained):
     assert cfg.data["cell_type_col"] == "" and cfg.data["pert_col"] == "gene"
 
 
+def test_response_transfer_takes_true_false_or_auto_from_a_config_file(tmp_path, trained, capsys):
+    """A ``bool | Literal`` option: TOML booleans and the named choice pass, anything else is one
+    error line naming the file, the key and the choices; a run's config.toml round-trips it."""
+    base = ["train", "--data", str(tmp_path / "d.h5ad"), "--out", str(tmp_path / "run")]
+    toml = tmp_path / "c.toml"
+    for text, value in (("false", False), ("true", True), ('"auto"', "auto")):
+        toml.write_text(f"response_transfer = {text}\n")
+        assert main([*base, "--config", str(toml)]) == 0
+        got = trained[-1].response_transfer
+        assert got == value and type(got) is type(value)  # false stays a bool, not 0 or "false"
+    assert TrainConfig().response_transfer is False
+    for bad in ('"sometimes"', "1"):
+        toml.write_text(f"response_transfer = {bad}\n")
+        assert main([*base, "--config", str(toml)]) == 2
+        err = " ".join(capsys.readouterr().err.split())
+        assert "c.toml: response_transfer" in err and "true, false, auto" in err and "Traceback" not in err
+    path = tmp_path / "config.toml"
+    dataclasses.replace(TrainConfig(), response_transfer=False).to_toml(path)
+    assert "response_transfer = false" in path.read_text()
+
+
 def test_resume_keeps_the_run_options(tmp_path, trained, capsys):
     run = tmp_path / "run"
     run.mkdir()

@@ -8,8 +8,18 @@ import numpy as np
 import torch
 
 from ptrag.nn.config import ModelConfig
-from ptrag.nn.readout import TEMPERATURES, flat_cell_types, flat_queries, leave_one_out_fit
-from ptrag.nn.responses import ResponseIndex, readout_weights
+from ptrag.nn.readout import (
+    OWN_SHARE,
+    TEMPERATURES,
+    entry_beta,
+    flat_cell_types,
+    flat_queries,
+    leave_one_out_fit,
+    model_transfer,
+    readout_weights,
+    transfer_cell_types,
+)
+from ptrag.nn.responses import ResponseIndex
 
 
 def _two_cell_types(seed: int = 0) -> ResponseIndex:
@@ -84,3 +94,45 @@ def test_the_choice_is_cached_per_database_and_deterministic():
     assert flat_cell_types(db, 5, "same", False) is first
     again = _two_cell_types()
     assert torch.equal(flat_cell_types(again, 5, "same", False), first)
+
+
+def _paired_cell_types(sign: float, n: int = 10, genes: int = 30) -> ResponseIndex:
+    """Two cell types, every perturbation trained in both; cell type 1 responds ``sign`` x cell
+    type 0 (alike: 1, opposite: -1). Responses are random per perturbation, so the other
+    perturbations' entries say nothing and the query's own entry elsewhere is the answer."""
+    g = torch.Generator().manual_seed(3)
+    base = torch.randn(n, genes, generator=g)
+    vec = torch.randn(n, 6, generator=g)
+    pert, ct = torch.arange(n).repeat(2), torch.arange(2).repeat_interleave(n)
+    return ResponseIndex(vec[pert], pert, ct, torch.cat([base, sign * base]), torch.zeros(2 * n, 3))
+
+
+def test_the_transfer_is_kept_where_it_predicts_the_training_groups_better():
+    """Alike cell types: the transfer only shrinks the right answer (beta = (n-1)/n of the ridge),
+    so both read without it; opposite ones: it turns the own entries' sign (beta < 0), so both
+    keep it. The choice is the leave-one-out squared-error comparison of its definition."""
+    for sign, expected in ((1.0, [False, False]), (-1.0, [True, True])):
+        db = _paired_cell_types(sign)
+        keep = transfer_cell_types(db, 5, "both")
+        assert keep.tolist() == expected
+        on, off = (leave_one_out_fit(db, 5, "both", flag, own_share=OWN_SHARE, error=True) for flag in (True, False))
+        for t in range(2):
+            cols = db.entry_ct == t
+            assert bool(keep[t]) == bool(on[:, cols].mean() <= off[:, cols].mean())
+        assert transfer_cell_types(db, 5, "both") is keep  # once per database
+    beta = db.transfer(torch.tensor([0]), torch.tensor([0]))[0]
+    assert beta[0, 0] == 1 and -1 < beta[0, 1] < -0.8  # opposite: -(n-1)/n of the ridge
+
+
+def test_model_transfer_reads_the_option():
+    db = _paired_cell_types(-1.0)
+    cfg = ModelConfig(conditioning="pt_rag_response", topk=5)
+    assert cfg.response_transfer is False and model_transfer(db, cfg) is False  # the default
+    cfg = dataclasses.replace(cfg, response_transfer="auto")
+    assert model_transfer(db, cfg).tolist() == [True, True]
+    assert model_transfer(db, dataclasses.replace(cfg, response_transfer=False)) is False
+    # a per-cell-type choice scales only the queries of the cell types that keep it
+    idx = torch.tensor([[10, 11], [0, 1]])  # entries of cell type 1, then of 0
+    qp, qc = torch.tensor([0, 0]), torch.tensor([0, 1])
+    mixed = entry_beta(db, torch.tensor([True, False]), qp, qc, idx)
+    assert torch.equal(mixed[0], entry_beta(db, True, qp, qc, idx)[0]) and bool((mixed[1] == 1).all())

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 import pickle
 
@@ -11,9 +12,10 @@ import pytest
 import torch
 
 from ptrag.cli import main
-from ptrag.nn.readout import flat_queries
-from ptrag.nn.responses import ResponseIndex, candidate_scores, placeholder_index, readout_weights
+from ptrag.nn.readout import flat_queries, readout_choices, readout_weights, transfer_cell_types
+from ptrag.nn.responses import ResponseIndex, candidate_scores, placeholder_index
 from ptrag.train.config import TrainConfig
+from ptrag.train.predict import load_plan
 from ptrag.train.prepare import build_plan, make_loader, prepare_run
 from tests._data import TINY_MODEL, make_adata
 
@@ -196,8 +198,12 @@ def test_readout_sets_the_set_mean_and_the_network_each_cells_departure(files):
     own = ~out.same_cell_type & (db.entry_pert[out.candidates] == q[:, None])
     m = plan.model.agreement.detach()
     # each other cell type's shifts scaled by its transfer to the query's (ptrag.nn.transfer)
+    # where the query's cell type keeps the transfer: nowhere by default, per cell type with
+    # response_transfer = "auto" (tests/test_readout.py)
+    assert plan.model.cfg.response_transfer is False
     beta = db.transfer(q, batch["ct_id"])[0].gather(1, db.entry_ct[out.candidates])
     assert bool((beta[out.same_cell_type] == 1).all())
+    beta = torch.ones_like(beta)
     flat = flat_queries(db, plan.model.cfg, batch["ct_id"])  # cell types read with equal weights (ptrag.nn.readout)
     r = readout_weights(own, out.agreement, out.similarity, m[2].exp(), torch.sigmoid(m[3]), flat)
     # the set mean of control + change is the cell type's control mean + the retrieved shifts'
@@ -223,7 +229,15 @@ def test_train_predict_and_log_candidate_cell_types(files, tmp_path):
     run = tmp_path / "run"
     args = ["train", "--data", str(d / "d.h5ad"), "--genes", str(d / "g.pkl"), "--model", "pt_rag_response"]
     args += ["--target-cell-type", "CT0", "--max-steps", "4", "--val-every", "2", "--fewshot", "0.5", *TINY_MODEL]
-    assert main([*args, "--out", str(run)]) == 0
+    auto = tmp_path / "auto.toml"  # the transfer chosen per cell type (a TOML-only option)
+    auto.write_text('response_transfer = "auto"\n')
+    assert main([*args, "--config", str(auto), "--out", str(run)]) == 0
+    # the summary says what the readout chose in each cell type: what the loaded model computes
+    chosen = json.loads((run / "train_summary.json").read_text())["response_readout"]
+    model = load_plan(run).model
+    assert chosen == readout_choices(model.responses, model.cfg) and set(chosen) == {"CT0", "CT1", "CT2"}
+    keep = transfer_cell_types(model.responses, model.cfg.topk, model.cfg.response_candidates)
+    assert [chosen[c]["transfer"] for c in model.responses.cell_type_names] == keep.tolist()
     out = tmp_path / "pred.h5ad"
     assert main(["predict", "--run", str(run), "--data", str(d / "d.h5ad"), "--out", str(out)]) == 0
     log = pd.read_csv(out.with_suffix(".retrieval.csv"))

@@ -62,7 +62,8 @@ def test_lock_is_released_on_error_and_leaves_no_empty_folder(tmp_path):
 
 def test_two_trainings_started_on_one_folder(data, tmp_path):
     run = tmp_path / "run"
-    args = _train(data, run, "--max-steps", "40", "--val-every", "20", *TINY_MODEL)
+    # long enough that the second process (seconds of imports) starts while the first still trains
+    args = _train(data, run, "--max-steps", "300", "--val-every", "150", *TINY_MODEL)
     first = subprocess.Popen([sys.executable, "-m", "ptrag", *args], stderr=subprocess.PIPE, text=True)
     deadline = time.time() + 120
     while not (run / LOCK_NAME).exists() and first.poll() is None and time.time() < deadline:
@@ -73,7 +74,7 @@ def test_two_trainings_started_on_one_folder(data, tmp_path):
     assert f"pid {first.pid}" in second.stderr and "Traceback" not in second.stderr
     assert first.wait(timeout=600) == 0, first.stderr.read()
     summary = json.loads((run / "train_summary.json").read_text())
-    assert summary["steps"] == 40 and not (run / LOCK_NAME).exists()
+    assert summary["steps"] == 300 and not (run / LOCK_NAME).exists()
     assert len(list((run / "logs").rglob("metrics.csv"))) == 1  # one run's log, not a mix
 
 

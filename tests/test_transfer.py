@@ -6,7 +6,7 @@ from __future__ import annotations
 import torch
 
 from ptrag.nn.responses import ResponseIndex
-from ptrag.nn.transfer import similarity_transfer
+from ptrag.nn.transfer import similarity_transfer, transfer
 
 
 def _db(shift: torch.Tensor, pert: list[int], ct: list[int]) -> ResponseIndex:
@@ -57,6 +57,21 @@ def test_transfer_matches_the_definition_and_leaves_the_query_out():
     assert all(torch.equal(a, b) for a, b in zip(moved, same, strict=True))
     # an unknown cell type reads the shifts as observed
     assert torch.equal(db.transfer(torch.tensor([3]), torch.tensor([-1]))[0], torch.ones(1, 3))
+
+
+def test_the_pair_table_answers_as_the_computation():
+    """Known (perturbation, cell type) queries read a table of every pair; it holds what
+    transfer() computes for any batch of them (to rounding: the sums run over another layout)."""
+    gen = torch.Generator().manual_seed(1)
+    pert, ct = zip(*[(p, c) for p in range(9) for c in range(3) if (p * 3 + c) % 5], strict=True)
+    db = _db(torch.randn(len(pert), 12, generator=gen), list(pert), list(ct))
+    order = torch.randperm(27, generator=gen)
+    qp, qc = torch.arange(9).repeat_interleave(3)[order], torch.arange(3).repeat(9)[order]
+    table = db.transfer(qp, qc)  # every query known: the table
+    computed = transfer(db.pair_dots, db.entry_table, qp, qc)
+    for a, b in zip(table, computed, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-7)
+    assert ("transfer", "cpu") in db.memo
 
 
 def test_an_opposite_cell_type_gets_a_negative_slope():

@@ -9,7 +9,8 @@ while a run's configuration is also resolved by commands that never build a mode
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from types import UnionType
+from typing import Any, Literal, Union, get_args, get_origin
 
 from ptrag.errors import PtragError, check_choice
 
@@ -23,7 +24,6 @@ _FLAGS = (
     "response_context",
     "response_readout",
     "response_agreement",
-    "response_transfer",
     "response_flat",
 )
 
@@ -61,6 +61,24 @@ def check_model_options(cfg: Any, option: Callable[[str], str] | None = None) ->
         raise PtragError(f"{label('dropout')} must be in [0, 1) (got {cfg.dropout!r}).")
     if not isinstance(cfg.tau, (int, float)) or isinstance(cfg.tau, bool) or not float(cfg.tau) > 0.0:
         raise PtragError(f"{label('tau')} (Gumbel-Softmax temperature) must be > 0 (got {cfg.tau!r}).")
+    transfer = getattr(cfg, "response_transfer", "auto")
+    if not (isinstance(transfer, bool) or transfer == "auto"):
+        raise PtragError(f'{label("response_transfer")} must be true, false or "auto" (got {cfg.response_transfer!r}).')
     for name in _FLAGS:
         if hasattr(cfg, name) and not isinstance(getattr(cfg, name), bool):
             raise PtragError(f"{label(name)} must be true or false (got {getattr(cfg, name)!r}).")
+
+
+def option_choices(t: Any) -> tuple | None:
+    """The values a ``Literal`` option takes, with ``True`` and ``False`` for ``bool | Literal``
+    (``None``: not a choice)."""
+    if get_origin(t) is Literal:
+        return get_args(t)
+    if get_origin(t) in (Union, UnionType) and bool in get_args(t):
+        return (True, False, *(v for a in get_args(t) if get_origin(a) is Literal for v in get_args(a)))
+    return None
+
+
+def spell_choices(choices: tuple) -> str:
+    """Choices as a config file writes them (``true``, ``false``, names)."""
+    return ", ".join(str(c).lower() if isinstance(c, bool) else str(c) for c in choices)

@@ -92,8 +92,11 @@ class ModelConfig:
         type's responses transfer to the query's, measured on the training groups
         (:mod:`ptrag.nn.transfer`); the response agreement weighs each other
         cell type by how far "perturbations that act alike there" carries to the query's cell
-        type (:func:`ptrag.nn.transfer.similarity_transfer`). ``False``: shifts read as observed,
-        every shared cell type counts alike in the agreement.
+        type (:func:`ptrag.nn.transfer.similarity_transfer`). ``False`` (default): shifts read as
+        observed, every shared cell type counts alike in the agreement (measured better on the
+        synthetic benchmark and on devel.h5ad, docs/training.md). ``"auto"``: per query cell
+        type, whichever of the two predicts that cell type's training groups better, leave one
+        out (:func:`ptrag.nn.readout.transfer_cell_types`).
     response_flat
         ``pt_rag_response``: a cell type whose training groups the readout's softmax predicts no
         better (leave one out) than equal weights reads its retrieved entries of other
@@ -120,7 +123,7 @@ class ModelConfig:
     response_context: bool = True
     response_readout: bool = True
     response_agreement: bool = True
-    response_transfer: bool = True
+    response_transfer: bool | Literal["auto"] = False
     response_flat: bool = True
 
     def validate(self, option: Callable[[str], str] | None = None) -> None:

@@ -37,8 +37,8 @@ from ptrag.errors import PtragError
 from ptrag.nn.backbone import SetTransformer
 from ptrag.nn.config import CONDITIONINGS, EMPTY_SELECTIONS, EVAL_SELECTIONS, PRESETS, ModelConfig
 from ptrag.nn.encoders import CellEncoder, Decoder, PertEncoder, count_parameters
-from ptrag.nn.readout import entry_beta, flat_queries
-from ptrag.nn.responses import ResponseIndex, agreement_prior, readout_weights
+from ptrag.nn.readout import mean_change, model_transfer
+from ptrag.nn.responses import ResponseIndex, agreement_prior
 from ptrag.nn.retrieval import PerturbationIndex, TripletSelector
 
 __all__ = [
@@ -200,7 +200,6 @@ class PerturbationModel(nn.Module):
                 f"database minus the query's own: use topk <= {len(responses) - 1}."
             )
         self.responses = responses
-        responses.weighted_agreement = cfg.response_transfer  # the agreement weighs cell types by transfer
         self.selector = TripletSelector(h, cfg.tau, identity_init=cfg.identity_init)
         r = responses.summary.shape[1]
         self.response_encoder = PertEncoder(r, h, cfg.dropout) if cfg.response_context else None
@@ -322,32 +321,13 @@ class PerturbationModel(nn.Module):
         if self.responses is not None and self.cfg.response_readout:
             # the readout gives the set's mean change, the network each cell's departure from it
             out.delta = self.decoder.centred(
-                self.backbone(z), self._readout(ctrl_expr, query_index, query_cell_type, out)
+                self.backbone(z),
+                mean_change(self.responses, self.cfg, self.agreement, ctrl_expr, query_index, query_cell_type, out),
             )
         else:
             out.delta = self.decoder(self.backbone(z))
         out.pred = torch.relu(ctrl_expr + out.delta)
         return out
-
-    def _readout(
-        self, ctrl_expr: torch.Tensor, query_pert: torch.Tensor, query_ct: torch.Tensor, out: ModelOutput
-    ) -> torch.Tensor:
-        """``pt_rag_response``'s set mean change: the retrieved entries' weighted mean shift plus
-        the set's control centring (``[B, S or 1, G]``)."""
-        assert self.responses is not None and out.weights is not None and out.candidates is not None
-        db = self.responses
-        shift = db.shift[out.candidates].to(ctrl_expr.dtype)  # [B, K, G]
-        own = ~out.same_cell_type & (db.entry_pert[out.candidates] == query_pert[:, None])
-        beta = entry_beta(db, self.cfg.response_transfer, query_pert, query_ct, out.candidates)  # via the weights
-        if out.agreement is not None:  # per set, over every candidate (module docstring)
-            t, share = self.agreement[2].exp(), torch.sigmoid(self.agreement[3])
-            r = readout_weights(own, out.agreement, out.similarity, t, share, flat_queries(db, self.cfg, query_ct))
-            r = r * beta
-            mean = torch.bmm(r.to(shift.dtype)[:, None], shift)
-        else:  # the selected entries' mean, per cell
-            w = out.weights / out.weights.sum(-1, keepdim=True).clamp_min(1e-6) * beta[:, None]
-            mean = torch.bmm(w.to(shift.dtype), shift)
-        return mean + db.set_centring(ctrl_expr, query_ct)
 
     def _retrieve(self, pert_vec: torch.Tensor, query_index: torch.Tensor, out: ModelOutput) -> torch.Tensor:
         """Stage 1 over the gene vectors of the training perturbations; ``h_ctx`` ``[B, K, H]``."""
@@ -364,7 +344,15 @@ class PerturbationModel(nn.Module):
         assert self.responses is not None
         db = self.responses
         cfg = self.cfg
-        found = db.search(pert_vec, query_pert, query_ct, cfg.topk, cfg.response_candidates, cfg.response_agreement)
+        found = db.search(
+            pert_vec,
+            query_pert,
+            query_ct,
+            cfg.topk,
+            cfg.response_candidates,
+            cfg.response_agreement,
+            model_transfer(db, cfg),
+        )
         idx, same = found.idx, found.same
         out.candidates, out.similarity, out.same_cell_type = idx, found.sim, same
         out.agreement = found.agree

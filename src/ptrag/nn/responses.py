@@ -92,45 +92,11 @@ def agreement_prior(agree: torch.Tensor, gain: torch.Tensor, centre: torch.Tenso
     return gain * (torch.where(known, agree, 0.0) - centre) * known
 
 
-def readout_weights(
-    own: torch.Tensor,
-    agree: torch.Tensor,
-    sim: torch.Tensor,
-    temperature: torch.Tensor,
-    own_share: torch.Tensor,
-    flat: torch.Tensor | None = None,
-) -> torch.Tensor:
-    """Readout weights ``[B, K]`` of the retrieved entries (each row sums to 1).
-
-    Among the entries of other perturbations, a softmax of ``agree / temperature`` (``sim``
-    where ``agree`` is NaN) holds ``1 - own_share``; the query's own entries elsewhere share
-    ``own_share`` equally; each group takes everything when the other is empty. The weights
-    are per set, over every retrieved entry: the selection does not gate them (gated by the
-    selection, the readout's mean change was measured worse, docs/training.md).
-
-    Parameters
-    ----------
-    own
-        ``[B, K]`` bool, the entry is the query perturbation's own, in another cell type.
-    agree, sim
-        ``[B, K]`` response agreement (NaN where undefined) and gene cosine of each entry.
-    temperature, own_share
-        Scalar tensors (learned).
-    flat
-        ``[B]`` bool: the set's entries of other perturbations weigh equally
-        (:func:`ptrag.nn.readout.flat_cell_types`); ``None``: none.
-    """
-    score = torch.where(torch.isnan(agree), sim, agree) / temperature
-    if flat is not None:
-        score = score.masked_fill(flat[:, None], 0.0)
-    score = score.masked_fill(own, -1e4)  # finite masking: an all-own row must not give NaN gradients
-    soft = torch.softmax(score, -1) * ~own
-    own_w = own.to(soft.dtype)
-    n_own = own_w.sum(-1, keepdim=True)
-    has_soft = soft.sum(-1, keepdim=True) > 0
-    beta = torch.where(n_own > 0, torch.where(has_soft, own_share, 1.0), 0.0)
-    r = (1 - beta) * soft + beta * own_w / n_own.clamp_min(1.0)
-    return r / r.sum(-1, keepdim=True).clamp_min(1e-6)
+def per_query(flag: torch.Tensor, query_ct: torch.Tensor) -> torch.Tensor:
+    """``[B]`` bool of a per-cell-type ``[n_cell_types]`` bool for queries of cell types
+    ``query_ct`` (outside the table: ``True``)."""
+    inside = (query_ct >= 0) & (query_ct < len(flag))
+    return flag.to(query_ct.device)[query_ct.clamp(0, len(flag) - 1)] | ~inside
 
 
 class Retrieved(NamedTuple):
@@ -194,9 +160,6 @@ class ResponseIndex(nn.Module):
         self._derive()
         self.pert_names = [str(x) for x in pert_names]
         self.cell_type_names = [str(x) for x in cell_type_names]
-        #: the agreement weighs each cell type by its similarity transfer (set by the model from
-        #: its ``response_transfer`` option)
-        self.weighted_agreement = True
 
     def __len__(self) -> int:
         return int(self.raw.shape[0])
@@ -209,9 +172,11 @@ class ResponseIndex(nn.Module):
         k: int,
         rule: str = "both",
         agreement: bool = False,
+        weighted: bool | torch.Tensor = True,
     ) -> Retrieved:
         """Top-K entries of each query (ranked by gene cosine, plus the response agreement with
-        ``agreement=True``; see the module docstring).
+        ``agreement=True``, weighed as :meth:`agreement`'s ``weighted`` says; see the module
+        docstring).
 
         The result depends on the query's ``(perturbation, cell type)`` and gene vector only, and
         the database is fixed, so queries of a known perturbation with its own gene vector are
@@ -221,21 +186,21 @@ class ResponseIndex(nn.Module):
         if k > len(self) - 1:
             raise PtragError(f"topk = {k} exceeds the {len(self)} response-database entries minus the query's own.")
         if self._known_pairs(query_vec, query_pert, query_ct):
-            sim, idx, agree = self._pair_table(k, rule, agreement)
+            sim, idx, agree = self._pair_table(k, rule, agreement, weighted)
             row = query_pert * self.entry_table.shape[1] + query_ct
             sim, idx, agree = sim[row], idx[row], None if agree is None else agree[row]
         else:
-            sim, idx, agree = self._search(query_vec, query_pert, query_ct, k, rule, agreement)
+            sim, idx, agree = self._search(query_vec, query_pert, query_ct, k, rule, agreement, weighted)
         same = self.entry_ct[idx] == query_ct[:, None]
         return Retrieved(sim, idx, same, agree)
 
-    def _search(self, query_vec, query_pert, query_ct, k: int, rule: str, agreement: bool):
+    def _search(self, query_vec, query_pert, query_ct, k: int, rule: str, agreement: bool, weighted=True):
         """Stage 1 itself: ``(sim, idx, agree)`` ``[B, K]`` (``agree`` ``None`` without agreement)."""
         with torch.no_grad(), torch.autocast(device_type=query_vec.device.type, enabled=False):
             cos = l2_normalise(query_vec.detach().float()) @ self.unit.T
             rank, agree = cos, None
             if agreement:  # computed only when it is used
-                agree, known = self.agreement(query_pert, query_ct, self.weighted_agreement)
+                agree, known = self.agreement(query_pert, query_ct, weighted)
                 rank = cos + agree
                 agree = torch.where(known, agree, torch.nan)
             scores = candidate_scores(rank, self.entry_pert, self.entry_ct, query_pert, query_ct, rule)
@@ -253,17 +218,23 @@ class ResponseIndex(nn.Module):
         rows = self.pert_row[query_pert]
         return bool((rows >= 0).all()) and torch.equal(query_vec.detach().float(), self.raw[rows])
 
-    def _pair_table(self, k: int, rule: str, agreement: bool):
+    def _pair_table(self, k: int, rule: str, agreement: bool, weighted=True):
         """Stage 1 of every ``(perturbation, cell type)`` pair (row ``p * n_cell_types + t``), in
         chunks of 256 queries; kept until the database is reloaded."""
-        key = (k, rule, agreement, self.weighted_agreement, str(self.raw.device))
+        key = (
+            k,
+            rule,
+            agreement,
+            weighted if isinstance(weighted, bool) else tuple(weighted.tolist()),
+            str(self.raw.device),
+        )
         if key not in self._pairs:
             n_p, n_c = self.entry_table.shape
             pert = torch.arange(n_p, device=self.raw.device).repeat_interleave(n_c)
             ct = torch.arange(n_c, device=self.raw.device).repeat(n_p)
             vec = self.raw[self.pert_row.clamp_min(0)[pert]]
             parts = [
-                self._search(vec[i : i + 256], pert[i : i + 256], ct[i : i + 256], k, rule, agreement)
+                self._search(vec[i : i + 256], pert[i : i + 256], ct[i : i + 256], k, rule, agreement, weighted)
                 for i in range(0, len(pert), 256)
             ]
             agree = None if not agreement else torch.cat([a for _, _, a in parts])
@@ -294,7 +265,7 @@ class ResponseIndex(nn.Module):
         self.memo: dict = {}  # what the model derives once from the database (ptrag.nn.readout)
 
     def agreement(
-        self, query_pert: torch.Tensor, query_ct: torch.Tensor, weighted: bool = True
+        self, query_pert: torch.Tensor, query_ct: torch.Tensor, weighted: bool | torch.Tensor = True
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Response agreement of every entry with every query (module docstring).
 
@@ -303,8 +274,9 @@ class ResponseIndex(nn.Module):
         query_pert, query_ct
             ``[B]`` perturbation and cell-type ids of the queries (``-1``: unknown).
         weighted
-            Weigh each cell type by its similarity transfer (what the model uses); ``False``:
-            every shared other cell type counts 1.
+            Weigh each cell type by its similarity transfer; ``False``: every shared other cell
+            type counts 1; a ``[n_cell_types]`` bool: per query cell type (the model's
+            ``response_transfer``, :func:`ptrag.nn.readout.model_transfer`).
 
         Returns
         -------
@@ -332,11 +304,10 @@ class ResponseIndex(nn.Module):
         cts = torch.arange(n_c, device=dev)
         ok = (q_rows[:, :, None] >= 0) & (e_rows.T[None] >= 0) & (query_ct[:, None, None] != cts[None, :, None])
         # each cell type u weighed by how far similarity in u carries to the query's (ptrag.nn.transfer)
-        w = (
-            similarity_transfer(self.pair_sims, query_pert, query_ct)
-            if weighted
-            else torch.ones(len(query_pert), n_c, device=dev)
-        )
+        w = torch.ones(len(query_pert), n_c, device=dev)
+        if weighted is not False:
+            sims = similarity_transfer(self.pair_sims, query_pert, query_ct)
+            w = sims if weighted is True else torch.where(per_query(weighted, query_ct)[:, None], sims, w)
         w = torch.where(ok, w[:, :, None], 0.0)
         count = ok.sum(1)
         known = ((w > 0).sum(1) > 0) & (self.entry_pert[None, :] != query_pert[:, None])
@@ -344,8 +315,27 @@ class ResponseIndex(nn.Module):
 
     def transfer(self, query_pert: torch.Tensor, query_ct: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """``(beta, rho2)`` ``[B, n_cell_types]``: how each cell type's shifts transfer to each
-        query's cell type, measured without the query's perturbation (:mod:`ptrag.nn.transfer`)."""
-        return transfer(self.pair_dots, self.entry_table, query_pert, query_ct)
+        query's cell type, measured without the query's perturbation (:mod:`ptrag.nn.transfer`).
+
+        It depends on the query's ``(perturbation, cell type)`` alone and the database is fixed,
+        so queries of known pairs are answered from a table of every pair, computed once per
+        device (in chunks of 256 pairs); other queries are computed."""
+        n_p, n_c = self.entry_table.shape
+        inside = (query_pert >= 0) & (query_pert < n_p) & (query_ct >= 0) & (query_ct < n_c)
+        if len(query_pert) == 0 or not bool(inside.all()):
+            return transfer(self.pair_dots, self.entry_table, query_pert, query_ct)
+        key = ("transfer", str(self.shift.device))
+        if key not in self.memo:
+            pert = torch.arange(n_p, device=self.shift.device).repeat_interleave(n_c)
+            ct = torch.arange(n_c, device=self.shift.device).repeat(n_p)
+            parts = [
+                transfer(self.pair_dots, self.entry_table, pert[i : i + 256], ct[i : i + 256])
+                for i in range(0, len(pert), 256)
+            ]
+            self.memo[key] = (torch.cat([b for b, _ in parts]), torch.cat([r for _, r in parts]))
+        beta, rho2 = self.memo[key]
+        row = query_pert * n_c + query_ct
+        return beta[row], rho2[row]
 
     def own_summary(self, query_pert: torch.Tensor, query_ct: torch.Tensor) -> torch.Tensor:
         """``[B, R]`` mean summary of each query's own entries in the *other* cell types (what

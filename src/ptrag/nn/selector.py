@@ -36,8 +36,8 @@ class _TripletScorer(torch.autograd.Function):
     it (and the pre-activation) for the backward pass and stream several such tensors through
     memory; here forward and backward walk over blocks of sets small enough to stay in cache,
     keep nothing of that size between the passes (the block is recomputed in the backward),
-    and reduce with: ``g_a = sum_k gx r``, ``g_c = sum_s gx r`` and, since
-    ``a + c = (x - bias) / r``, ``g_r = (sum_h gx x - gx . bias) / r``.
+    and reduce with: ``g_a = sum_k gx r``, ``g_c = sum_s gx r``, ``g_r = sum_h gx (a + c)`` and
+    ``g_bias = sum gx``; ``gx`` is scaled by ``r`` in place once the unscaled sums are taken.
     """
 
     @staticmethod
@@ -64,17 +64,16 @@ class _TripletScorer(torch.autograd.Function):
         g_bias, g_w2 = torch.zeros_like(bias), torch.zeros_like(w2)
         g_out = g_out.contiguous()
         for blk in _TripletScorer._blocks(a, c):
-            x = torch.addcmul(bias, a[blk, :, None, :] + c[blk, None, :, :], r[blk, ..., None])
+            centred = a[blk, :, None, :] + c[blk, None, :, :]
+            x = torch.addcmul(bias, centred, r[blk, ..., None])
             go = g_out[blk]
-            y = F.gelu(x)
-            g_w2 += go.reshape(-1, go.shape[-1]).T @ y.reshape(-1, y.shape[-1])
+            g_w2.addmm_(go.reshape(-1, go.shape[-1]).T, F.gelu(x).reshape(-1, x.shape[-1]))
             gx = torch.ops.aten.gelu_backward(go @ w2, x)
-            rb = r[blk]
-            gxr = gx * rb[..., None]
-            g_a[blk] = gxr.sum(dim=2)
-            g_c[blk] = gxr.sum(dim=1)
-            g_r[blk] = (torch.linalg.vecdot(gx, x) - gx @ bias) / rb
+            g_r[blk] = torch.linalg.vecdot(gx, centred)
             g_bias += gx.sum(dim=(0, 1, 2))
+            gx.mul_(r[blk, ..., None])  # gx r, in place: the unscaled sums are taken
+            g_a[blk] = gx.sum(dim=2)
+            g_c[blk] = gx.sum(dim=1)
         g_b2 = g_out.sum(dim=(0, 1, 2))
         return g_a, g_c, g_r, g_bias, g_w2, g_b2
 
@@ -288,7 +287,9 @@ class TripletSelector(nn.Module):
         """
         check_choice("selection mode", mode, ("sample", "threshold", "expected", "all"))
         check_choice("empty-selection rule", empty, ("none", "best"))
-        p_include = logits.softmax(dim=-1)[..., 1]
+        # two classes: softmax(logits)[..., 1] = sigmoid(include - exclude), one [..., K] pass
+        diff = logits[..., 1] - logits[..., 0]
+        p_include = torch.sigmoid(diff)
         if mode == "all":  # no selection (an ablation): every candidate, weight 1
             return torch.ones_like(p_include), p_include
         best = None
@@ -301,8 +302,11 @@ class TripletSelector(nn.Module):
             return (w if torch.is_grad_enabled() else w.detach()), p_include
         if mode == "sample":
             # same estimator as F.gumbel_softmax(hard=True), written as hard + (soft - soft) so
-            # that the forward value is exactly 0/1 (torch's hard - soft + soft can be off by an ulp)
-            soft = F.gumbel_softmax(logits, tau=self.tau, hard=False, dim=-1)[..., 1]
+            # that the forward value is exactly 0/1 (torch's hard - soft + soft can be off by an ulp);
+            # its soft sample, softmax((logits + g) / tau)[..., 1] with g = -log(Exp(1)) drawn as
+            # torch draws it, as the sigmoid of the difference
+            log_e = torch.empty_like(logits).exponential_().log()
+            soft = torch.sigmoid((diff - log_e[..., 1] + log_e[..., 0]) / self.tau)
             hard = (soft > 0.5).to(logits.dtype)  # argmax of the two-class sample
         else:
             soft = p_include

@@ -11,13 +11,14 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any, Literal, get_args, get_origin, get_type_hints
+from types import UnionType
+from typing import Any, Literal, Union, get_args, get_origin, get_type_hints
 
 import tomli_w
 
 from ptrag.data.io import ColumnSpec
 from ptrag.errors import PtragError, atomic_write_text, read_toml
-from ptrag.model_checks import check_model_options
+from ptrag.model_checks import check_model_options, option_choices, spell_choices
 
 ModelName = Literal["state", "state_genept", "vanilla_rag", "pt_rag", "pt_rag_response"]
 MODELS: tuple[str, ...] = get_args(ModelName)
@@ -135,9 +136,14 @@ class TrainConfig:
     response_agreement: bool = _ablation(
         "pt_rag_response: the response agreement elsewhere ranks, selects and weights the entries."
     )
-    response_transfer: bool = _ablation(
-        "pt_rag_response: other cell types' shifts scaled, and their agreement weighed, by how they transfer "
-        "to the query's cell type, measured on training groups."
+    response_transfer: bool | Literal["auto"] = field(
+        default=False,
+        metadata=_m(
+            "pt_rag_response: other cell types' shifts scaled, and their agreement weighed, by how they transfer "
+            "to the query's cell type, measured on training groups: false (measured better on both data sets) | "
+            "true | auto (per cell type, whichever predicts its training groups better, leave one out).",
+            cli=False,
+        ),
     )
     response_flat: bool = _ablation(
         "pt_rag_response: equal readout weights in a cell type whose training groups the agreement softmax "
@@ -289,11 +295,10 @@ def option_label(name: str) -> str:
 def _check_literals(cfg: TrainConfig) -> None:
     hints = get_type_hints(TrainConfig)
     for f in fields(TrainConfig):
-        t = hints[f.name]
-        if get_origin(t) is Literal and getattr(cfg, f.name) not in get_args(t):
+        choices, value = option_choices(hints[f.name]), getattr(cfg, f.name)
+        if choices is not None and not any(value is c or (isinstance(c, str) and value == c) for c in choices):
             raise PtragError(
-                f"invalid value {getattr(cfg, f.name)!r} for {option_label(f.name)}: "
-                f"choose one of {', '.join(map(str, get_args(t)))}."
+                f"invalid value {value!r} for {option_label(f.name)}: choose one of {', '.join(map(str, choices))}."
             )
 
 
@@ -303,6 +308,11 @@ def coerce_option(name: str, value: Any, source: str) -> Any:
     ``source`` (a file, ``option``, ``--grid NAME``)."""
     hints = get_type_hints(TrainConfig)
     t = hints[name]
+    if get_origin(t) in (Union, UnionType):  # bool | Literal[...]: true, false or a named choice
+        choices = option_choices(t) or ()
+        if isinstance(value, bool) or (isinstance(value, str) and value in choices):
+            return value
+        raise PtragError(f"{source}: {name} = {value!r}: choose one of {spell_choices(choices)}.")
     base = type(getattr(TrainConfig(), name)) if get_origin(t) is Literal else t
     if name == "data":
         if not isinstance(value, dict):

@@ -229,7 +229,14 @@ def _fit(cfg, data_path, run_dir: Path, split_path, gene_tables, backed, resume,
         is_global_zero=trainer.is_global_zero,
     )
     if trainer.is_global_zero:
-        _write_summary(cfg, run_dir, int(trainer.global_step), result, metrics, calibration, prep.base_evidence)
+        readout = None
+        if plan.model.responses is not None:  # what pt_rag_response's readout chose per cell type
+            from ptrag.nn.readout import readout_choices  # here: importing ptrag.nn loads transformers
+
+            readout = readout_choices(plan.model.responses, plan.model.cfg)
+        _write_summary(
+            cfg, run_dir, int(trainer.global_step), result, metrics, calibration, prep.base_evidence, readout
+        )
     return result
 
 
@@ -301,6 +308,7 @@ def _write_summary(
     metrics: dict,
     calibration: dict,
     base_evidence: BaseEvidence | None = None,
+    readout: dict | None = None,
 ) -> None:
     """Write the run's ``train_summary.json`` (atomically)."""
     atomic_write_text(
@@ -316,6 +324,7 @@ def _write_summary(
                 "residual_base": cfg.residual_base,
                 "residual_base_evidence": None if base_evidence is None else base_evidence.describe(),
                 "calibration": calibration,
+                "response_readout": readout,
                 "metrics": metrics,
             },
             indent=2,

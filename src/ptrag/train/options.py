@@ -9,9 +9,10 @@ option in docs/training.md (:func:`options_markdown`) are generated from it.
 from __future__ import annotations
 
 from dataclasses import dataclass, fields
-from typing import Any, Literal, get_args, get_origin, get_type_hints
+from typing import Any, get_type_hints
 
 from ptrag.data.io import ColumnSpec
+from ptrag.model_checks import option_choices
 from ptrag.train.config import PRESETS, TrainConfig
 
 #: The marker comments around the generated table in docs/training.md.
@@ -54,7 +55,7 @@ def train_options() -> list[TrainOption]:
     out = []
     for f in fields(TrainConfig):
         meta, t = f.metadata, hints[f.name]
-        choices = tuple(get_args(t)) if get_origin(t) is Literal else ()
+        choices = tuple(str(c).lower() if isinstance(c, bool) else c for c in option_choices(t) or ())  # true, false
         default = getattr(base, f.name)
         flag = (meta.get("flag") or "--" + f.name.replace("_", "-")) if meta.get("cli", True) else None
         out.append(
