@@ -16,13 +16,13 @@ from __future__ import annotations
 import sys
 
 from ptrag.nn.readout import (
-    OWN_SHARE,
     TEMPERATURES,
     cell_type_fits,
     flat_cell_types,
     leave_one_out_fit,
     model_transfer,
     ranking_z,
+    transfer_errors,
 )
 from ptrag.train.predict import load_plan
 
@@ -34,13 +34,7 @@ def describe(run: str) -> str:
     transfer = model_transfer(db, cfg)
     fit = leave_one_out_fit(db, cfg.topk, cfg.response_candidates, transfer)
     flat = flat_cell_types(db, cfg.topk, cfg.response_candidates, transfer)
-    on, off = (
-        leave_one_out_fit(db, cfg.topk, cfg.response_candidates, f, own_share=OWN_SHARE, error=True)
-        for f in (True, False)
-    )
-    errors = [
-        (a.mean(), b.mean()) for a, b in zip(cell_type_fits(db, on, off), cell_type_fits(db, off, on), strict=True)
-    ]
+    errors = [e[1:] for e in transfer_errors(db, cfg.topk, cfg.response_candidates)]
     parts = []
     for t, (name, f) in enumerate(zip(db.cell_type_names, cell_type_fits(db, fit), strict=True)):
         n = f.shape[1]

@@ -39,7 +39,7 @@ from __future__ import annotations
 
 import torch
 
-from ptrag.nn.responses import per_query
+from ptrag.nn.responses import choice_key, per_query
 
 #: The readout temperatures equal weights are compared with: the learned temperature's start
 #: (0.05) and the range it reached after 1,500 steps on devel.h5ad (0.06-0.13), doubled.
@@ -143,11 +143,6 @@ def leave_one_out_fit(
     return out
 
 
-def choice_key(flag) -> bool | tuple[bool, ...]:
-    """A per-cell-type choice as a hashable value (for caches)."""
-    return flag if isinstance(flag, bool) else tuple(bool(x) for x in flag.tolist())
-
-
 def entry_beta(db, transfer, query_pert: torch.Tensor, query_ct: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
     """``[B, K]`` scale of each retrieved entry's shift in the readout: its cell type's transfer
     beta to the query's (:mod:`ptrag.nn.transfer`; 1 in the query's own cell type), or ones where
@@ -164,13 +159,18 @@ def transfer_cell_types(db, k: int, rule: str) -> torch.Tensor:
     and device."""
     key = ("transfer", k, rule, str(db.shift.device))
     if key not in db.memo:
-        on, off = (leave_one_out_fit(db, k, rule, flag, own_share=OWN_SHARE, error=True) for flag in (True, False))
-        keep = [
-            a.shape[1] == 0 or bool(a.mean() <= b.mean())
-            for a, b in zip(cell_type_fits(db, on, off), cell_type_fits(db, off, on), strict=True)
-        ]
+        keep = [n == 0 or with_ <= without for n, with_, without in transfer_errors(db, k, rule)]
         db.memo[key] = torch.tensor(keep, dtype=torch.bool, device=db.shift.device)
     return db.memo[key]
+
+
+def transfer_errors(db, k: int, rule: str) -> list[tuple[int, float, float]]:
+    """Per cell type (database order): the training groups measured, and the whole readout's mean
+    leave-one-out squared error with and without the transfer (what :func:`transfer_cell_types`
+    compares)."""
+    on, off = (leave_one_out_fit(db, k, rule, flag, own_share=OWN_SHARE, error=True) for flag in (True, False))
+    pairs = zip(cell_type_fits(db, on, off), cell_type_fits(db, off, on), strict=True)
+    return [(a.shape[1], float(a.mean()), float(b.mean())) for a, b in pairs]
 
 
 def model_transfer(db, cfg):
@@ -242,7 +242,7 @@ def readout_choices(db, cfg) -> dict[str, dict[str, bool]]:
     (equal weights, :func:`flat_cell_types`)."""
     transfer = model_transfer(db, cfg)
     cts = torch.arange(db.entry_table.shape[1], device=db.shift.device)
-    keep = per_query(transfer, cts) if not isinstance(transfer, bool) else torch.full_like(cts, transfer).bool()
+    keep = per_query(transfer, cts)
     flat = flat_queries(db, cfg, cts)
     flat = torch.zeros_like(keep) if flat is None else flat
     names = db.cell_type_names or [str(t) for t in cts.tolist()]

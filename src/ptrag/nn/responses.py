@@ -92,11 +92,18 @@ def agreement_prior(agree: torch.Tensor, gain: torch.Tensor, centre: torch.Tenso
     return gain * (torch.where(known, agree, 0.0) - centre) * known
 
 
-def per_query(flag: torch.Tensor, query_ct: torch.Tensor) -> torch.Tensor:
-    """``[B]`` bool of a per-cell-type ``[n_cell_types]`` bool for queries of cell types
-    ``query_ct`` (outside the table: ``True``)."""
+def per_query(flag: bool | torch.Tensor, query_ct: torch.Tensor) -> torch.Tensor:
+    """``[B]`` bool of a choice (a bool, or ``[n_cell_types]`` bool per cell type) for queries of
+    cell types ``query_ct`` (outside the table: ``True``)."""
+    if isinstance(flag, bool):
+        return torch.full(query_ct.shape, flag, dtype=torch.bool, device=query_ct.device)
     inside = (query_ct >= 0) & (query_ct < len(flag))
     return flag.to(query_ct.device)[query_ct.clamp(0, len(flag) - 1)] | ~inside
+
+
+def choice_key(flag: bool | torch.Tensor) -> bool | tuple[bool, ...]:
+    """A per-cell-type choice as a hashable value (for caches)."""
+    return flag if isinstance(flag, bool) else tuple(bool(x) for x in flag.tolist())
 
 
 class Retrieved(NamedTuple):
@@ -221,17 +228,9 @@ class ResponseIndex(nn.Module):
     def _pair_table(self, k: int, rule: str, agreement: bool, weighted=True):
         """Stage 1 of every ``(perturbation, cell type)`` pair (row ``p * n_cell_types + t``), in
         chunks of 256 queries; kept until the database is reloaded."""
-        key = (
-            k,
-            rule,
-            agreement,
-            weighted if isinstance(weighted, bool) else tuple(weighted.tolist()),
-            str(self.raw.device),
-        )
+        key = (k, rule, agreement, choice_key(weighted), str(self.raw.device))
         if key not in self._pairs:
-            n_p, n_c = self.entry_table.shape
-            pert = torch.arange(n_p, device=self.raw.device).repeat_interleave(n_c)
-            ct = torch.arange(n_c, device=self.raw.device).repeat(n_p)
+            pert, ct = self._every_pair()
             vec = self.raw[self.pert_row.clamp_min(0)[pert]]
             parts = [
                 self._search(vec[i : i + 256], pert[i : i + 256], ct[i : i + 256], k, rule, agreement, weighted)
@@ -240,6 +239,13 @@ class ResponseIndex(nn.Module):
             agree = None if not agreement else torch.cat([a for _, _, a in parts])
             self._pairs = {key: (torch.cat([s for s, _, _ in parts]), torch.cat([i for _, i, _ in parts]), agree)}
         return self._pairs[key]
+
+    def _every_pair(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(perturbation, cell type)`` ids of every pair of the entry table, row
+        ``p * n_cell_types + t`` (the pair tables' layout)."""
+        n_p, n_c = self.entry_table.shape
+        dev = self.entry_table.device
+        return torch.arange(n_p, device=dev).repeat_interleave(n_c), torch.arange(n_c, device=dev).repeat(n_p)
 
     def _derive(self) -> None:
         """The buffers derived from the saved ones (not in the checkpoint; rebuilt after loading):
@@ -326,8 +332,7 @@ class ResponseIndex(nn.Module):
             return transfer(self.pair_dots, self.entry_table, query_pert, query_ct)
         key = ("transfer", str(self.shift.device))
         if key not in self.memo:
-            pert = torch.arange(n_p, device=self.shift.device).repeat_interleave(n_c)
-            ct = torch.arange(n_c, device=self.shift.device).repeat(n_p)
+            pert, ct = self._every_pair()
             parts = [
                 transfer(self.pair_dots, self.entry_table, pert[i : i + 256], ct[i : i + 256])
                 for i in range(0, len(pert), 256)
