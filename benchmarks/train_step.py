@@ -11,6 +11,9 @@ For each preset (``cpu``, ``paper``) and each of the five models, side by side i
   (the models' steps are interleaved round by round, so a drift hits both sides of a ratio);
 * for the backbone alone (the Llama set transformer, forward + backward): achieved FLOP/s
   against a float32 matmul peak measured in the same run;
+* PT-RAG with its scorer block as torch operations (``pt_rag (torch)``) beside the compiled
+  CPU loop that computes it by default (:mod:`ptrag.nn.scorer_cpu`; float32 on the CPU only,
+  so on a GPU or under ``--bf16`` both rows run the same torch code);
 * PT-RAG with the naive (materialised ``B x S x K x 3H`` triplets) computation beside the
   fused one, to show what the fused maths saves;
 * the data loader: sets per second read from an in-memory synthetic Perturb-seq file, against
@@ -23,6 +26,7 @@ For each preset (``cpu``, ``paper``) and each of the five models, side by side i
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import statistics
 import time
@@ -32,6 +36,7 @@ from geomloss import SamplesLoss
 
 from ptrag.nn.generator import PRESETS, PerturbationModel, count_parameters
 from ptrag.nn.responses import ResponseIndex
+from ptrag.nn.selector import torch_scorer
 from ptrag.train.config import MODEL_KINDS
 from ptrag.train.config import PRESETS as TRAIN_PRESETS
 from ptrag.train.cost import count_flops, interleaved_times, matmul_peak, paired_ratio, time_interleaved
@@ -72,17 +77,18 @@ def batch(b: int, s: int, g: int, pert_dim: int, n_db: int, device):
     return ctrl, target, pert, qidx, qct
 
 
-def step_fn(m, opt, energy, data, bf16: bool, device):
+def step_fn(m, opt, energy, data, bf16: bool, device, torch_block: bool = False):
     ctrl, target, pert, qidx, qct = data
 
     def step():
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
-            out = m(ctrl, ctrl, pert, qidx, query_cell_type=qct)
-            loss = energy(out.pred.float(), target).mean()
-            if out.weights is not None:
-                loss = loss + 0.1 * out.weights.mean()
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
+        with torch_scorer() if torch_block else contextlib.nullcontext():  # forward and backward
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
+                out = m(ctrl, ctrl, pert, qidx, query_cell_type=qct)
+                loss = energy(out.pred.float(), target).mean()
+                if out.weights is not None:
+                    loss = loss + 0.1 * out.weights.mean()
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
         opt.step()
 
     return step
@@ -155,31 +161,34 @@ def main() -> None:
             f"{'model':<20}{'params':>12}{'ms/step':>10}{'x state':>9}"
             f"{'GFLOP/step':>12}{'MFLOP/cell':>12}{'GFLOP/s':>9}"
         )
-        rows = [(m, True) for m in MODELS] + ([] if args.no_naive else [("pt_rag", False)])
+        # pt_rag once more with its scorer block as torch operations (the compiled CPU loop's
+        # reference), and with the naive materialised triplets unless --no-naive
+        rows = [(m, "fused") for m in MODELS] + [("pt_rag", "torch")] + ([] if args.no_naive else [("pt_rag", "naive")])
         built = []
-        for model, fused in rows:
+        for model, variant in rows:
+            fused = variant != "naive"
             m, cfg, pert_dim = build(model, preset, args.genes, args.database, args.emb_dim, fused, device)
             opt = torch.optim.AdamW(m.parameters(), lr=1e-3, weight_decay=5e-4)
             data = batch(b, s, args.genes, pert_dim, args.database, device)
             if m.responses is not None:  # as in training: a query carries its perturbation's own gene vector
                 data = (*data[:2], m.responses.raw[m.responses.pert_row[data[3]]], *data[3:])
-            fn = step_fn(m, opt, energy, data, args.bf16, device)
+            fn = step_fn(m, opt, energy, data, args.bf16, device, torch_block=variant == "torch")
             for _ in range(args.warmup):
                 fn()
-            built.append((model, fused, m, fn))
+            built.append((model, variant, m, fn))
         # interleaved: one step of every model per round, so drifts of a shared machine hit all alike
         times = interleaved_times([fn for *_, fn in built], args.steps, 0, device)
         secs = [statistics.median(t) for t in times]
-        for i, (model, fused, m, fn) in enumerate(built):
+        for i, (model, variant, m, fn) in enumerate(built):
             sec = secs[i]
             fl = count_flops(fn)
-            name = model if fused else "pt_rag (naive)"
+            name = model if variant == "fused" else f"pt_rag ({variant})"
             print(
                 f"{name:<20}{count_parameters(m):>12,}{sec * 1e3:>10.1f}"
                 f"{paired_ratio(times[i], times[0]):>9.2f}{fl / 1e9:>12.2f}"
                 f"{fl / (b * s) / 1e6:>12.2f}{fl / sec / 1e9:>9.1f}"
             )
-            if fused:  # the most demanding consumer: the fastest model
+            if variant == "fused":  # the most demanding consumer: the fastest model
                 demand[preset] = max(demand.get(preset, 0.0), b / sec)
         del built
         # the backbone alone

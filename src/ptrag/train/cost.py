@@ -70,8 +70,14 @@ def matmul_peak(device: torch.device, dtype: torch.dtype = torch.float32, n: int
 
 
 def count_flops(fn: Callable[[], object]) -> int:
-    """FLOPs of one call of ``fn`` (forward and backward if ``fn`` runs both)."""
-    with FlopCounterMode(display=False) as fc:
+    """FLOPs of one call of ``fn`` (forward and backward if ``fn`` runs both).
+
+    PT-RAG's scorer runs as torch operations while counting: the counter does not see inside
+    the compiled CPU loop that computes it otherwise (:func:`ptrag.nn.selector.torch_scorer`).
+    """
+    from ptrag.nn.selector import torch_scorer
+
+    with torch_scorer(), FlopCounterMode(display=False) as fc:
         fn()
     return int(fc.get_total_flops())
 
