@@ -21,6 +21,7 @@ from ptrag.train.baselines import (
     BASELINES,
     LINEAR_K,
     LINEAR_LAMBDA,
+    GroupChanges,
     MeanChanges,
     additive,
     baseline_shifts,
@@ -155,6 +156,35 @@ def test_shifts_equal_a_hand_computation_from_the_h5ad(files):
         want = np.stack([hand[name][p] for _, p in TEST])
         np.testing.assert_allclose(got, want, atol=1e-9, err_msg=name)
     assert not np.allclose(hand["linear"]["P5"], hand["context_mean"]["P5"])  # the linear fit does something
+
+
+def test_group_changes_reads_each_group_and_control_once_and_equals_the_direct_computation(files, monkeypatch):
+    import ptrag.train.baselines as baselines
+    from ptrag.data.io import ColumnSpec, read_perturbseq
+
+    delta, train, genes = _hand(files)
+    data = read_perturbseq(files / "d.h5ad", ColumnSpec())
+    groups = pd.DataFrame(train, columns=["cell_type", "perturbation"])
+    reads = []
+    real = baselines._mean_expression
+    monkeypatch.setattr(baselines, "_mean_expression", lambda d, rows, g: reads.append(len(rows)) or real(d, rows, g))
+    cache = GroupChanges(data, genes)
+    part = cache.of(groups.iloc[::2])  # as the auto base evidence would, a subset first
+    n_first = len(reads)
+    whole = cache.of(groups.iloc[::-1])  # then all of them, in another order
+    n_cell_types = groups["cell_type"].nunique()
+    assert n_first == len(groups.iloc[::2]) + groups.iloc[::2]["cell_type"].nunique()
+    assert len(reads) == len(groups) + n_cell_types  # every group and every control mean read once
+    cache.of(groups)
+    assert len(reads) == len(groups) + n_cell_types
+    direct = group_mean_changes(data, groups.iloc[::-1].reset_index(drop=True), genes)
+    assert np.array_equal(whole.delta, direct.delta) and list(whole.perturbation) == list(direct.perturbation)
+    assert np.array_equal(part.delta, whole.delta[::-1][::2])
+    np.testing.assert_allclose(whole.delta[::-1], np.stack([delta[k] for k in train]), atol=1e-10)
+    from ptrag.errors import PtragError
+
+    with pytest.raises(PtragError, match="at least one training group"):
+        cache.of(groups.iloc[:0])
 
 
 def test_predictions_are_relu_of_the_models_matched_controls_plus_shift(files, monkeypatch):

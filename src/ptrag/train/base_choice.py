@@ -132,8 +132,11 @@ def base_evidence(changes, targets) -> BaseEvidence:
     return BaseEvidence(mean(shared), mean(transfer), int(np.isfinite(shared).sum()), int(np.isfinite(transfer).sum()))
 
 
-def resolve_auto(cfg: TrainConfig, data, split, genes) -> tuple[TrainConfig, BaseEvidence | None]:
+def resolve_auto(cfg: TrainConfig, data, split, genes, changes=None) -> tuple[TrainConfig, BaseEvidence | None]:
     """``cfg`` with ``auto`` residual base and calibration resolved for this run's split.
+
+    ``changes``: the run's :class:`~ptrag.train.baselines.GroupChanges`, so that the groups read
+    here are not read again for the base itself (a fresh one when ``None``).
 
     Returns
     -------
@@ -149,7 +152,7 @@ def resolve_auto(cfg: TrainConfig, data, split, genes) -> tuple[TrainConfig, Bas
     elif cfg.conditioning == "pt_rag_response":
         base = "none"
     else:
-        evidence = _measure(data, split, genes)
+        evidence = _measure(data, split, genes, changes)
         base = evidence.choice
         log.info("--residual-base auto: %s", evidence.describe())
     calibration = cfg.calibration
@@ -158,9 +161,9 @@ def resolve_auto(cfg: TrainConfig, data, split, genes) -> tuple[TrainConfig, Bas
     return dataclasses.replace(cfg, residual_base=base, calibration=calibration), evidence
 
 
-def _measure(data, split, genes) -> BaseEvidence:
+def _measure(data, split, genes, changes=None) -> BaseEvidence:
     """:func:`base_evidence` on the split's training groups that bear on its targets."""
-    from ptrag.train.baselines import group_mean_changes
+    from ptrag.train.baselines import GroupChanges
 
     held = split.groups("val")["cell_type"].tolist() + split.groups("test")["cell_type"].tolist()
     targets = sorted(set(held))
@@ -170,4 +173,4 @@ def _measure(data, split, genes) -> BaseEvidence:
     relevant = train[keep].reset_index(drop=True)
     if relevant.empty:
         return BaseEvidence(float("nan"), float("nan"), 0, 0)
-    return base_evidence(group_mean_changes(data, relevant, genes), targets)
+    return base_evidence((changes or GroupChanges(data, genes)).of(relevant), targets)

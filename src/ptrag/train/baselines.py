@@ -144,6 +144,51 @@ def group_mean_changes(
     return MeanChanges(groups["cell_type"].to_numpy(dtype=object), groups["perturbation"].to_numpy(dtype=object), delta)
 
 
+class GroupChanges:
+    """Mean changes of one run's groups, each group and each cell type's controls read once.
+
+    A run asks for training groups' changes up to three times before training (the ``auto``
+    residual-base evidence, the ``context_mean`` base, ``pt_rag_response``'s database), each for
+    its own subset; this computes every group the first time it is asked for and serves it
+    from memory afterwards. Rows equal :func:`group_mean_changes`'s exactly.
+
+    Parameters
+    ----------
+    data
+        The data set.
+    genes
+        Gene names, in order (the run's ``genes.txt``).
+    """
+
+    def __init__(self, data: PerturbData, genes: Sequence[str]) -> None:
+        self.data = data
+        self.genes = list(genes)
+        self._controls: dict[str, np.ndarray] = {}
+        self._delta: dict[tuple[str, str], np.ndarray] = {}
+
+    def controls(self, cell_types: Sequence[str]) -> dict[str, np.ndarray]:
+        """:func:`control_means` of ``cell_types``, each computed once."""
+        missing = [c for c in dict.fromkeys(cell_types) if c not in self._controls]
+        if missing:
+            self._controls.update(control_means(self.data, missing, self.genes))
+        return {c: self._controls[c] for c in cell_types}
+
+    def of(self, groups: pd.DataFrame) -> MeanChanges:
+        """:func:`group_mean_changes` of ``groups``, computing only the groups not asked for before."""
+        keys = list(zip(groups["cell_type"], groups["perturbation"], strict=True))
+        fresh_rows = np.array([k not in self._delta for k in keys], dtype=bool)
+        new = groups.loc[fresh_rows].drop_duplicates(["cell_type", "perturbation"])
+        if groups.empty or len(new):  # empty: group_mean_changes' own message
+            new = new.reset_index(drop=True)
+            fresh = group_mean_changes(self.data, new, self.genes, self.controls(new["cell_type"].unique()))
+            self._delta.update(zip(zip(fresh.cell_type, fresh.perturbation, strict=True), fresh.delta, strict=True))
+        return MeanChanges(
+            groups["cell_type"].to_numpy(dtype=object),
+            groups["perturbation"].to_numpy(dtype=object),
+            np.stack([self._delta[k] for k in keys]),
+        )
+
+
 def context_mean(changes: MeanChanges, cell_type: str) -> np.ndarray:
     """Mean of the training groups' changes in ``cell_type`` (all groups' when it has none).
 

@@ -25,6 +25,7 @@ from ptrag.data.sets import SetDataset, SetSampler
 from ptrag.data.splits import Split, load_split
 from ptrag.errors import PtragError
 from ptrag.train.base_choice import BaseEvidence, resolve_auto
+from ptrag.train.baselines import GroupChanges
 from ptrag.train.config import TrainConfig
 
 log = logging.getLogger("ptrag")
@@ -145,7 +146,8 @@ def prepare_run(
     genes, pca = _genes_and_pca(cfg, data, split, data_path)
     features, dim = cell_feature_fn(cfg, data, pca)
     cell_types = list(data.cell_types)
-    cfg, evidence = resolve_auto(cfg, data, split, genes)
+    changes = GroupChanges(data, genes)  # training groups' mean changes, each read once
+    cfg, evidence = resolve_auto(cfg, data, split, genes, changes)
     return PreparedRun(
         data=data,
         split=split,
@@ -157,9 +159,9 @@ def prepare_run(
         cell_input_dim=dim or len(genes),
         pca=pca,
         cell_types=cell_types,
-        base_shift=_base_shift(cfg, data, split, genes, pert_names, cell_types),
+        base_shift=_base_shift(cfg, changes, split, pert_names, cell_types),
         source_split=source_split,
-        responses=response_database(data, split, genes, pert_names, cell_types, pca, cfg.topk)
+        responses=response_database(changes, split, pert_names, cell_types, pca, cfg.topk)
         if cfg.conditioning == "pt_rag_response"
         else None,
         config=cfg,
@@ -265,10 +267,11 @@ def _genes_and_pca(
     return genes, pca
 
 
-def response_database(data, split, genes, pert_names, cell_types, pca, topk: int) -> dict[str, np.ndarray]:
+def response_database(changes: GroupChanges, split, pert_names, cell_types, pca, topk: int) -> dict[str, np.ndarray]:
     """``pt_rag_response``'s database: one entry per training group (its cells and its cell
-    type's controls only), with its mean ``shift`` over ``genes`` and a ``summary`` (the shift's
-    PCA-50 scores and log cell count, each column standardised over the entries).
+    type's controls only), with its mean ``shift`` over the run's genes and a ``summary`` (the
+    shift's PCA-50 scores and log cell count, each column standardised over the entries).
+    ``changes`` is the run's :class:`~ptrag.train.baselines.GroupChanges`.
 
     Returns
     -------
@@ -277,8 +280,6 @@ def response_database(data, split, genes, pert_names, cell_types, pca, topk: int
         ``shift`` ``[E, G]``, ``summary`` ``[E, 51]`` (float32), ``n_cells``, ``control_mean``
         (``[n_cell_types, G]``, each cell type's control cells).
     """
-    from ptrag.train.baselines import control_means, group_mean_changes
-
     train = split.groups("train")
     train = train[train["perturbation"].isin(set(pert_names))].reset_index(drop=True)
     if len(train) - 1 < topk:
@@ -286,35 +287,35 @@ def response_database(data, split, genes, pert_names, cell_types, pca, topk: int
             f"--topk {topk} is larger than the response database allows: {len(train)} training groups minus "
             f"the query's own. Use --topk {max(len(train) - 1, 1)} or less."
         )
-    controls = control_means(data, cell_types, genes)
-    changes = group_mean_changes(data, train, genes, controls)
+    controls = changes.controls(cell_types)
+    delta = changes.of(train).delta
     control_mean = np.stack([controls[ct] for ct in cell_types]).astype(np.float32)
     pert_pos = {p: i for i, p in enumerate(pert_names)}
     ct_pos = {c: i for i, c in enumerate(cell_types)}
     n_cells = train["n_cells"].to_numpy(dtype=np.float64) if "n_cells" in train else np.ones(len(train))
-    summary = np.column_stack([changes.delta @ pca.components.T, np.log1p(n_cells)])
+    summary = np.column_stack([delta @ pca.components.T, np.log1p(n_cells)])
     spread = summary.std(axis=0)
     summary = (summary - summary.mean(axis=0)) / np.where(spread > 0, spread, 1.0)
     return {
         "entry_pert": np.array([pert_pos[p] for p in train["perturbation"]], dtype=np.int64),
         "entry_ct": np.array([ct_pos[c] for c in train["cell_type"]], dtype=np.int64),
-        "shift": changes.delta.astype(np.float32),
+        "shift": delta.astype(np.float32),
         "summary": summary.astype(np.float32),
         "n_cells": n_cells,
         "control_mean": control_mean,
     }
 
 
-def _base_shift(cfg: TrainConfig, data, split, genes, pert_names, cell_types) -> np.ndarray | None:
+def _base_shift(cfg: TrainConfig, changes: GroupChanges, split, pert_names, cell_types) -> np.ndarray | None:
     """``--residual-base context_mean``: each cell type's mean change over its training groups
     (training cells only; a cell type without training groups: the mean over all of them)."""
     if cfg.residual_base != "context_mean":
         return None
-    from ptrag.train.baselines import context_mean, group_mean_changes
+    from ptrag.train.baselines import context_mean
 
     train = split.groups("train")
-    changes = group_mean_changes(data, train[train["perturbation"].isin(set(pert_names))].reset_index(drop=True), genes)
-    return np.stack([context_mean(changes, c) for c in cell_types]).astype(np.float32)
+    shifts = changes.of(train[train["perturbation"].isin(set(pert_names))].reset_index(drop=True))
+    return np.stack([context_mean(shifts, c) for c in cell_types]).astype(np.float32)
 
 
 def build_plan(cfg: TrainConfig, prep: PreparedRun):
