@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from typing import ClassVar
 
 import numpy as np
 import pytest
@@ -35,6 +36,11 @@ def test_calibrated_prediction_closed_forms():
 
 class _Stub:
     energy = SamplesLoss("energy")
+    hparams: ClassVar[dict] = {"residual_base": "context_mean"}  # _rows' base: controls plus a shift
+
+
+class _ControlStub(_Stub):
+    hparams: ClassVar[dict] = {"residual_base": "none"}
 
 
 def _rows(alpha_true: float, sign: float = 1.0, seed: int = 0):
@@ -62,6 +68,33 @@ def test_alpha_matches_the_observed_change_and_beta_drops_added_noise(monkeypatc
     assert cal.beta == 0.0  # the observed cells carry none of the network's deviations
     assert cal.val_mse == pytest.approx(0.0, abs=1e-8) and cal.val_energy <= cal.val_energy_raw
     assert cal.n_sets == 8
+
+
+@pytest.mark.parametrize("alpha_true", [0.4, 1.0])
+def test_with_the_control_cells_as_base_alpha_is_the_size_that_fits_by_mse(monkeypatch, alpha_true):
+    """The base is the control cells: every alpha > 0 gives the same Pearson delta (the change's
+    direction), so the Pearson rule cannot size the change (it keeps 1); the MSE rule finds it."""
+    rows = [
+        (ctrl_cells, delta, ctrl_cells + alpha_true * delta.mean(1, keepdim=True), ctrl)
+        for ctrl_cells, delta, _, ctrl in _control_rows()
+    ]
+    monkeypatch.setattr(cal_mod, "validation_outputs", lambda plan, loader: rows)
+    cal = fit_calibration(_ControlStub(), loader=[None])
+    assert cal.alpha == pytest.approx(alpha_true, abs=1e-5)
+    assert cal.val_mse == pytest.approx(0.0, abs=1e-8)
+    assert cal.val_pearson_delta == pytest.approx(cal.val_pearson_delta_raw, abs=1e-6)
+    assert fit_calibration(_Stub(), loader=[None]).alpha == 1.0  # the Pearson rule: every alpha ties
+
+
+def _control_rows(seed: int = 1):
+    """Sets whose base is their control cells (``--residual-base none``)."""
+    g = torch.Generator().manual_seed(seed)
+    rows = []
+    for _ in range(4):
+        ctrl = 12.0 + torch.randn(2, 24, 6, generator=g) * 0.3
+        delta = torch.randn(2, 1, 6, generator=g) + 0.1 * torch.randn(2, 24, 6, generator=g)
+        rows.append((ctrl, delta, None, ctrl.mean(1)))
+    return rows
 
 
 def test_alpha_stays_in_the_unit_interval(monkeypatch):

@@ -13,7 +13,10 @@ sets only, move either part toward the residual base's cells
   predicted and observed change of the set mean from the control cells' mean). Pearson Δ, not
   the MSE: a smaller departure always lowers the MSE when the base is good and the network
   noisy, but where the base's direction is poor (the synthetic benchmark) the MSE would still
-  trade the change's direction for its size;
+  trade the change's direction for its size. With the control cells as the base
+  (``--residual-base none``) the departure *is* the change, whose direction ``alpha`` cannot
+  move (Pearson Δ differs only through the clipping at 0), so there ``alpha`` is the value
+  with the lowest validation MSE of the set means: only the change's size is in question;
 * ``beta``, the weight of the network's per-cell deviations against the base cells' own: the
   value of :data:`BETA_GRID` with the lowest validation energy given ``alpha``, measured in the
   run's PCA-50 space, where ``ptrag evaluate`` measures W1, W2² and energy (in expression space
@@ -142,7 +145,11 @@ def fit_calibration(plan, loader, pca=None) -> Calibration | None:
         return sum(float(((pm - om) ** 2).mean(1).sum()) for pm, om, _ in set_means(a, b)) / n
 
     pearsons = {a: pearson_delta(a) for a in ALPHA_GRID}
-    alpha = max(ALPHA_GRID, key=lambda a: (round(pearsons[a], 6), a))  # ties go to the larger
+    if plan.hparams.get("residual_base", "none") == "none":  # the direction is fixed: its size by MSE
+        errors = {a: mse(a, 1.0) for a in ALPHA_GRID}
+        alpha = min(reversed(ALPHA_GRID), key=lambda a: round(errors[a], 12))  # ties go to the larger
+    else:
+        alpha = max(ALPHA_GRID, key=lambda a: (round(pearsons[a], 6), a))  # ties go to the larger
     energies = {b: energy(alpha, b) for b in BETA_GRID}
     beta = min(reversed(BETA_GRID), key=energies.__getitem__)  # reversed: ties go to the larger
     return Calibration(
