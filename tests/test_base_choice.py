@@ -63,7 +63,9 @@ def test_resolve_keeps_explicit_options_and_pt_rag_response_uses_no_base():
     assert resolve_auto(explicit, None, None, []) == (explicit, None)
     auto = TrainConfig(model="pt_rag_response", residual_base="auto", calibration="auto")
     cfg, ev = resolve_auto(auto, None, None, [])
-    assert (cfg.residual_base, cfg.calibration, ev) == ("none", "none", None)
+    assert (cfg.residual_base, cfg.calibration, ev) == ("none", "fallback", None)
+    cfg, _ = resolve_auto(dataclasses.replace(auto, calibration="none"), None, None, [])
+    assert (cfg.residual_base, cfg.calibration) == ("none", "none")  # explicit: as given
     cfg, _ = resolve_auto(TrainConfig(residual_base="context_mean", calibration="auto"), None, None, [])
     assert (cfg.residual_base, cfg.calibration) == ("context_mean", "validation")
     assert dataclasses.replace(cfg, calibration="none") == TrainConfig(residual_base="context_mean", calibration="none")

@@ -86,6 +86,21 @@ def test_with_the_control_cells_as_base_alpha_is_the_size_that_fits_by_mse(monke
     assert fit_calibration(_Stub(), loader=[None]).alpha == 1.0  # the Pearson rule: every alpha ties
 
 
+def test_fallback_calibrates_only_a_network_farther_from_the_truth_than_its_base(monkeypatch):
+    """Observed = base + the network's mean change: the network (its mean right, its cells noisy)
+    beats the unchanged base, so fallback keeps it as trained where validation would drop the
+    noise (beta 0). Observed = base: the network is worse, and fallback fits as validation does."""
+    monkeypatch.setattr(cal_mod, "validation_outputs", lambda plan, loader: _rows(1.0))
+    kept = fit_calibration(_Stub(), loader=[None], fallback=True)
+    assert (kept.alpha, kept.beta) == (1.0, 1.0)
+    assert kept.val_energy == kept.val_energy_raw and kept.val_mse == kept.val_mse_raw
+    assert fit_calibration(_Stub(), loader=[None]).beta == 0.0
+    monkeypatch.setattr(cal_mod, "validation_outputs", lambda plan, loader: _rows(0.0))
+    fitted = fit_calibration(_Stub(), loader=[None], fallback=True)
+    assert fitted == fit_calibration(_Stub(), loader=[None])
+    assert fitted.alpha == pytest.approx(0.0, abs=1e-5) and fitted.val_energy < fitted.val_energy_raw
+
+
 def _control_rows(seed: int = 1):
     """Sets whose base is their control cells (``--residual-base none``)."""
     g = torch.Generator().manual_seed(seed)

@@ -140,7 +140,7 @@ Calibration = Annotated[
     str | None,
     typer.Option(
         "--calibration",
-        help="none | validation | auto: every model's calibration on the validation sets "
+        help="none | validation | fallback | auto: every model's calibration on the validation sets "
         "(see ptrag train --help). [default: auto; paper preset none]",
         show_default=False,
     ),

@@ -21,7 +21,9 @@ types barely predict the target's response (``transfer`` below :data:`TRANSFER_F
 the response about as well as the target's own groups share it) to the paper's ``none`` / ``none``.
 A target with fewer than two training groups has no shared response to measure: ``none``.
 ``pt_rag_response`` always resolves to ``none``: its readout already retrieves the target's own
-observed responses, which the residual base would add a second time.
+observed responses, which the residual base would add a second time. Its calibration resolves
+to ``fallback``: calibrated toward the control cells only where, on the validation sets, its
+cells are farther from the truth than the control cells (devel.h5ad's K562), else as trained.
 """
 
 from __future__ import annotations
@@ -157,7 +159,9 @@ def resolve_auto(cfg: TrainConfig, data, split, genes, changes=None) -> tuple[Tr
         log.info("--residual-base auto: %s", evidence.describe())
     calibration = cfg.calibration
     if calibration == "auto":
-        calibration = "validation" if base == "context_mean" else "none"
+        calibration = {"context_mean": "validation"}.get(base, "none")
+        if cfg.conditioning == "pt_rag_response":
+            calibration = "fallback"
     return dataclasses.replace(cfg, residual_base=base, calibration=calibration), evidence
 
 

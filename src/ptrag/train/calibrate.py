@@ -102,8 +102,12 @@ def validation_outputs(plan, loader) -> list[tuple[torch.Tensor, ...]]:
     return rows
 
 
-def fit_calibration(plan, loader, pca=None) -> Calibration | None:
+def fit_calibration(plan, loader, pca=None, fallback: bool = False) -> Calibration | None:
     """Fit ``alpha`` and ``beta`` of ``plan`` on the sets of ``loader`` (see the module).
+
+    With ``fallback`` the fit is kept only where the network as trained is farther from the
+    validation sets (energy in the PCA space) than the residual base's cells; elsewhere the
+    result is the identity, ``alpha = beta = 1`` (``--calibration fallback``).
 
     Parameters
     ----------
@@ -115,6 +119,8 @@ def fit_calibration(plan, loader, pca=None) -> Calibration | None:
         The run's :class:`~ptrag.data.pca.PCASpace`: the energies that choose ``beta`` are
         then measured in its space, where ``ptrag evaluate`` measures W1, W2² and energy
         (``None``: in expression space, the training loss's).
+    fallback
+        Calibrate only a network worse than its base on the validation sets.
 
     Returns
     -------
@@ -152,11 +158,14 @@ def fit_calibration(plan, loader, pca=None) -> Calibration | None:
         alpha = max(ALPHA_GRID, key=lambda a: (round(pearsons[a], 6), a))  # ties go to the larger
     energies = {b: energy(alpha, b) for b in BETA_GRID}
     beta = min(reversed(BETA_GRID), key=energies.__getitem__)  # reversed: ties go to the larger
+    raw = energy(1.0, 1.0)
+    if fallback and raw <= energy(0.0, 0.0):  # the network beats its base: kept as trained
+        alpha, beta, energies = 1.0, 1.0, {1.0: raw}
     return Calibration(
         alpha=alpha,
         beta=beta,
         val_energy=energies[beta],
-        val_energy_raw=energy(1.0, 1.0),
+        val_energy_raw=raw,
         val_mse=mse(alpha, beta),
         val_mse_raw=mse(1.0, 1.0),
         val_pearson_delta=pearsons[alpha],
@@ -174,8 +183,9 @@ def _projection(pca):
     return lambda x: (x - mean.to(x.device)) @ comps.to(x.device)
 
 
-def calibrate_checkpoint(path: Path, loader, pca=None) -> Calibration | None:
-    """Fit the calibration of the checkpoint at ``path`` and write it into the file (atomically).
+def calibrate_checkpoint(path: Path, loader, pca=None, fallback: bool = False) -> Calibration | None:
+    """Fit the calibration of the checkpoint at ``path`` and write it into the file (atomically);
+    ``fallback`` as in :func:`fit_calibration`.
 
     Returns
     -------
@@ -185,7 +195,7 @@ def calibrate_checkpoint(path: Path, loader, pca=None) -> Calibration | None:
     from ptrag.train.predict import load_plan
 
     plan = load_plan(path.parent.parent, str(path))
-    cal = fit_calibration(plan, loader, pca)
+    cal = fit_calibration(plan, loader, pca, fallback)
     if cal is None:
         log.info("no validation sets: %s is not calibrated", path)
         return None
@@ -231,7 +241,7 @@ def calibrate_run(
     out = {}
     for name in checkpoints:
         path = run_dir / "checkpoints" / f"{name}.ckpt"
-        cal = calibrate_checkpoint(path, loader, prep.pca) if path.is_file() else None
+        cal = calibrate_checkpoint(path, loader, prep.pca, cfg.calibration == "fallback") if path.is_file() else None
         if cal is not None:
             out[name] = cal
     return out

@@ -1,9 +1,8 @@
 """Run configuration: presets, TOML config files, validation.
 
-A run's configuration is resolved in this order: the dataclass defaults, the chosen
-``preset`` (``cpu`` for a 2-core machine, ``paper`` for the paper's configuration), a TOML
-config file, then the options given on the command line. The resolved configuration is
-written to ``RUN_DIR/config.toml``.
+A run's configuration is resolved in this order: the dataclass defaults, the chosen ``preset``
+(``cpu`` for a 2-core machine, ``paper`` for the paper's), a TOML config file, then the options
+given on the command line. The resolved configuration is written to ``RUN_DIR/config.toml``.
 """
 
 from __future__ import annotations
@@ -89,12 +88,13 @@ class TrainConfig:
             "the target's training groups share their response more than the other cell types transfer it)."
         ),
     )
-    calibration: Literal["none", "validation", "auto"] = field(
+    calibration: Literal["none", "validation", "fallback", "auto"] = field(
         default="auto",
         metadata=_m(
-            "none | validation (after training, scale the predicted change's set mean and per-cell spread "
-            "toward the residual base, two scalars fitted on the validation sets) | auto (validation with "
-            "the context_mean residual base, else none)."
+            "none | validation (after training, scale the predicted change's set mean and per-cell spread toward "
+            "the residual base, two scalars fitted on the validation sets) | fallback (validation only where the "
+            "network's validation energy is worse than the base's) | auto (validation with the context_mean base, "
+            "fallback for pt_rag_response, else none)."
         ),
     )
     empty_selection: Literal["best", "null", "paper", "keep"] = field(

@@ -100,12 +100,13 @@ def step_progress_bar():
 
 
 def _calibrate(cfg: TrainConfig, checkpoints: Sequence[Path], val_dl, pca) -> dict:
-    """``--calibration validation``: fit and store each checkpoint's calibration."""
-    if cfg.calibration != "validation":
+    """``--calibration validation`` / ``fallback``: fit and store each checkpoint's calibration."""
+    if cfg.calibration not in ("validation", "fallback"):
         return {}
     from ptrag.train.calibrate import calibrate_checkpoint
 
-    fitted = {p.stem: calibrate_checkpoint(p, val_dl, pca) for p in checkpoints if p.is_file()}
+    fallback = cfg.calibration == "fallback"
+    fitted = {p.stem: calibrate_checkpoint(p, val_dl, pca, fallback) for p in checkpoints if p.is_file()}
     return {k: c.to_dict() for k, c in fitted.items() if c is not None}
 
 
