@@ -159,9 +159,10 @@ def resolve_auto(cfg: TrainConfig, data, split, genes, changes=None) -> tuple[Tr
         log.info("--residual-base auto: %s", evidence.describe())
     calibration = cfg.calibration
     if calibration == "auto":
-        calibration = {"context_mean": "validation"}.get(base, "none")
         if cfg.conditioning == "pt_rag_response":
             calibration = "fallback"
+        else:
+            calibration = "validation" if base == "context_mean" else "none"
     return dataclasses.replace(cfg, residual_base=base, calibration=calibration), evidence
 
 

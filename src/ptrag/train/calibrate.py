@@ -29,7 +29,9 @@ written into the checkpoint's ``calibration`` buffer, and ``ptrag predict`` appl
 
 from __future__ import annotations
 
+import functools
 import logging
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -136,6 +138,7 @@ def fit_calibration(plan, loader, pca=None, fallback: bool = False) -> Calibrati
     space = _projection(pca)
     n = sum(r[0].shape[0] for r in rows)
 
+    @functools.cache
     def energy(a: float, b: float) -> float:
         total = sum(float(plan.energy(space(calibrated_prediction(x, d, a, b)), space(p)).sum()) for x, d, p, _ in rows)
         return total / n
@@ -143,33 +146,32 @@ def fit_calibration(plan, loader, pca=None, fallback: bool = False) -> Calibrati
     def set_means(a: float, b: float) -> list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
         return [(calibrated_prediction(x, d, a, b).mean(1), p.mean(1), c) for x, d, p, c in rows]
 
+    @functools.cache
     def pearson_delta(a: float) -> float:
         r = [pearson_rows(pm - c, om - c) for pm, om, c in set_means(a, 1.0)]
         return float(torch.cat(r).nanmean())
 
+    @functools.cache
     def mse(a: float, b: float) -> float:
         return sum(float(((pm - om) ** 2).mean(1).sum()) for pm, om, _ in set_means(a, b)) / n
 
-    pearsons = {a: pearson_delta(a) for a in ALPHA_GRID}
-    if plan.hparams.get("residual_base", "none") == "none":  # the direction is fixed: its size by MSE
-        errors = {a: mse(a, 1.0) for a in ALPHA_GRID}
-        alpha = min(reversed(ALPHA_GRID), key=lambda a: round(errors[a], 12))  # ties go to the larger
+    if fallback and energy(1.0, 1.0) <= energy(0.0, 0.0):  # the network beats its base: kept as trained
+        alpha, beta = 1.0, 1.0
     else:
-        alpha = max(ALPHA_GRID, key=lambda a: (round(pearsons[a], 6), a))  # ties go to the larger
-    energies = {b: energy(alpha, b) for b in BETA_GRID}
-    beta = min(reversed(BETA_GRID), key=energies.__getitem__)  # reversed: ties go to the larger
-    raw = energy(1.0, 1.0)
-    if fallback and raw <= energy(0.0, 0.0):  # the network beats its base: kept as trained
-        alpha, beta, energies = 1.0, 1.0, {1.0: raw}
+        if plan.hparams.get("residual_base", "none") == "none":  # the direction is fixed: its size by MSE
+            alpha = min(reversed(ALPHA_GRID), key=lambda a: round(mse(a, 1.0), 12))  # ties go to the larger
+        else:
+            alpha = max(ALPHA_GRID, key=lambda a: (round(pearson_delta(a), 6), a))  # ties go to the larger
+        beta = min(reversed(BETA_GRID), key=lambda b: energy(alpha, b))  # reversed: ties go to the larger
     return Calibration(
         alpha=alpha,
         beta=beta,
-        val_energy=energies[beta],
-        val_energy_raw=raw,
+        val_energy=energy(alpha, beta),
+        val_energy_raw=energy(1.0, 1.0),
         val_mse=mse(alpha, beta),
         val_mse_raw=mse(1.0, 1.0),
-        val_pearson_delta=pearsons[alpha],
-        val_pearson_delta_raw=pearsons[1.0],
+        val_pearson_delta=pearson_delta(alpha),
+        val_pearson_delta_raw=pearson_delta(1.0),
         n_sets=n,
     )
 
@@ -213,7 +215,8 @@ def calibrate_run(
     """Calibrate the checkpoints of an already trained run (``ptrag calibrate``).
 
     The validation sets are rebuilt from the run's ``config.toml`` and ``split.toml``: the same
-    sets :func:`ptrag.train.fit.train` calibrates on with ``--calibration validation``.
+    sets :func:`ptrag.train.fit.train` calibrates on with ``--calibration validation``; a run
+    configured with ``fallback`` keeps that rule here too.
 
     Parameters
     ----------
@@ -238,10 +241,19 @@ def calibrate_run(
     cfg = read_run_config(run_dir)
     prep = prepare_run(cfg, data_path, run_dir / "split.toml", list(gene_tables) if cfg.uses_gene_table else [])
     loader = make_loader(cfg, prep, "val", freeze_epoch=True)
-    out = {}
-    for name in checkpoints:
-        path = run_dir / "checkpoints" / f"{name}.ckpt"
-        cal = calibrate_checkpoint(path, loader, prep.pca, cfg.calibration == "fallback") if path.is_file() else None
-        if cal is not None:
-            out[name] = cal
-    return out
+    paths = [run_dir / "checkpoints" / f"{name}.ckpt" for name in checkpoints]
+    return calibrate_checkpoints(paths, loader, prep.pca, cfg.calibration == "fallback")
+
+
+def calibrate_checkpoints(
+    paths: Iterable[str | Path], loader, pca=None, fallback: bool = False
+) -> dict[str, Calibration]:
+    """:func:`calibrate_checkpoint` for each existing file of ``paths``.
+
+    Returns
+    -------
+    dict
+        Checkpoint name (the file's stem) -> its :class:`Calibration` (empty without validation sets).
+    """
+    fitted = {p.stem: calibrate_checkpoint(p, loader, pca, fallback) for p in map(Path, paths) if p.is_file()}
+    return {name: cal for name, cal in fitted.items() if cal is not None}

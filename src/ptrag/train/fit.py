@@ -103,11 +103,10 @@ def _calibrate(cfg: TrainConfig, checkpoints: Sequence[Path], val_dl, pca) -> di
     """``--calibration validation`` / ``fallback``: fit and store each checkpoint's calibration."""
     if cfg.calibration not in ("validation", "fallback"):
         return {}
-    from ptrag.train.calibrate import calibrate_checkpoint
+    from ptrag.train.calibrate import calibrate_checkpoints
 
-    fallback = cfg.calibration == "fallback"
-    fitted = {p.stem: calibrate_checkpoint(p, val_dl, pca, fallback) for p in checkpoints if p.is_file()}
-    return {k: c.to_dict() for k, c in fitted.items() if c is not None}
+    fitted = calibrate_checkpoints(checkpoints, val_dl, pca, cfg.calibration == "fallback")
+    return {name: cal.to_dict() for name, cal in fitted.items()}
 
 
 def write_run_files(cfg: TrainConfig, prep: PreparedRun, run_dir: Path) -> None:
