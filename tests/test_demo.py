@@ -66,3 +66,15 @@ def test_demo_refuses_unknown_cell_type_and_leaves_nothing(tmp_path, capsys):
     assert main(["demo", "--out", str(tmp_path / "d"), "--cell-types", "cellZ"]) == 2
     assert "cellZ" in capsys.readouterr().err
     assert not (tmp_path / "d").exists()
+
+
+def test_closing_line_names_only_the_report_parts_that_were_made(tmp_path):
+    from ptrag.cli.experiment_cmds import report_parts
+
+    assert report_parts(tmp_path) == ["tables", "commands"]
+    (tmp_path / "retrieval").mkdir()
+    (tmp_path / "retrieval" / "jaccard.png").write_bytes(b"")
+    (tmp_path / "cost.csv").write_text("name\n")
+    assert report_parts(tmp_path) == ["tables", "heatmap", "cost", "commands"]
+    (tmp_path / "sweeps").mkdir()
+    assert report_parts(tmp_path) == ["tables", "heatmap", "sweeps", "cost", "commands"]

@@ -101,8 +101,18 @@ def show_result(result) -> None:
     if result.report is not None:
         console.print(
             f"Report: {result.report} and {result.report.with_suffix('.html')} "
-            f"(tables, heatmap, sweeps, cost, commands); everything else in {result.out_dir}/."
+            f"({', '.join(report_parts(result.out_dir))}); everything else in {result.out_dir}/."
         )
+
+
+def report_parts(out_dir: Path) -> list[str]:
+    """What an experiment folder's report shows, for the closing line: only what was produced."""
+    optional = {
+        "heatmap": out_dir / "retrieval" / "jaccard.png",
+        "sweeps": out_dir / "sweeps",
+        "cost": out_dir / "cost.csv",
+    }
+    return ["tables", *(name for name, path in optional.items() if path.exists()), "commands"]
 
 
 ExpOut = Annotated[Path, typer.Option("--out", help="Experiment folder (a second call resumes it).")]
